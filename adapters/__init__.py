@@ -1,0 +1,1 @@
+"""Adapters: implementations of the core's ports (memory, Redis, POSIX processes, the system clock)."""

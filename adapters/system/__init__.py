@@ -1,0 +1,1 @@
+"""Adapters over the operating system that are not about processes: the real clock."""

@@ -1,0 +1,135 @@
+"""Cron schedules as pure objects: parsed once, asked ``next_after(dt)``; plus the misfire rule."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import attrs
+from croniter import croniter
+
+from hexq.core.errors import CronError
+
+UTC = timezone.utc
+
+
+def _zone(name: str) -> ZoneInfo | timezone:
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise CronError(f"unknown timezone {name!r}: use an IANA name such as 'Europe/Paris'") from exc
+
+
+@attrs.frozen
+class CronSchedule:
+    """A 5-field cron expression, or croniter's 6-field form whose last field is seconds.
+
+    Evaluated in ``timezone`` (default UTC), so ``0 9 * * *`` with ``Europe/Paris`` fires at 09:00 Paris
+    time on both sides of a DST change. A local time skipped by a spring-forward never fires that day; a
+    local time repeated by a fall-back fires once (croniter's behaviour, tested in the unit suite).
+    """
+
+    expression: str
+    timezone: str = "UTC"
+
+    def __attrs_post_init__(self) -> None:
+        fields = self.expression.split()
+        if len(fields) not in (5, 6):
+            raise CronError(
+                f"invalid cron {self.expression!r}: expected 5 fields (min hour day month weekday) or 6 "
+                "with seconds last"
+            )
+        if not croniter.is_valid(self.expression):
+            raise CronError(f"invalid cron {self.expression!r}: croniter cannot parse it")
+        _zone(self.timezone)
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first fire time strictly after ``moment`` (aware; naive means UTC), returned in UTC."""
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        local = moment.astimezone(_zone(self.timezone))
+        fire = croniter(self.expression, local).get_next(datetime)
+        return fire.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+@attrs.frozen
+class CronTask:
+    """A task the scheduler enqueues at each fire time of ``schedule``."""
+
+    schedule: CronSchedule
+    task_name: str
+    queue: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    misfire_grace: float = 60.0
+
+    def __init__(
+        self,
+        schedule: str | CronSchedule,
+        task_name: str,
+        queue: str | None = None,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+        timezone: str = "UTC",
+        misfire_grace: float = 60.0,
+    ) -> None:
+        if not isinstance(task_name, str) or not task_name:
+            raise CronError(f"cron task name must be a non-empty str, got {task_name!r}")
+        parsed = schedule if isinstance(schedule, CronSchedule) else CronSchedule(schedule, timezone)
+        if misfire_grace < 0:
+            raise CronError(f"misfire_grace must be >= 0 seconds, got {misfire_grace!r}")
+        self.__attrs_init__(  # type: ignore[attr-defined]
+            parsed, task_name, queue, tuple(args or ()), dict(kwargs or {}), float(misfire_grace)
+        )
+
+    @classmethod
+    def create(cls, spec: Any) -> CronTask:
+        """Accept a CronTask or WakaQ's tuple ``(cron, task_name[, args[, kwargs]])``."""
+        if isinstance(spec, CronTask):
+            return spec
+        if isinstance(spec, (tuple, list)) and 2 <= len(spec) <= 4:
+            return cls(spec[0], spec[1], args=spec[2] if len(spec) > 2 else (),
+                       kwargs=spec[3] if len(spec) > 3 else None)
+        raise CronError(f"invalid schedule {spec!r}: use CronTask(...) or (cron, task_name, args, kwargs)")
+
+    @property
+    def key(self) -> str:
+        """Stable identity of this schedule entry, used for exactly-once tick claims."""
+        return f"{self.task_name}@{self.schedule.expression}@{self.schedule.timezone}"
+
+
+@attrs.frozen
+class TickPlan:
+    fire: datetime | None  # the tick to fire now, if any
+    skipped: bool  # some ticks were older than the misfire grace and will never fire
+    next_check: datetime  # when the next tick falls due
+
+
+def plan_tick(task: CronTask, last_fired: datetime | None, now: datetime) -> TickPlan:
+    """Which tick of ``task`` to fire at ``now``, given the last tick fired by any scheduler.
+
+    Misfire policy: ticks missed while no scheduler ran are coalesced into one: the latest of them fires
+    if it is within ``misfire_grace`` seconds of now; older ones are skipped. A schedule never fired
+    before starts from now: nothing from the past is replayed on first deployment.
+    """
+    horizon = now - timedelta(seconds=task.misfire_grace)
+    if last_fired is None:
+        start = now - timedelta(microseconds=1)
+        skipped = False
+    elif last_fired < horizon:
+        # Only the grace window can still fire: scanning from last_fired could walk millions of
+        # seconds-field ticks after a long outage.
+        skipped = task.schedule.next_after(last_fired) < horizon
+        start = horizon
+    else:
+        start = last_fired
+        skipped = False
+    latest_due: datetime | None = None
+    tick = task.schedule.next_after(start)
+    while tick <= now:
+        latest_due = tick
+        tick = task.schedule.next_after(tick)
+    return TickPlan(latest_due, skipped, tick)

@@ -1,0 +1,40 @@
+"""Turning the many ways users spell a duration into float seconds."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hexq.core.errors import ConfigError
+
+
+
+def to_seconds(value: float | int | timedelta | None, what: str) -> float | None:
+    """Seconds as float, or None when unset. Negative or non-numeric values raise ConfigError."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be seconds (int/float) or a timedelta, got {value!r}")
+    else:
+        seconds = float(value)
+    if seconds != seconds or seconds < 0:
+        raise ConfigError(f"{what} must be zero or positive, got {value!r}")
+    return seconds
+
+
+def eta_to_epoch(eta: object, now: float) -> float:
+    """An eta given as a timedelta, a datetime (naive = UTC), a date-less number of seconds from now, into
+    epoch seconds. Past etas are allowed (the task runs at once); anything else raises ConfigError."""
+    from datetime import datetime, timezone
+
+    if isinstance(eta, timedelta):
+        return now + eta.total_seconds()
+    if isinstance(eta, datetime):
+        moment = eta if eta.tzinfo is not None else eta.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        if eta != eta or eta in (float("inf"), float("-inf")):
+            raise ConfigError(f"eta must be a finite number of seconds, got {eta!r}")
+        return now + float(eta)
+    raise ConfigError(f"eta must be a timedelta, a datetime or seconds from now, got {eta!r}")

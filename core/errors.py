@@ -1,0 +1,82 @@
+"""One exception root for hexq, with specific subclasses that carry the data a caller needs."""
+
+from __future__ import annotations
+
+
+class HexqError(Exception):
+    """Root of every error hexq raises on purpose."""
+
+
+class ConfigError(HexqError, ValueError):
+    """The application was configured wrongly (you misused the API); raised at construction time."""
+
+
+class UnknownQueueError(ConfigError):
+    def __init__(self, queue: str, known: list[str]) -> None:
+        self.queue = queue
+        self.known = known
+        super().__init__(
+            f"unknown queue {queue!r}: declare it in HexQ(queues=[...]); known queues are {known}"
+        )
+
+
+class UnknownTaskError(HexqError, LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+        super().__init__(
+            f"unknown task {name!r}: no function with that name is registered with @app.task "
+            f"(registered: {shown or 'none'}); import the module that defines it in the app module"
+        )
+
+
+class SerializationError(HexqError, TypeError):
+    """A task argument cannot travel as JSON."""
+
+    def __init__(self, task: str, where: str, detail: str) -> None:
+        self.task = task
+        self.where = where
+        super().__init__(
+            f"task {task!r}: argument {where} cannot be sent as JSON ({detail}); pass JSON types, "
+            "datetime, date, time, timedelta, Decimal, UUID or bytes, or convert it yourself"
+        )
+
+
+class PayloadTooLargeError(HexqError, ValueError):
+    def __init__(self, task: str, size: int, limit: int) -> None:
+        self.task = task
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"task {task!r}: encoded payload is {size} bytes, over the limit of {limit} bytes; store big "
+            "data elsewhere and pass a reference, or raise HexQ(max_payload_bytes=...)"
+        )
+
+
+class MalformedPayloadError(HexqError, ValueError):
+    """Bytes found in the broker are not a valid hexq envelope (the other side misbehaved)."""
+
+
+class SignatureError(MalformedPayloadError):
+    """The payload's signature is missing or wrong: it was not written by a holder of the signing key."""
+
+
+class BrokerUnavailableError(HexqError, ConnectionError):
+    """The broker cannot be reached right now; callers may retry later."""
+
+
+class BrokerAuthError(HexqError, PermissionError):
+    """The broker refused our credentials."""
+
+
+class BrokerFullError(HexqError):
+    """The broker refused a write because it is out of memory; nothing was stored."""
+
+
+class SoftTimeout(HexqError):  # noqa: N818 - the name users know from WakaQ
+    """Raised inside a task that ran past its soft timeout."""
+
+
+class CronError(ConfigError):
+    pass

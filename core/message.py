@@ -1,0 +1,131 @@
+"""The task envelope: what travels through the broker for one task run."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import attrs
+
+from hexq.core import payload
+from hexq.core.errors import MalformedPayloadError, PayloadTooLargeError, SignatureError
+
+ENVELOPE_VERSION = 1
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+@attrs.frozen
+class TaskMessage:
+    """One request to run a task. ``retries`` counts retries already used (0 on the first run)."""
+
+    id: str
+    name: str
+    queue: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    retries: int = 0
+    enqueued_at: float = 0.0
+    eta: float | None = None
+    broadcast: bool = False
+
+    def fingerprint(self) -> str:
+        """Identity of an eta task for deduplication: task name, queue, args and kwargs (WakaQ's rule)."""
+        native_args, native_kwargs = payload.encode_arguments(self.name, self.args, self.kwargs)
+        body = payload.dumps({"t": self.name, "q": self.queue, "a": native_args, "k": native_kwargs})
+        return hashlib.sha1(body.encode()).hexdigest()
+
+
+@attrs.frozen
+class Codec:
+    """Encodes and decodes envelopes; signs and verifies them when a signing key is configured."""
+
+    signing_key: bytes | None = None
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+    def encode(self, message: TaskMessage) -> str:
+        native_args, native_kwargs = payload.encode_arguments(message.name, message.args, message.kwargs)
+        document: dict[str, Any] = {
+            "v": ENVELOPE_VERSION,
+            "id": message.id,
+            "task": message.name,
+            "queue": message.queue,
+            "args": native_args,
+            "kwargs": native_kwargs,
+            "retries": message.retries,
+            "enqueued_at": message.enqueued_at,
+        }
+        if message.eta is not None:
+            document["eta"] = message.eta
+        if message.broadcast:
+            document["broadcast"] = True
+        text = payload.dumps(document)
+        if self.signing_key is not None:
+            text = payload.dumps({"sig": self._sign(text), "body": text})
+        size = len(text.encode())
+        if size > self.max_payload_bytes:
+            raise PayloadTooLargeError(message.name, size, self.max_payload_bytes)
+        return text
+
+    def decode(self, raw: str | bytes) -> TaskMessage:
+        """Parse an envelope found in the broker; MalformedPayloadError explains what is wrong."""
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode()
+            except UnicodeDecodeError as exc:
+                raise MalformedPayloadError(f"payload is not UTF-8: {exc}") from exc
+        if len(raw) > self.max_payload_bytes * 2:
+            raise MalformedPayloadError(f"payload of {len(raw)} bytes is over twice max_payload_bytes")
+        document = payload.loads(raw)
+        if self.signing_key is not None:
+            document = self._verified(document)
+        if not isinstance(document, dict):
+            raise MalformedPayloadError(f"envelope must be a JSON object, got {type(document).__name__}")
+        version = document.get("v")
+        if version != ENVELOPE_VERSION:
+            raise MalformedPayloadError(
+                f"envelope version {version!r} is not supported by this hexq (speaks {ENVELOPE_VERSION}); "
+                "upgrade the workers before the producers"
+            )
+        return TaskMessage(
+            id=_field(document, "id", str),
+            name=_field(document, "task", str),
+            queue=_field(document, "queue", str),
+            args=tuple(_field(document, "args", list)),
+            kwargs=_field(document, "kwargs", dict),
+            retries=_field(document, "retries", int),
+            enqueued_at=float(_field(document, "enqueued_at", (int, float))),
+            eta=_optional_number(document.get("eta")),
+            broadcast=bool(document.get("broadcast", False)),
+        )
+
+    def _sign(self, text: str) -> str:
+        assert self.signing_key is not None
+        return hmac.new(self.signing_key, text.encode(), hashlib.sha256).hexdigest()
+
+    def _verified(self, document: Any) -> Any:
+        if not isinstance(document, dict) or set(document) != {"sig", "body"}:
+            raise SignatureError("payload is not signed, but this app requires signed payloads")
+        body, signature = document["body"], document["sig"]
+        if not isinstance(body, str) or not isinstance(signature, str):
+            raise SignatureError("signed payload has a malformed body or signature")
+        if not hmac.compare_digest(self._sign(body), signature):
+            raise SignatureError("payload signature does not match: forged, or signed with another key")
+        return payload.loads(body)
+
+
+def _field(document: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in document:
+        raise MalformedPayloadError(f"envelope is missing the field {key!r}")
+    value = document[key]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise MalformedPayloadError(f"envelope field {key!r} has the wrong type: {value!r}")
+    return value
+
+
+def _optional_number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedPayloadError(f"envelope field 'eta' has the wrong type: {value!r}")
+    return float(value)

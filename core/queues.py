@@ -1,0 +1,132 @@
+"""Queues and strict priority order (lower number = higher priority, as in WakaQ)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from hexq.core.durations import to_seconds
+from hexq.core.errors import ConfigError, UnknownQueueError
+
+# Queue names become parts of Redis keys and CLI arguments: keep them printable and free of the
+# characters that would be confusing in a key or a shell (':' separates key parts, '{}' are hash tags).
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+def check_queue_name(name: object) -> str:
+    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+        raise ConfigError(
+            f"invalid queue name {name!r}: use 1-200 characters from letters, digits, '_', '.', '-'"
+        )
+    return name
+
+
+def check_timeouts(soft: float | None, hard: float | None, owner: str) -> None:
+    if soft is not None and hard is not None and hard <= soft:
+        raise ConfigError(f"{owner}: hard_timeout ({hard}s) must be greater than soft_timeout ({soft}s)")
+
+
+def _optional_retries(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{what} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _seconds(what: str) -> Any:
+    return lambda value: to_seconds(value, what)
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"queue priority must be an int, got {value!r}")
+    return value
+
+
+@attrs.frozen
+class Queue:
+    """A named queue with a priority and optional per-queue timeout/retry defaults.
+
+    ``priority=-1`` means "unset": such a queue sorts after every numbered queue, as a bare string does.
+    """
+
+    name: str = attrs.field(converter=check_queue_name)
+    priority: int = attrs.field(default=-1, converter=_priority)
+    max_retries: int | None = attrs.field(
+        default=None, converter=lambda v: _optional_retries(v, "queue max_retries")
+    )
+    soft_timeout: float | None = attrs.field(default=None, converter=_seconds("queue soft_timeout"))
+    hard_timeout: float | None = attrs.field(default=None, converter=_seconds("queue hard_timeout"))
+
+    def __attrs_post_init__(self) -> None:
+        check_timeouts(self.soft_timeout, self.hard_timeout, f"queue {self.name!r}")
+
+    @classmethod
+    def create(cls, spec: Any) -> Queue:
+        """Accept a Queue, ``(priority, name)``, ``(name, priority)`` or a bare name, as WakaQ does."""
+        if isinstance(spec, Queue):
+            return spec
+        if isinstance(spec, str):
+            return cls(spec)
+        if isinstance(spec, (tuple, list)) and len(spec) == 2:
+            first, second = spec
+            if isinstance(first, int) and isinstance(second, str):
+                return cls(second, priority=first)
+            if isinstance(first, str) and isinstance(second, int):
+                return cls(first, priority=second)
+        raise ConfigError(
+            f"invalid queue {spec!r}: use Queue(name, priority=...), (priority, name), (name, priority) "
+            "or a name"
+        )
+
+
+@attrs.frozen
+class QueueSet:
+    """The app's queues in strict priority order: index 0 is served first."""
+
+    ordered: tuple[Queue, ...]
+
+    @classmethod
+    def build(cls, specs: Iterable[Any]) -> QueueSet:
+        queues = [Queue.create(spec) for spec in specs]
+        if not queues:
+            queues = [Queue("default")]
+        names = [q.name for q in queues]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"queue names must be unique, repeated: {duplicates}")
+        # A queue without an explicit priority is the lowest: it sorts after every numbered one, and
+        # among themselves such queues keep their declaration order (sorted() is stable).
+        lowest = max((q.priority for q in queues if q.priority >= 0), default=-1) + 1
+        resolved = [q if q.priority >= 0 else attrs.evolve(q, priority=lowest) for q in queues]
+        return cls(tuple(sorted(resolved, key=lambda q: q.priority)))
+
+    @property
+    def names(self) -> list[str]:
+        return [q.name for q in self.ordered]
+
+    @property
+    def default(self) -> Queue:
+        """The lowest-priority queue: where tasks go when nothing names a queue (WakaQ's rule)."""
+        return self.ordered[-1]
+
+    def get(self, name: str) -> Queue:
+        for queue in self.ordered:
+            if queue.name == name:
+                return queue
+        raise UnknownQueueError(name, self.names)
+
+    def select(self, include: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[str]:
+        """Names a worker serves, highest priority first; unknown names raise UnknownQueueError."""
+        for name in [*(include or ()), *exclude]:
+            self.get(name)
+        chosen = [n for n in self.names if (not include or n in include) and n not in exclude]
+        if not chosen:
+            raise ConfigError(
+                f"no queue left to serve after queues={list(include or [])} exclude={list(exclude)}"
+            )
+        return chosen

@@ -1,0 +1,1 @@
+"""Entrypoints: the HexQ application object (composition root) and the command line."""

@@ -1,0 +1,38 @@
+"""hexq: a Redis-backed background task queue with WakaQ's API and at-least-once delivery.
+
+    from hexq import HexQ, Queue, CronTask, SoftTimeout
+"""
+
+from hexq.core.cron import CronTask
+from hexq.core.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    HexqError,
+    MalformedPayloadError,
+    SerializationError,
+    SoftTimeout,
+    UnknownQueueError,
+    UnknownTaskError,
+)
+from hexq.core.queues import Queue
+from hexq.core.registry import current_attempt, current_task
+from hexq.entrypoints.app import Call, HexQ, Task
+
+__all__ = [
+    "BrokerUnavailableError",
+    "Call",
+    "ConfigError",
+    "CronTask",
+    "HexQ",
+    "HexqError",
+    "MalformedPayloadError",
+    "Queue",
+    "SerializationError",
+    "SoftTimeout",
+    "Task",
+    "UnknownQueueError",
+    "UnknownTaskError",
+    "current_attempt",
+    "current_task",
+]
+__version__ = "0.1.0"
