@@ -40,7 +40,7 @@ def evaluate(expression: int | str, cores: int, what: str = "concurrency") -> in
 
 def _walk(node: ast.expr, cores: int, source: str, what: str) -> float | int:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value  # type: ignore[no-any-return]
+        return float(node.value) if type(node.value) is float else int(node.value)  # type: ignore[arg-type]
     if isinstance(node, ast.Name) and node.id == "cores":
         return cores
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:

@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 from croniter import croniter
-
 from hexq.core.errors import CronError
 
 UTC = timezone.utc
@@ -55,35 +54,42 @@ class CronSchedule:
         return fire.astimezone(UTC)  # type: ignore[no-any-return]
 
 
+def _task_name(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise CronError(f"cron task name must be a non-empty str, got {value!r}")
+    return value
+
+
+def _grace(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise CronError(f"misfire_grace must be >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _args(value: object) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else ()
+
+
+def _kwargs(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
 @attrs.frozen
 class CronTask:
-    """A task the scheduler enqueues at each fire time of ``schedule``."""
+    """A task the scheduler enqueues at each fire time of ``cron`` (evaluated in ``timezone``)."""
 
-    schedule: CronSchedule
-    task_name: str
+    cron: str
+    task_name: str = attrs.field(converter=_task_name)
     queue: str | None = None
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = attrs.field(factory=dict)
-    misfire_grace: float = 60.0
+    args: tuple[Any, ...] = attrs.field(default=(), converter=_args)
+    kwargs: dict[str, Any] = attrs.field(factory=dict, converter=_kwargs)
+    timezone: str = "UTC"
+    misfire_grace: float = attrs.field(default=60.0, converter=_grace)
+    schedule: CronSchedule = attrs.field(init=False)
 
-    def __init__(
-        self,
-        schedule: str | CronSchedule,
-        task_name: str,
-        queue: str | None = None,
-        args: Any = (),
-        kwargs: dict[str, Any] | None = None,
-        timezone: str = "UTC",
-        misfire_grace: float = 60.0,
-    ) -> None:
-        if not isinstance(task_name, str) or not task_name:
-            raise CronError(f"cron task name must be a non-empty str, got {task_name!r}")
-        parsed = schedule if isinstance(schedule, CronSchedule) else CronSchedule(schedule, timezone)
-        if misfire_grace < 0:
-            raise CronError(f"misfire_grace must be >= 0 seconds, got {misfire_grace!r}")
-        self.__attrs_init__(  # type: ignore[attr-defined]
-            parsed, task_name, queue, tuple(args or ()), dict(kwargs or {}), float(misfire_grace)
-        )
+    @schedule.default
+    def _parse(self) -> CronSchedule:
+        return CronSchedule(self.cron, self.timezone)
 
     @classmethod
     def create(cls, spec: Any) -> CronTask:
@@ -92,7 +98,7 @@ class CronTask:
             return spec
         if isinstance(spec, (tuple, list)) and 2 <= len(spec) <= 4:
             return cls(spec[0], spec[1], args=spec[2] if len(spec) > 2 else (),
-                       kwargs=spec[3] if len(spec) > 3 else None)
+                       kwargs=spec[3] if len(spec) > 3 else {})
         raise CronError(f"invalid schedule {spec!r}: use CronTask(...) or (cron, task_name, args, kwargs)")
 
     @property

@@ -7,7 +7,6 @@ from datetime import timedelta
 from hexq.core.errors import ConfigError
 
 
-
 def to_seconds(value: float | int | timedelta | None, what: str) -> float | None:
     """Seconds as float, or None when unset. Negative or non-numeric values raise ConfigError."""
     if value is None:

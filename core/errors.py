@@ -74,7 +74,7 @@ class BrokerFullError(HexqError):
     """The broker refused a write because it is out of memory; nothing was stored."""
 
 
-class SoftTimeout(HexqError):  # noqa: N818 - the name users know from WakaQ
+class SoftTimeout(HexqError):
     """Raised inside a task that ran past its soft timeout."""
 
 

@@ -45,7 +45,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 TERMINAL = frozenset({State.DONE, State.DEAD})
 
 
-class InvalidTransition(HexqError):  # noqa: N818
+class InvalidTransition(HexqError):
     def __init__(self, state: State, event: Event) -> None:
         super().__init__(f"a task that is {state.value} cannot {event.value}")
         self.state = state

@@ -7,7 +7,6 @@ import hmac
 from typing import Any
 
 import attrs
-
 from hexq.core import payload
 from hexq.core.errors import MalformedPayloadError, PayloadTooLargeError, SignatureError
 
@@ -118,7 +117,7 @@ def _field(document: dict[str, Any], key: str, kind: type | tuple[type, ...]) ->
     if key not in document:
         raise MalformedPayloadError(f"envelope is missing the field {key!r}")
     value = document[key]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise MalformedPayloadError(f"envelope field {key!r} has the wrong type: {value!r}")
     return value
 

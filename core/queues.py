@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
-
 from hexq.core.durations import to_seconds
 from hexq.core.errors import ConfigError, UnknownQueueError
 
@@ -37,8 +36,16 @@ def _optional_retries(value: object, what: str) -> int | None:
     return value
 
 
-def _seconds(what: str) -> Any:
-    return lambda value: to_seconds(value, what)
+def _soft(value: Any) -> float | None:
+    return to_seconds(value, "queue soft_timeout")
+
+
+def _hard(value: Any) -> float | None:
+    return to_seconds(value, "queue hard_timeout")
+
+
+def _retries(value: Any) -> int | None:
+    return _optional_retries(value, "queue max_retries")
 
 
 def _priority(value: object) -> int:
@@ -56,11 +63,9 @@ class Queue:
 
     name: str = attrs.field(converter=check_queue_name)
     priority: int = attrs.field(default=-1, converter=_priority)
-    max_retries: int | None = attrs.field(
-        default=None, converter=lambda v: _optional_retries(v, "queue max_retries")
-    )
-    soft_timeout: float | None = attrs.field(default=None, converter=_seconds("queue soft_timeout"))
-    hard_timeout: float | None = attrs.field(default=None, converter=_seconds("queue hard_timeout"))
+    max_retries: int | None = attrs.field(default=None, converter=_retries)
+    soft_timeout: float | None = attrs.field(default=None, converter=_soft)
+    hard_timeout: float | None = attrs.field(default=None, converter=_hard)
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, f"queue {self.name!r}")

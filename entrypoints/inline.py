@@ -48,7 +48,7 @@ class InlineRunner:
         def target() -> None:
             try:
                 result.append(asyncio.run(self._drain()))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            except BaseException as exc:
                 errors.append(exc)
 
         thread = threading.Thread(target=target, name="hexq-inline")

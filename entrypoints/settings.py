@@ -5,7 +5,6 @@ from __future__ import annotations
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import attrs
-
 from hexq.core.errors import ConfigError
 
 SCHEMES = ("redis", "rediss", "unix", "memory")

@@ -8,7 +8,6 @@ from collections import deque
 from collections.abc import Sequence
 
 import attrs
-
 from hexq.core.ports import (
     DeadLetter,
     Delivery,

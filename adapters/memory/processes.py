@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
-
 from hexq.core.ports import ChildExit
 
 

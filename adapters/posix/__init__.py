@@ -1,0 +1,1 @@
+"""POSIX adapters: worker children by fork, signals, a shared-memory running board, psutil readings."""

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery
@@ -144,7 +143,7 @@ class TaskRunner:
         except asyncio.CancelledError as exc:
             # Only our own soft timeout cancels a task coroutine; a shutdown cancels the loop, not tasks.
             failure, error = "soft_timeout", exc
-        except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt from a task must not kill us
+        except BaseException as exc:
             failure, error = "exception", exc
         finally:
             self.reporter.finished(slot)
@@ -218,6 +217,20 @@ class TaskRunner:
         self.retry(message, retries_used + 1, decision.delay)
         log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
                  decision.delay, decision.reason)
+
+    def fail_outside(self, task_id: str, payload: str | None, kind: FailureKind) -> None:
+        """Record a failure seen from outside the run (the parent killed the child at its hard timeout)."""
+        delivery = Delivery(task_id, "?", payload)
+        if payload is None:
+            return
+        try:
+            message = self.codec.decode(payload)
+            task = self.registry.get(message.name)
+        except (MalformedPayloadError, UnknownTaskError) as exc:
+            self._reject(delivery, f"{type(exc).__name__}: {exc}")
+            return
+        delivery = attrs.evolve(delivery, queue=message.queue)
+        self._failed(delivery, message, task, self.limits_for(message, task), kind, None, 0.0)
 
     def retry(self, message: TaskMessage, retries: int, delay: float) -> None:
         self.flush_acks()

@@ -1,0 +1,175 @@
+"""The worker child's loop: reserve tasks by strict priority, run them, acknowledge in batches.
+
+One asyncio loop per child. Sync tasks run inline on it (SIGALRM enforces their soft timeout); async
+tasks run concurrently up to ``slots``. Reservations are batched to save round trips, but a batch is
+sized so that it takes about ``target_batch_seconds`` to run: a higher-priority task enqueued meanwhile
+waits at most that long, so priorities stay strict in practice while fast tasks are amortised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+from hexq.core.errors import BrokerUnavailableError, HexqError
+from hexq.core.ports import Broker, Clock, Delivery
+from hexq.core.services.runner import TaskRunner
+
+log = logging.getLogger("hexq.worker")
+T = TypeVar("T")
+
+
+@attrs.frozen
+class ChildConfig:
+    consumer: str
+    queues: tuple[str, ...]  # served in this order: the first non-empty one wins
+    slots: int  # tasks running at once (1 + async concurrency)
+    lease_ms: int
+    max_tasks: int | None = None
+    prefetch_max: int = 64
+    target_batch_seconds: float = 0.005
+    idle_wait: float = 1.0
+    backoff_max: float = 5.0
+
+
+@attrs.define
+class ChildLoop:
+    runner: TaskRunner
+    broker: Broker
+    clock: Clock
+    config: ChildConfig
+    on_started: Sequence[Callable[[], Any]] = ()
+    stopping: bool = False
+    done: int = 0
+    _ewma: float = 0.0
+    _free_slots: list[int] = attrs.field(factory=list)
+    _running: set[asyncio.Task[None]] = attrs.field(factory=set)
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    async def run(self) -> int:
+        self._free_slots = list(range(self.config.slots - 1, -1, -1))
+        for hook in self.on_started:
+            result = hook()
+            if asyncio.iscoroutine(result):
+                await result
+        failures = 0
+        while not self.stopping and not self._quota_reached():
+            if not self._free_slots:
+                await asyncio.wait(self._running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            acks = self.runner.take_acks()
+            try:
+                reservation = await self._io(
+                    self.broker.reserve, self.config.consumer, self.config.queues, self._batch_size(),
+                    int(self.clock.now() * 1000), self.config.lease_ms, acks,
+                )
+            except BrokerUnavailableError as exc:
+                self.runner.pending_acks[:0] = acks
+                failures += 1
+                delay = min(self.config.backoff_max, 0.1 * 2 ** min(failures, 6))
+                log.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if not reservation.deliveries:
+                await self._idle(reservation.next_eta_ms)
+                continue
+            await self._run_batch(reservation.deliveries)
+        await self._shutdown()
+        return 0
+
+    def _quota_reached(self) -> bool:
+        return self.config.max_tasks is not None and self.done >= self.config.max_tasks
+
+    def _batch_size(self) -> int:
+        size = self.config.prefetch_max
+        if self._ewma > 0:
+            size = int(self.config.target_batch_seconds / self._ewma)
+        elif self.done == 0:
+            size = 1  # nothing measured yet: do not grab a batch of possibly long tasks
+        size = max(1, min(size, self.config.prefetch_max, len(self._free_slots)))
+        if self.config.max_tasks is not None:
+            size = max(1, min(size, self.config.max_tasks - self.done - len(self._running)))
+        return size
+
+    async def _idle(self, next_eta_ms: int | None) -> None:
+        wait = self.config.idle_wait
+        if next_eta_ms is not None:
+            wait = min(wait, max(0.0, next_eta_ms / 1000 - self.clock.now()))
+        if wait <= 0:
+            return
+        try:
+            await self._io(self.broker.wait_for_work, wait)
+        except BrokerUnavailableError:
+            await asyncio.sleep(min(wait, 1.0))
+
+    async def _run_batch(self, deliveries: Sequence[Delivery]) -> None:
+        for index, delivery in enumerate(deliveries):
+            if self.stopping:
+                await self._release(deliveries[index:])
+                return
+            prepared = self.runner.prepare(delivery)
+            if prepared is None:
+                continue
+            message, task = prepared
+            slot = self._free_slots.pop()
+            if task.is_async:
+                job = asyncio.ensure_future(self._run_async(delivery, message, task, slot))
+                self._running.add(job)
+                job.add_done_callback(self._running.discard)
+                if not self._free_slots and index + 1 < len(deliveries):
+                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                started = self.clock.monotonic()
+                try:
+                    await self.runner.run_prepared(delivery, message, task, slot)
+                finally:
+                    self._free_slots.append(slot)
+                self._measure(self.clock.monotonic() - started)
+                self.done += 1
+        if self._running:
+            await asyncio.sleep(0)  # let async tasks make progress between batches
+
+    async def _run_async(self, delivery: Delivery, message: Any, task: Any, slot: int) -> None:
+        started = self.clock.monotonic()
+        try:
+            await self.runner.run_prepared(delivery, message, task, slot)
+        finally:
+            self._free_slots.append(slot)
+            self.done += 1
+        self._measure(self.clock.monotonic() - started)
+
+    def _measure(self, seconds: float) -> None:
+        self._ewma = seconds if self._ewma == 0 else 0.8 * self._ewma + 0.2 * seconds
+        self._ewma = max(self._ewma, 1e-6)
+
+    async def _release(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [d.id for d in deliveries]
+        try:
+            await self._io(self.broker.release, self.config.consumer, ids)
+        except HexqError as exc:
+            # The parent recovers this consumer's tasks when we exit, so nothing is lost.
+            log.warning("could not hand back %d reserved tasks (%s); the parent will", len(ids), exc)
+
+    async def _shutdown(self) -> None:
+        if self._running:
+            log.info("waiting for %d running async tasks before exiting", len(self._running))
+            await asyncio.wait(self._running)
+        for attempt in range(5):
+            try:
+                self.runner.flush_acks()
+                return
+            except BrokerUnavailableError as exc:
+                log.warning("could not acknowledge finished tasks (%s), attempt %d", exc, attempt + 1)
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call the (blocking) broker: directly when nothing else needs the loop, else in a thread."""
+        if self._running:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)

@@ -1,0 +1,98 @@
+"""The scheduler: enqueues each CronTask at its fire times, exactly once however many schedulers run.
+
+Every scheduler computes the same ticks; ``Broker.claim_cron_tick`` is an atomic compare-and-set on the
+last fired tick, so only the first scheduler to claim a tick enqueues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import attrs
+from hexq.core.cron import CronTask, plan_tick
+from hexq.core.errors import HexqError
+from hexq.core.message import Codec, TaskMessage
+from hexq.core.ports import Broker, Clock, OutgoingTask
+from hexq.core.registry import Registry
+
+log = logging.getLogger("hexq.scheduler")
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+@attrs.define
+class Scheduler:
+    registry: Registry
+    codec: Codec
+    broker: Broker
+    clock: Clock
+    schedules: Sequence[CronTask]
+    max_sleep: float = 1.0
+    stopping: bool = False
+    fired: int = 0
+    _watched_since: dict[str, datetime] = attrs.field(factory=dict)
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        log.info("scheduler started with %d schedule(s)", len(self.schedules))
+        failures = 0
+        while not self.stopping:
+            try:
+                wait = self.tick()
+                failures = 0
+            except HexqError as exc:
+                failures += 1
+                wait = min(5.0, 0.2 * 2 ** min(failures, 5))
+                log.warning("scheduler cannot reach the broker (%s); retrying in %.1fs", exc, wait)
+            self.clock.sleep(min(wait, self.max_sleep))
+        log.info("scheduler stopped")
+        return 0
+
+    def check(self) -> None:
+        """Refuse to start with a schedule naming a task that does not exist."""
+        for cron in self.schedules:
+            task = self.registry.get(cron.task_name)
+            self.registry.queue_for(task, cron.queue)
+
+    def tick(self) -> float:
+        """Fire whatever is due now; return seconds until the next tick of any schedule."""
+        now = _utc(self.clock.now())
+        soonest: datetime | None = None
+        for cron in self.schedules:
+            last_ms = self.broker.last_cron_tick(cron.key)
+            # Ticks before any scheduler watched are not replayed; after a recorded tick, ticks missed
+            # while no scheduler ran are subject to the misfire grace.
+            since = self._watched_since.setdefault(cron.key, now)
+            reference = _utc(last_ms / 1000) if last_ms is not None else since
+            plan = plan_tick(cron, reference, now)
+            if plan.skipped:
+                log.warning("schedule %s missed ticks older than its misfire grace (%.0fs); skipped them",
+                            cron.key, cron.misfire_grace)
+            if plan.fire is not None:
+                self._fire(cron, plan.fire)
+            if soonest is None or plan.next_check < soonest:
+                soonest = plan.next_check
+        if soonest is None:
+            return self.max_sleep
+        return max(0.0, (soonest - _utc(self.clock.now())).total_seconds())
+
+    def _fire(self, cron: CronTask, fire: datetime) -> None:
+        task = self.registry.get(cron.task_name)
+        queue = self.registry.queue_for(task, cron.queue)
+        now = self.clock.now()
+        message = TaskMessage(uuid.uuid4().hex, task.name, queue, cron.args, cron.kwargs, 0, now)
+        fire_ms = round(fire.timestamp() * 1000)
+        outgoing = OutgoingTask(message.id, queue, self.codec.encode(message))
+        if self.broker.claim_cron_tick(cron.key, fire_ms, outgoing):
+            self.fired += 1
+            log.info("fired %s for %s (%.0f ms late)", cron.task_name, fire.isoformat(),
+                     (now - fire.timestamp()) * 1000)
+        else:
+            log.debug("tick %s of %s already fired by another scheduler", fire.isoformat(), cron.key)

@@ -1,0 +1,240 @@
+"""The ``hexq`` command: thin wrappers that parse, validate, call the composition root, return a code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from hexq.core.errors import BrokerUnavailableError, ConfigError, HexqError
+from hexq.entrypoints.app import HexQ
+from hexq.entrypoints.loading import load_app
+from hexq.entrypoints.logs import setup_logging
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hexq", description="hexq: a Redis-backed background task queue.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.add_argument("--app", required=True,
+                         help="the HexQ app: 'package.module:attribute', or a module holding one HexQ")
+        return sub
+
+    worker = command("worker", "Run a worker: a parent process and `concurrency` child processes.")
+    worker.add_argument("--concurrency", type=int, help="number of child processes (overrides the app)")
+    worker.add_argument("--queues", type=_names, help="comma-separated queues to serve (default: all)")
+    worker.add_argument("--exclude-queues", type=_names, default=[], help="comma-separated queues to skip")
+    worker.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: the app's)")
+    worker.add_argument("--log-file", help="write logs here instead of stderr")
+
+    scheduler = command("scheduler", "Run a scheduler that enqueues the app's CronTasks at their times.")
+    scheduler.add_argument("--log-level")
+    scheduler.add_argument("--log-file")
+
+    info = command("info", "Show queues (pending, eta, in flight), dead letters and live workers.")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+
+    purge = command("purge", "Delete every pending and eta task of one queue.")
+    purge.add_argument("queue", help="the queue to empty")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    enqueue = command("enqueue", "Enqueue one task from the shell; arguments are JSON values.")
+    enqueue.add_argument("task", help="the task name")
+    enqueue.add_argument("args", nargs="*", help="positional arguments, each a JSON value (e.g. 1 '\"a\"')")
+    enqueue.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
+    enqueue.add_argument("--queue", help="override the task's queue")
+    enqueue.add_argument("--eta", type=float, help="run after this many seconds")
+
+    dead = command("dead", "List, requeue or purge dead letters.")
+    dead.add_argument("action", choices=["list", "requeue", "purge"])
+    dead.add_argument("ids", nargs="*", help="for requeue: the ids to requeue (default: all)")
+    dead.add_argument("--limit", type=int, default=50)
+    dead.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        app = load_app(args.app)
+        handler = globals()[f"_cmd_{args.command}"]
+        return int(handler(app, args))
+    except ConfigError as exc:
+        print(f"hexq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerUnavailableError as exc:
+        print(f"hexq: broker unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except HexqError as exc:
+        print(f"hexq: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def worker_main() -> int:
+    """``hexq-worker --app=...`` for WakaQ users."""
+    return main(["worker", *sys.argv[1:]])
+
+
+def scheduler_main() -> int:
+    return main(["scheduler", *sys.argv[1:]])
+
+
+def _cmd_worker(app: HexQ, args: argparse.Namespace) -> int:
+    from hexq.entrypoints.worker import run_worker
+
+    if app.is_inline:
+        raise ConfigError("a worker needs a real broker: this app uses memory:// (in-process runs)")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {args.concurrency}")
+    app.queues.select(args.queues, [*app.exclude_queues, *args.exclude_queues])
+    setup_logging(args.log_level or app.worker_log_level, args.log_file or app.worker_log_file)
+    return run_worker(app, args.queues, args.exclude_queues, args.concurrency)
+
+
+def _cmd_scheduler(app: HexQ, args: argparse.Namespace) -> int:
+    import signal
+
+    from hexq.core.services.scheduler import Scheduler
+
+    setup_logging(args.log_level or app.scheduler_log_level, args.log_file or app.scheduler_log_file)
+    scheduler = Scheduler(app.registry, app.codec, app.broker, app.clock, app.schedules)
+    scheduler.check()
+    if not app.schedules:
+        print("hexq: warning: the app has no schedules; the scheduler will idle", file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: scheduler.request_stop())
+    return scheduler.run()
+
+
+def _snapshot(app: HexQ) -> dict[str, Any]:
+    broker = app.broker
+    now_ms = int(app.clock.now() * 1000)
+    stats = broker.queue_stats(app.queues.names)
+    dead = broker.dead_letters(limit=10_000)
+    return {
+        "broker": app.connection.redacted,
+        "queues": [{"name": s.name, "priority": app.queues.get(s.name).priority, "pending": s.pending,
+                    "eta": s.eta, "in_flight": s.in_flight} for s in stats],
+        "dead": len(dead),
+        "in_flight": [{"id": f.id, "queue": f.queue, "consumer": f.consumer,
+                       "age_seconds": round((now_ms - f.since_ms) / 1000, 3)} for f in broker.in_flight(100)],
+        "workers": [{"worker": w.worker_id, "heartbeat_age_seconds": round((now_ms - w.last_beat_ms) / 1000, 3),
+                     **_json_or_raw(w.info)} for w in broker.workers()],
+    }
+
+
+def _json_or_raw(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"info": text}
+    return value if isinstance(value, dict) else {"info": value}
+
+
+def _print_snapshot(snapshot: dict[str, Any]) -> None:
+    print(f"broker: {snapshot['broker']}")
+    print(f"{'queue':<32} {'prio':>4} {'pending':>9} {'eta':>7} {'in flight':>10}")
+    for q in snapshot["queues"]:
+        print(f"{q['name']:<32} {q['priority']:>4} {q['pending']:>9} {q['eta']:>7} {q['in_flight']:>10}")
+    print(f"dead letters: {snapshot['dead']}")
+    if snapshot["in_flight"]:
+        print("in flight (oldest first):")
+        for f in snapshot["in_flight"][:20]:
+            print(f"  {f['id']}  {f['queue']}  {f['consumer']}  {f['age_seconds']:.1f}s")
+    print(f"workers: {len(snapshot['workers'])}")
+    for w in snapshot["workers"]:
+        print(f"  {w['worker']}  heartbeat {w['heartbeat_age_seconds']:.1f}s ago  "
+              f"children={w.get('children', '?')}")
+
+
+def _cmd_info(app: HexQ, args: argparse.Namespace) -> int:
+    while True:
+        snapshot = _snapshot(app)
+        if args.json:
+            print(json.dumps(snapshot, indent=2))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            _print_snapshot(snapshot)
+        if not args.watch:
+            return EXIT_OK
+        time.sleep(args.watch)
+
+
+def _cmd_purge(app: HexQ, args: argparse.Namespace) -> int:
+    app.queues.get(args.queue)
+    (stats,) = app.broker.queue_stats([args.queue])
+    print(f"queue {args.queue!r}: {stats.pending} pending and {stats.eta} eta task(s) will be deleted "
+          f"({stats.in_flight} in flight are left alone)")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("hexq: refusing to purge without --yes when not at a terminal", file=sys.stderr)
+            return EXIT_USAGE
+        if input("type the queue name to confirm: ").strip() != args.queue:
+            print("aborted")
+            return EXIT_FAILURE
+    pending, eta = app.broker.purge_queue(args.queue)
+    print(f"deleted {pending} pending and {eta} eta task(s)")
+    return EXIT_OK
+
+
+def _cmd_enqueue(app: HexQ, args: argparse.Namespace) -> int:
+    from hexq.entrypoints.app import Call
+
+    definition = app.registry.get(args.task)
+    try:
+        positional = [json.loads(value) for value in args.args]
+        kwargs = json.loads(args.kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"arguments must be JSON values (quote strings: '\"text\"'): {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError("--kwargs must be a JSON object")
+    task = next(t for t in _tasks(app) if t.name == definition.name)
+    (task_id,) = app.enqueue_many([Call(task, tuple(positional), kwargs, args.queue, args.eta)])
+    print(task_id)
+    return EXIT_OK
+
+
+def _tasks(app: HexQ) -> list[Any]:
+    from hexq.entrypoints.app import Task
+
+    return [Task(app, definition) for definition in app.registry.tasks.values()]
+
+
+def _cmd_dead(app: HexQ, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        letters = app.broker.dead_letters(args.limit)
+        if args.json:
+            print(json.dumps([{"id": d.id, "queue": d.queue, "reason": d.reason, "failed_at_ms": d.failed_at_ms,
+                               "payload": d.payload} for d in letters], indent=2))
+        else:
+            for d in letters:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.failed_at_ms / 1000))
+                print(f"{d.id}  {d.queue}  {when}Z  {d.reason}")
+            print(f"{len(letters)} dead letter(s) shown")
+        return EXIT_OK
+    if args.action == "requeue":
+        count = app.broker.requeue_dead(args.ids or None)
+        print(f"requeued {count} dead letter(s)")
+        return EXIT_OK
+    count = app.broker.purge_dead()
+    print(f"deleted {count} dead letter(s)")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
