@@ -1,0 +1,142 @@
+"""The worker child's loop on the in-memory broker: priority, batching, release on stop, async, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hexq.core.errors import BrokerUnavailableError
+from hexq.core.ports import Reservation
+from hexq.core.services.child import ChildConfig, ChildLoop
+from hexq.core.services.runner import TaskRunner
+from service_fixtures import enqueue, make_app
+
+
+def build_loop(app: Any, broker: Any, clock: Any, **config: Any) -> ChildLoop:
+    runner = TaskRunner(app.registry, app.codec, broker, clock, "c1", random.random)
+    config.setdefault("queues", ("high", "low"))
+    config.setdefault("slots", 1)
+    config.setdefault("lease_ms", 10_000)
+    config.setdefault("idle_wait", 0.01)
+    return ChildLoop(runner, broker, clock, ChildConfig(consumer="c1", **config))
+
+
+def test_serves_the_higher_priority_queue_first_and_acknowledges_everything() -> None:
+    app, broker, clock = make_app()
+    order: list[str] = []
+
+    @app.task(queue="low")
+    def low(n: int) -> None:
+        order.append(f"low{n}")
+
+    @app.task(queue="high")
+    def high(n: int) -> None:
+        order.append(f"high{n}")
+
+    for n in range(3):
+        enqueue(app, low, n)
+    for n in range(2):
+        enqueue(app, high, n)
+    loop = build_loop(app, broker, clock, max_tasks=5)
+    assert asyncio.run(loop.run()) == 0
+    assert order == ["high0", "high1", "low0", "low1", "low2"]
+    assert [(s.pending, s.in_flight) for s in broker.queue_stats(["high", "low"])] == [(0, 0), (0, 0)]
+
+
+def test_stop_mid_batch_hands_unstarted_tasks_back_in_order() -> None:
+    app, broker, clock = make_app()
+    ran: list[int] = []
+    holder: dict[str, ChildLoop] = {}
+
+    @app.task(queue="low")
+    def job(n: int) -> None:
+        ran.append(n)
+        if n == 1:
+            holder["loop"].request_stop()
+
+    for n in range(6):
+        enqueue(app, job, n)
+    loop = build_loop(app, broker, clock, prefetch_max=10)
+    loop._ewma = 1e-6  # as if tasks were known to be fast: reserve big batches
+    holder["loop"] = loop
+    asyncio.run(loop.run())
+    assert ran[:2] == [0, 1]
+    assert len(ran) < 6
+    left = broker.reserve("probe", ["low"], 100, int(clock.now() * 1000), 1000).deliveries
+    assert [app.codec.decode(d.payload or "").args[0] for d in left] == list(range(len(ran), 6))
+    assert all(d.crashes == 0 for d in left)
+
+
+def test_async_tasks_run_concurrently_up_to_the_slot_count() -> None:
+    app, broker, clock = make_app()
+    state = {"now": 0, "peak": 0}
+
+    @app.task(queue="low")
+    async def slow() -> None:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.05)
+        state["now"] -= 1
+
+    for _ in range(6):
+        enqueue(app, slow)
+    loop = build_loop(app, broker, clock, slots=3, max_tasks=6)
+    asyncio.run(loop.run())
+    assert state["peak"] == 3
+    assert broker.queue_stats(["low"])[0].pending == 0
+
+
+class FlakyBroker:
+    """Delegates to a real MemoryBroker but fails the first ``failures`` reservations."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
+                acks: Sequence[str] = ()) -> Reservation:
+        if self.failures:
+            self.failures -= 1
+            raise BrokerUnavailableError("connection refused")
+        return self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_broker_outage_is_waited_out_and_nothing_is_lost() -> None:
+    app, broker, clock = make_app()
+    done: list[int] = []
+
+    @app.task(queue="low")
+    def job(n: int) -> None:
+        done.append(n)
+
+    for n in range(3):
+        enqueue(app, job, n)
+    flaky = FlakyBroker(broker, failures=2)
+    runner = TaskRunner(app.registry, app.codec, flaky, clock, "c1", random.random)  # type: ignore[arg-type]
+    loop = ChildLoop(runner, flaky, clock,  # type: ignore[arg-type]
+                     ChildConfig("c1", ("high", "low"), 1, 10_000, max_tasks=3, idle_wait=0.01, backoff_max=0.05))
+    asyncio.run(loop.run())
+    assert sorted(done) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("max_tasks", [1, 4])
+def test_max_tasks_makes_the_child_exit_after_that_many(max_tasks: int) -> None:
+    app, broker, clock = make_app()
+
+    @app.task(queue="low")
+    def job() -> None:
+        return None
+
+    for _ in range(10):
+        enqueue(app, job)
+    loop = build_loop(app, broker, clock, max_tasks=max_tasks, prefetch_max=8)
+    asyncio.run(loop.run())
+    assert loop.done == max_tasks
+    stats = broker.queue_stats(["low"])[0]
+    assert (stats.pending, stats.in_flight) == (10 - max_tasks, 0)
