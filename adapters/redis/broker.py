@@ -1,0 +1,311 @@
+"""The Broker port on Redis: every multi-step change is one Lua script (see ``keys.py`` for the layout)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from hexq.adapters.redis.broadcast import RedisSubscription
+from hexq.adapters.redis.errors import translated
+from hexq.adapters.redis.keys import Keys
+from hexq.adapters.redis.scripts import Scripts
+from hexq.core.ports import (
+    DeadLetter,
+    Delivery,
+    InFlight,
+    OutgoingTask,
+    QueueStats,
+    Reservation,
+    WorkerBeat,
+)
+
+HEALTH_CHECK_INTERVAL = 25  # seconds idle before redis-py PINGs a pooled connection before using it
+ENQUEUE_CHUNK_TASKS = 1000  # bounds one script call, so a huge batch never blocks Redis for long
+ENQUEUE_CHUNK_BYTES = 4 << 20
+RECOVER_BATCH = 100
+EXPIRED_PER_RESERVE = 10  # fixed inside reserve.lua
+
+
+class ConnectionSettings(Protocol):
+    """What ``from_connection`` reads; ``hexq.entrypoints.settings.Connection`` fits (adapters may not
+    import entrypoints)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def redacted(self) -> str: ...
+    @property
+    def socket_timeout(self) -> float | None: ...
+    @property
+    def socket_connect_timeout(self) -> float | None: ...
+    @property
+    def ssl_ca_certs(self) -> str | None: ...
+    @property
+    def ssl_certfile(self) -> str | None: ...
+    @property
+    def ssl_keyfile(self) -> str | None: ...
+
+
+def _retry() -> Retry:
+    # One quick retry replaces a pooled connection that died with a restarted server. Timeouts are not
+    # retried: the command may have run, and the caller decides.
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,))
+
+
+def _describe(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def _blocking_twin(client: redis.Redis) -> redis.Redis:
+    """A client on the same server whose reads never time out, for BLPOP waits of any length."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["socket_timeout"] = None
+    if "orig_socket_timeout" in kwargs:
+        kwargs["orig_socket_timeout"] = None
+    twin_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=twin_pool)
+
+
+def _task_args(task: OutgoingTask) -> list[str]:
+    eta = "" if task.eta_ms is None else str(task.eta_ms)
+    return [task.id, task.queue, task.payload, eta, task.dedup_key or ""]
+
+
+def _chunks(tasks: Sequence[OutgoingTask]) -> Iterator[list[str]]:
+    args: list[str] = []
+    size = 0
+    for task in tasks:
+        args += _task_args(task)
+        size += len(task.payload)
+        if len(args) >= 5 * ENQUEUE_CHUNK_TASKS or size >= ENQUEUE_CHUNK_BYTES:
+            yield args
+            args, size = [], 0
+    if args:
+        yield args
+
+
+def _in_flight_record(task_id: str, record: str) -> InFlight | None:
+    since, sep, rest = record.partition("|")
+    queue, sep2, consumer = rest.partition("|")
+    if not (sep and sep2 and since.isdigit()):
+        return None
+    return InFlight(task_id, queue, consumer, int(since))
+
+
+def _dead_letter(raw: str) -> DeadLetter:
+    try:
+        data = json.loads(raw)
+        return DeadLetter(str(data["id"]), str(data["queue"]), data["payload"], str(data["reason"]),
+                          int(data["failed_at_ms"]))
+    except (ValueError, KeyError, TypeError):
+        # Not written by hexq: show it rather than hide it.
+        return DeadLetter("", "", raw, "malformed dead letter record", 0)
+
+
+class RedisBroker:
+    """Nothing connects before the first command; all keys live under the ``{prefix}`` hash tag."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "hexq", *,
+                 blocking_client: redis.Redis | None = None, where: str | None = None) -> None:
+        self._client = client
+        self._blocking = blocking_client if blocking_client is not None else _blocking_twin(client)
+        self._keys = Keys(prefix)
+        self._where = where or _describe(client)
+        self._scripts = Scripts(client, self._keys.tasks)
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._confirm_timeout = float(timeout) if timeout else 15.0
+
+    @classmethod
+    def from_connection(cls, connection: ConnectionSettings, prefix: str) -> RedisBroker:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connection.socket_connect_timeout,
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+            "decode_responses": True,
+            "retry": _retry(),
+        }
+        if connection.scheme == "rediss":
+            options.update(ssl_ca_certs=connection.ssl_ca_certs, ssl_certfile=connection.ssl_certfile,
+                           ssl_keyfile=connection.ssl_keyfile)
+        client = redis.Redis.from_url(connection.url, socket_timeout=connection.socket_timeout, **options)
+        blocking = redis.Redis.from_url(connection.url, socket_timeout=None, **options)
+        return cls(client, prefix, blocking_client=blocking, where=connection.redacted)
+
+    def _translated(self) -> Any:
+        return translated(self._where)
+
+    # -- producing ---------------------------------------------------------------------------------
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+        with self._translated():
+            for args in _chunks(tasks):
+                self._scripts.run("enqueue", args)
+
+    # -- consuming ---------------------------------------------------------------------------------
+    def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
+                acks: Sequence[str] = ()) -> Reservation:
+        args: list[str | int] = [consumer, limit, now_ms, lease_ms, len(queues), *queues, *acks]
+        with self._translated():
+            reply = self._scripts.run("reserve", args)
+        next_eta = None if reply[0] is None else int(reply[0])
+        queue = reply[1]
+        deliveries = tuple(
+            Delivery(reply[i], queue, reply[i + 1], int(reply[i + 2])) for i in range(2, len(reply), 3)
+        )
+        return Reservation(deliveries, next_eta)
+
+    def wait_for_work(self, timeout: float) -> bool:
+        with self._translated():
+            if timeout < 0.001:  # BLPOP's 0 would mean "forever"
+                return self._client.lpop(self._keys.wake) is not None
+            return self._blocking.blpop([self._keys.wake], timeout) is not None
+
+    def ack(self, consumer: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        # An empty reserve is the cheapest atomic ack: it runs the same ack step and takes nothing.
+        with self._translated():
+            self._scripts.run("reserve", [consumer, 0, 0, 0, 0, *ids])
+
+    def retry(self, consumer: str, task: OutgoingTask) -> None:
+        eta = "" if task.eta_ms is None else str(task.eta_ms)
+        with self._translated():
+            self._scripts.run("retry", [consumer, task.id, task.queue, task.payload, eta])
+
+    def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
+                    now_ms: int) -> None:
+        record = json.dumps({"id": task_id, "queue": queue, "payload": payload, "reason": reason,
+                             "failed_at_ms": now_ms})
+        with self._translated():
+            self._scripts.run("dead_letter", [consumer, task_id, record])
+
+    def release(self, consumer: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self._translated():
+            return int(self._scripts.run("release", [consumer, *ids]))
+
+    def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
+        with self._translated():
+            return int(self._scripts.run("recover_consumer", [consumer, *crashed_ids]))
+
+    def recover_expired(self, now_ms: int) -> int:
+        total = 0
+        with self._translated():
+            while True:
+                consumers, tasks = self._scripts.run("recover_expired", [now_ms, RECOVER_BATCH])
+                total += int(tasks)
+                if int(consumers) < RECOVER_BATCH:
+                    return total
+
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
+        if not consumers:
+            return
+        with self._translated():
+            self._client.zadd(self._keys.leases, dict.fromkeys(consumers, until_ms))
+
+    def fetch_payload(self, task_id: str) -> str | None:
+        with self._translated():
+            payload: str | None = self._client.hget(self._keys.tasks, task_id)
+            return payload
+
+    # -- broadcast, cron, workers ------------------------------------------------------------------
+    def publish_broadcast(self, payload: str) -> int:
+        with self._translated():
+            return int(self._client.publish(self._keys.broadcast, payload))
+
+    def subscribe_broadcast(self) -> RedisSubscription:
+        return RedisSubscription(self._client, self._keys.broadcast, self._where, self._confirm_timeout)
+
+    def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
+        with self._translated():
+            return bool(self._scripts.run("claim_cron", [schedule_key, fire_ms, *_task_args(task)]))
+
+    def last_cron_tick(self, schedule_key: str) -> int | None:
+        with self._translated():
+            last = self._client.hget(self._keys.cron, schedule_key)
+        return None if last is None else int(last)
+
+    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
+        with self._translated():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zadd(self._keys.workers, {worker_id: now_ms})
+            pipe.hset(self._keys.workerinfo, worker_id, info)
+            pipe.execute()
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._translated():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrem(self._keys.workers, worker_id)
+            pipe.hdel(self._keys.workerinfo, worker_id)
+            pipe.execute()
+
+    def workers(self) -> list[WorkerBeat]:
+        with self._translated():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrevrange(self._keys.workers, 0, -1, withscores=True)
+            pipe.hgetall(self._keys.workerinfo)
+            beats, infos = pipe.execute()
+        return [WorkerBeat(worker, int(score), infos.get(worker, "")) for worker, score in beats]
+
+    # -- inspection and operations -----------------------------------------------------------------
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        with self._translated():
+            pipe = self._client.pipeline(transaction=True)
+            for queue in queues:
+                pipe.llen(self._keys.queue(queue))
+                pipe.zcard(self._keys.eta(queue))
+            pipe.hvals(self._keys.inflight)
+            *counts, records = pipe.execute()
+        flying: dict[str, int] = {}
+        for record in records:
+            queue = record.split("|", 2)[1] if record.count("|") >= 2 else ""
+            flying[queue] = flying.get(queue, 0) + 1
+        return [QueueStats(q, int(counts[2 * i]), int(counts[2 * i + 1]), flying.get(q, 0))
+                for i, q in enumerate(queues)]
+
+    def in_flight(self, limit: int = 1000) -> list[InFlight]:
+        with self._translated():
+            records: dict[str, str] = self._client.hgetall(self._keys.inflight)
+        rows = [row for task_id, record in records.items() if (row := _in_flight_record(task_id, record))]
+        return sorted(rows, key=lambda r: r.since_ms)[:limit]
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        with self._translated():
+            raw: list[str] = self._client.lrange(self._keys.dead, 0, limit - 1)
+        return [_dead_letter(r) for r in raw]
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        args = ["all"] if ids is None else ["ids", *ids]
+        with self._translated():
+            return int(self._scripts.run("requeue_dead", args))
+
+    def purge_dead(self) -> int:
+        with self._translated():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.llen(self._keys.dead)
+            pipe.delete(self._keys.dead)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def purge_queue(self, queue: str) -> tuple[int, int]:
+        with self._translated():
+            pending, waiting = self._scripts.run("purge_queue", [queue])
+        return int(pending), int(waiting)
+
+    def close(self) -> None:
+        self._client.close()
+        self._blocking.close()
+        self._client.connection_pool.disconnect()
+        self._blocking.connection_pool.disconnect()

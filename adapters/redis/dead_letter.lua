@@ -1,0 +1,6 @@
+-- ARGV: consumer, id, dead letter record (JSON). The dead list is newest first.
+disown(ARGV[1], ARGV[2])
+redis.call("hdel", TASKS, ARGV[2])
+redis.call("hdel", CRASHES, ARGV[2])
+redis.call("lpush", DEAD, ARGV[3])
+return 1

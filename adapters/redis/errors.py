@@ -1,0 +1,52 @@
+"""Redis exceptions translated into hexq's own at the port, with messages that say what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis.exceptions as rx
+
+from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
+
+_AUTH_PREFIXES = ("NOAUTH", "WRONGPASS", "NOPERM", "INVALIDPASSWORD")
+_UNAVAILABLE_PREFIXES = ("LOADING", "BUSY ", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def translate(exc: rx.RedisError, where: str) -> Exception | None:
+    """The hexq error for ``exc``, or None when it is not one hexq knows how to explain.
+
+    ``where`` is the redacted URL. Redis error texts never contain the password, but ours are built
+    from ``where`` only, so nothing secret can leak through them.
+    """
+    text = str(exc)
+    upper = text.lstrip("-").upper()
+    if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError,
+                        rx.AuthenticationWrongNumberOfArgsError)) or upper.startswith(_AUTH_PREFIXES):
+        return BrokerAuthError(
+            f"Redis at {where} refused hexq's credentials ({text}): check the password and the ACL user "
+            "in the broker URL, and that this user may run the commands hexq needs"
+        )
+    if isinstance(exc, rx.OutOfMemoryError) or upper.startswith("OOM") or "MAXMEMORY" in upper:
+        return BrokerFullError(
+            f"Redis at {where} is out of memory and refused the write ({text}); nothing was stored. Free "
+            "memory (finish or purge queues) or raise maxmemory; callers may retry later"
+        )
+    if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.ClusterDownError,
+                        rx.TryAgainError)) or upper.startswith(_UNAVAILABLE_PREFIXES):
+        return BrokerUnavailableError(
+            f"cannot use Redis at {where} ({type(exc).__name__}: {text}); workers keep retrying until "
+            "it is reachable again"
+        )
+    return None
+
+
+@contextmanager
+def translated(where: str) -> Iterator[None]:
+    try:
+        yield
+    except rx.RedisError as exc:
+        mapped = translate(exc, where)
+        if mapped is None:
+            raise
+        raise mapped from exc

@@ -1,0 +1,10 @@
+-- ARGV: queue. Returns {pending deleted, eta deleted}.
+local q, ek = qkey(ARGV[1]), etakey(ARGV[1])
+local pending = redis.call("lrange", q, 0, -1)
+local waiting = redis.call("zrange", ek, 0, -1)
+call_many("hdel", TASKS, pending)
+call_many("hdel", CRASHES, pending)
+call_many("hdel", TASKS, waiting)
+call_many("hdel", CRASHES, waiting)
+redis.call("del", q, ek, dedupkey(ARGV[1]))
+return {#pending, #waiting}

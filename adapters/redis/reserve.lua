@@ -1,0 +1,53 @@
+-- ARGV: consumer, limit, now_ms, lease_ms, n_queues, queue..., ack id...
+-- Returns {next_eta_ms or nil, served queue or nil, id, payload or nil, crashes, id, ...}.
+local consumer, now = ARGV[1], ARGV[3]
+local limit = math.min(tonumber(ARGV[2]), CHUNK)
+local nq = tonumber(ARGV[5])
+local queues = {}
+for i = 1, nq do queues[i] = ARGV[5 + i] end
+local acks = {}
+for i = 6 + nq, #ARGV do acks[#acks + 1] = ARGV[i] end
+
+ack(consumer, acks)
+for _, queue in ipairs(queues) do promote(queue, now) end
+recover_expired(now, 10)
+
+local taken, served = {}, false
+if limit > 0 then
+  for _, queue in ipairs(queues) do
+    local ids = redis.call("lpop", qkey(queue), limit)
+    if ids and #ids > 0 then
+      taken, served = ids, queue
+      break
+    end
+  end
+end
+
+local next_eta = false
+for _, queue in ipairs(queues) do
+  local first = redis.call("zrange", etakey(queue), 0, 0, "WITHSCORES")
+  if first[2] then
+    local eta = tonumber(first[2])
+    if not next_eta or eta < next_eta then next_eta = eta end
+  end
+end
+
+local out = {next_eta, served}
+if #taken == 0 then return out end
+redis.call("rpush", ownedkey(consumer), unpack(taken))
+local record = now .. "|" .. served .. "|" .. consumer
+local fields = {}
+for _, id in ipairs(taken) do
+  fields[#fields + 1] = id
+  fields[#fields + 1] = record
+end
+redis.call("hset", INFLIGHT, unpack(fields))
+redis.call("zadd", LEASES, tonumber(now) + tonumber(ARGV[4]), consumer)
+local payloads = redis.call("hmget", TASKS, unpack(taken))
+local crashes = redis.call("hmget", CRASHES, unpack(taken))
+for i, id in ipairs(taken) do
+  out[#out + 1] = id
+  out[#out + 1] = payloads[i]
+  out[#out + 1] = tonumber(crashes[i]) or 0
+end
+return out
