@@ -1,0 +1,142 @@
+"""``python -m bench``: hexq against its installed Redis-backed peers; see bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bench import report
+from bench.harness import Config, Harness
+from bench.procs import REPO, kill_all
+from bench.proxy import Proxy
+from bench.redis_server import RedisServer
+from bench.systems import SYSTEMS
+from bench.workloads import ceiling, median
+
+HERE = REPO / "bench"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--n", type=int, default=20_000, help="tasks per throughput run (default 20000)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions; the median is reported")
+    parser.add_argument("--proxy-n", type=int, default=None,
+                        help="tasks per run through the +1 ms proxy (default N/10, at least 200)")
+    parser.add_argument("--only", default="", help="comma-separated systems, e.g. hexq,wakaq")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: N=200, one repetition")
+    parser.add_argument("--no-proxy", action="store_true", help="skip the +1 ms proxy runs")
+    parser.add_argument("--json", type=Path, default=HERE / "results.json")
+    parser.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.repeat = 200, 1
+    if args.proxy_n is None:
+        args.proxy_n = max(200, args.n // 10)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()] or list(SYSTEMS)
+    unknown = [n for n in wanted if n not in SYSTEMS]
+    args.names = [n for n in SYSTEMS if n in wanted]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric: the median of the numeric repetitions, else the first status ('timeout', 'error')."""
+    keys = {k for c in cells for k in c}
+    out: dict[str, Any] = {}
+    for key in keys:
+        numbers = [c[key] for c in cells if isinstance(c.get(key), (int, float))]
+        statuses = [c[key] for c in cells if isinstance(c.get(key), str)]
+        out[key] = median(numbers) if numbers else (statuses[0] if statuses else None)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    config = Config(n=args.n, proxy_n=args.proxy_n)
+    systems = {name: SYSTEMS[name]() for name in args.names}
+    results: dict[str, Any] = {"command": "python -m bench " + " ".join(sys.argv[1:]), "systems": {}}
+    for name, system in systems.items():
+        reason = system.missing()
+        results["systems"][name] = {
+            "version": system.version() if reason != "not installed" else "", "setup": system.setup,
+            "command": system.command, "has_batch": system.has_batch, "reason": reason,
+            "status": reason.split(" (")[0] if reason else None, "reps": [], "errors": [], "median": {},
+        }
+        if reason:
+            log(f"{name}: skipped, {reason}")
+    logdir = HERE / "logs"
+    shutil.rmtree(logdir, ignore_errors=True)
+    with RedisServer() as server:
+        results["machine"] = report.machine(server.version())
+        proxy = None if args.no_proxy else Proxy(server.port).__enter__()
+        try:
+            if proxy is not None:
+                results["proxy_rtt_ms"] = proxy.added_rtt_ms(server.url)
+                log(f"proxy adds {results['proxy_rtt_ms']:.2f} ms per round trip")
+            harness = Harness(server.url, proxy.url if proxy else None, config, logdir)
+            ceilings: list[float] = []
+            proxied: list[float] = []
+            for rep in range(1, args.repeat + 1):
+                ceilings.append(ceiling(server.url, args.n))
+                if proxy is not None:
+                    proxied.append(ceiling(proxy.url, args.proxy_n))
+                for name, system in systems.items():
+                    entry = results["systems"][name]
+                    if entry["status"]:
+                        continue
+                    t0 = time.monotonic()
+                    cells = harness.run(system, rep, entry["errors"])
+                    entry["reps"].append(cells)
+                    shown = ", ".join(f"{k}={report.fmt(v, 'ms' if 'lat' in k or 'eta' in k else 'rate')}"
+                                      for k, v in cells.items())
+                    log(f"[{rep}/{args.repeat}] {name} ({time.monotonic() - t0:.0f} s): {shown}")
+            results["ceiling"] = median(ceilings)
+            results["ceiling_proxy"] = median(proxied) if proxied else None
+        finally:
+            if proxy is not None:
+                proxy.__exit__()
+    for entry in results["systems"].values():
+        entry["median"] = summarize(entry["reps"])
+    results["config"] = {"n": args.n, "proxy_n": args.proxy_n, "repeat": args.repeat,
+                         "latency_count": config.latency_count, "latency_interval": config.latency_interval,
+                         "eta_count": config.eta_count, "eta_delay": config.eta_delay}
+    results["seconds"] = time.monotonic() - started
+    return results
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        results = run(args)
+    except KeyboardInterrupt:
+        log("interrupted: every worker, client, proxy and redis-server process was stopped")
+        return 130
+    finally:
+        kill_all()
+    header, rows = report.table(results)
+    print(report.render_text(header, rows))
+    print("\n" + "\n".join(report.notes(results)[2:]))
+    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    args.markdown.write_text(report.markdown_document(results))
+    log(f"wrote {args.json} and {args.markdown} in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""One app per system, each declaring the same two tasks through that system's documented API:
+
+* ``noop()``: its only work is one ``INCR bench:done`` (the harness polls that counter);
+* ``stamp(sent)``: records ``"<sent> <time.time() at start>"`` in the list ``bench:stamps`` and INCRs the
+  counter (one pipelined round trip), for latency and eta lateness.
+
+The broker URL comes from ``BENCH_REDIS_URL``; the counter's from ``BENCH_COUNTER_URL`` (always the bench
+redis-server directly, so the proxy run delays only the queue's own round trips).
+"""

@@ -1,0 +1,176 @@
+"""Runs one system through every workload once (one repetition), each step in a fresh Redis state."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import redis
+
+from bench.apps.common import DONE_KEY, STAMPS_KEY
+from bench.procs import REPO, ProcessTree, bench_env
+from bench.systems.base import System
+from bench.workloads import Timeout, percentile, stamp_delays_ms, steady_rate, wait_for_count
+
+Cells = dict[str, Any]  # metric -> number, or a status string such as "timeout"
+
+
+class StepError(Exception):
+    pass
+
+
+@attrs.define
+class Config:
+    n: int
+    proxy_n: int
+    latency_count: int = 200
+    latency_interval: float = 0.01
+    eta_count: int = 100
+    eta_delay: float = 2.0
+    batch_chunk: int = 1000
+    stall: float = 30.0  # a run whose counter has not moved for this long is a 'timeout'
+
+
+@attrs.define
+class Harness:
+    url: str  # the bench redis-server
+    proxy_url: str | None
+    config: Config
+    logdir: Path
+    redis: redis.Redis = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.redis = redis.Redis.from_url(self.url, socket_timeout=30)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+
+    # -- processes ---------------------------------------------------------------------------------
+    def client(self, system: System, op: str, timeout: float, label: str, **opts: Any) -> float:
+        """Run one client op in its own process; returns its measured seconds."""
+        out = self.logdir / f"{label}.json"
+        out.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "bench.client", system.name, op, "--out", str(out)]
+        for key, value in opts.items():
+            argv += [f"--{key}", str(value)]
+        tree = ProcessTree.spawn([argv], env=bench_env(BENCH_REDIS_URL=self.url), cwd=str(REPO),
+                                 log=self.logdir / f"{label}.log")
+        try:
+            try:
+                tree.procs[0].wait(timeout=timeout)
+            except Exception:
+                raise Timeout(f"client {op} still running after {timeout:.0f} s") from None
+        finally:
+            tree.kill(grace=0.5)
+        if not out.exists():
+            raise StepError(f"client {op} exited with {tree.procs[0].returncode}: {self.tail(label)}")
+        result = json.loads(out.read_text())
+        if "error" in result:
+            raise StepError(f"client {op}: {result['error']}")
+        return float(result["seconds"])
+
+    def workers(self, system: System, url: str, label: str) -> ProcessTree:
+        env = bench_env(BENCH_REDIS_URL=url, BENCH_COUNTER_URL=self.url)
+        return ProcessTree.spawn(system.worker_argvs(url), env=env, cwd=str(REPO),
+                                 log=self.logdir / f"{label}.log")
+
+    def tail(self, label: str, lines: int = 3) -> str:
+        path = self.logdir / f"{label}.log"
+        text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return " | ".join(line.strip() for line in text[-lines:])[:400]
+
+    def fresh(self) -> None:
+        self.redis.flushall()
+
+    def reset_counters(self) -> None:
+        self.redis.delete(DONE_KEY, STAMPS_KEY)
+
+    # -- one repetition ----------------------------------------------------------------------------
+    def run(self, system: System, rep: int, errors: list[str]) -> Cells:
+        cells: Cells = {}
+        tag = f"{system.name}-r{rep}"
+        steps: list[tuple[str, tuple[str, ...], Callable[[System, Cells, str], None]]] = [
+            ("processing", ("enqueue", "proc", "proc_steady", "rss"), self.processing),
+            ("latency+eta", ("lat_p50", "lat_p99", "eta_p50", "eta_p99", "eta_min"), self.latency),
+        ]
+        if system.has_batch:
+            steps.insert(1, ("batch", ("batch",), self.batch))
+        if self.proxy_url is not None:
+            steps.append(("proxy", ("proxy", "proxy_steady"), self.proxied))
+        for step, keys, fn in steps:
+            label = f"{tag}-{step}"
+            try:
+                fn(system, cells, label)
+            except Exception as exc:
+                status = "timeout" if isinstance(exc, Timeout) else "error"
+                for key in keys:
+                    cells.setdefault(key, status)
+                detail = self.tail(label + "-workers")
+                errors.append(f"rep {rep} {step}: {status}: {exc}" + (f" [workers: {detail}]" if detail else ""))
+            finally:
+                self.fresh()
+        return cells
+
+    def processing(self, system: System, cells: Cells, label: str) -> None:
+        n = self.config.n
+        self.fresh()
+        seconds = self.client(system, "enqueue", 30 + n / 100, label + "-enqueue", n=n)
+        cells["enqueue"] = n / seconds
+        start = time.monotonic()
+        tree = self.workers(system, self.url, label + "-workers")
+        try:
+            samples = wait_for_count(self.redis, n, stall=self.config.stall, cap=60 + n / 20,
+                                     alive=tree.alive)
+            cells["proc"] = n / (samples[-1][0] - start)
+            cells["proc_steady"] = steady_rate(samples, n) or "n/a"
+            time.sleep(0.2)
+            cells["rss"] = tree.rss_bytes() / 2**20
+        finally:
+            tree.kill()
+
+    def batch(self, system: System, cells: Cells, label: str) -> None:
+        n = self.config.n
+        self.fresh()
+        seconds = self.client(system, "batch", 30 + n / 100, label, n=n, chunk=self.config.batch_chunk)
+        cells["batch"] = n / seconds
+
+    def latency(self, system: System, cells: Cells, label: str) -> None:
+        cfg = self.config
+        self.fresh()
+        tree = self.workers(system, self.url, label + "-workers")
+        try:
+            self.client(system, "fill", 60, label + "-warmup", n=20)
+            wait_for_count(self.redis, 20, stall=60, cap=90, alive=tree.alive)
+            self.reset_counters()
+            self.client(system, "latency", 60 + cfg.latency_count * cfg.latency_interval,
+                        label + "-latency", count=cfg.latency_count, interval=cfg.latency_interval)
+            wait_for_count(self.redis, cfg.latency_count, stall=cfg.stall, cap=120, alive=tree.alive)
+            delays = stamp_delays_ms(self.redis)
+            cells["lat_p50"], cells["lat_p99"] = percentile(delays, 50), percentile(delays, 99)
+            self.reset_counters()
+            self.client(system, "eta", 60, label + "-eta", count=cfg.eta_count, delay=cfg.eta_delay)
+            wait_for_count(self.redis, cfg.eta_count, stall=cfg.stall + cfg.eta_delay, cap=120,
+                           alive=tree.alive)
+            delays = stamp_delays_ms(self.redis)
+            cells["eta_p50"], cells["eta_p99"] = percentile(delays, 50), percentile(delays, 99)
+            cells["eta_min"] = min(delays)
+        finally:
+            tree.kill()
+
+    def proxied(self, system: System, cells: Cells, label: str) -> None:
+        assert self.proxy_url is not None
+        n = self.config.proxy_n
+        self.fresh()
+        self.client(system, "fill", 30 + n / 100, label + "-fill", n=n)
+        start = time.monotonic()
+        tree = self.workers(system, self.proxy_url, label + "-workers")
+        try:
+            samples = wait_for_count(self.redis, n, stall=self.config.stall, cap=60 + n / 10,
+                                     alive=tree.alive)
+            cells["proxy"] = n / (samples[-1][0] - start)
+            cells["proxy_steady"] = steady_rate(samples, n) or "n/a"
+        finally:
+            tree.kill()

@@ -1,0 +1,27 @@
+"""Huey's RedisHuey with a process-pool consumer."""
+
+from __future__ import annotations
+
+from bench.systems.base import System, script, utc
+
+
+class Huey(System):
+    name = "huey"
+    dist = "huey"
+    app_module = "bench.apps.huey_app"
+    setup = "2 procs (-w 2 -k process)"
+    command = "huey_consumer bench.apps.huey_app.huey -w 2 -k process -q"
+
+    def worker_argvs(self, url: str) -> list[list[str]]:
+        return [[script("huey_consumer"), "bench.apps.huey_app.huey", "-w", "2", "-k", "process", "-q"]]
+
+    def enqueue(self, n: int) -> None:
+        noop = self.app().noop
+        for _ in range(n):
+            noop()
+
+    def send_stamp(self, sent: float) -> None:
+        self.app().stamp(sent)
+
+    def send_eta(self, due: float) -> None:
+        self.app().stamp.schedule(args=(due,), eta=utc(due))
