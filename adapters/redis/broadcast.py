@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import redis
 import redis.client
-
 from hexq.adapters.redis.errors import translated
+
+if TYPE_CHECKING:
+    from hexq.adapters.redis.client import RedisClient
 
 
 class RedisSubscription:
-    def __init__(self, client: redis.Redis, channel: str, where: str, confirm_timeout: float) -> None:
+    def __init__(self, client: RedisClient, channel: str, where: str, confirm_timeout: float) -> None:
         self._where = where
-        self._pubsub: redis.client.PubSub = client.pubsub()
+        self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
         with translated(where):
             self._pubsub.subscribe(channel)
             # Wait for the server's confirmation: a publish sent after that is sure to reach us.

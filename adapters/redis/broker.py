@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
-
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from hexq.adapters.redis.broadcast import RedisSubscription
+from hexq.adapters.redis.client import ConnectionSettings, blocking_twin, clients_for, describe
 from hexq.adapters.redis.errors import translated
 from hexq.adapters.redis.keys import Keys
 from hexq.adapters.redis.scripts import Scripts
@@ -24,57 +21,12 @@ from hexq.core.ports import (
     WorkerBeat,
 )
 
-HEALTH_CHECK_INTERVAL = 25  # seconds idle before redis-py PINGs a pooled connection before using it
+if TYPE_CHECKING:
+    from hexq.adapters.redis.client import RedisClient
+
 ENQUEUE_CHUNK_TASKS = 1000  # bounds one script call, so a huge batch never blocks Redis for long
 ENQUEUE_CHUNK_BYTES = 4 << 20
 RECOVER_BATCH = 100
-EXPIRED_PER_RESERVE = 10  # fixed inside reserve.lua
-
-
-class ConnectionSettings(Protocol):
-    """What ``from_connection`` reads; ``hexq.entrypoints.settings.Connection`` fits (adapters may not
-    import entrypoints)."""
-
-    @property
-    def url(self) -> str: ...
-    @property
-    def scheme(self) -> str: ...
-    @property
-    def redacted(self) -> str: ...
-    @property
-    def socket_timeout(self) -> float | None: ...
-    @property
-    def socket_connect_timeout(self) -> float | None: ...
-    @property
-    def ssl_ca_certs(self) -> str | None: ...
-    @property
-    def ssl_certfile(self) -> str | None: ...
-    @property
-    def ssl_keyfile(self) -> str | None: ...
-
-
-def _retry() -> Retry:
-    # One quick retry replaces a pooled connection that died with a restarted server. Timeouts are not
-    # retried: the command may have run, and the caller decides.
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,))
-
-
-def _describe(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}"
-    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
-def _blocking_twin(client: redis.Redis) -> redis.Redis:
-    """A client on the same server whose reads never time out, for BLPOP waits of any length."""
-    pool = client.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["socket_timeout"] = None
-    if "orig_socket_timeout" in kwargs:
-        kwargs["orig_socket_timeout"] = None
-    twin_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    return redis.Redis(connection_pool=twin_pool)
 
 
 def _task_args(task: OutgoingTask) -> list[str]:
@@ -116,29 +68,19 @@ def _dead_letter(raw: str) -> DeadLetter:
 class RedisBroker:
     """Nothing connects before the first command; all keys live under the ``{prefix}`` hash tag."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "hexq", *,
-                 blocking_client: redis.Redis | None = None, where: str | None = None) -> None:
+    def __init__(self, client: RedisClient, prefix: str = "hexq", *,
+                 blocking_client: RedisClient | None = None, where: str | None = None) -> None:
         self._client = client
-        self._blocking = blocking_client if blocking_client is not None else _blocking_twin(client)
+        self._blocking = blocking_client if blocking_client is not None else blocking_twin(client)
         self._keys = Keys(prefix)
-        self._where = where or _describe(client)
+        self._where = where or describe(client)
         self._scripts = Scripts(client, self._keys.tasks)
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._confirm_timeout = float(timeout) if timeout else 15.0
 
     @classmethod
     def from_connection(cls, connection: ConnectionSettings, prefix: str) -> RedisBroker:
-        options: dict[str, Any] = {
-            "socket_connect_timeout": connection.socket_connect_timeout,
-            "health_check_interval": HEALTH_CHECK_INTERVAL,
-            "decode_responses": True,
-            "retry": _retry(),
-        }
-        if connection.scheme == "rediss":
-            options.update(ssl_ca_certs=connection.ssl_ca_certs, ssl_certfile=connection.ssl_certfile,
-                           ssl_keyfile=connection.ssl_keyfile)
-        client = redis.Redis.from_url(connection.url, socket_timeout=connection.socket_timeout, **options)
-        blocking = redis.Redis.from_url(connection.url, socket_timeout=None, **options)
+        client, blocking = clients_for(connection)
         return cls(client, prefix, blocking_client=blocking, where=connection.redacted)
 
     def _translated(self) -> Any:
@@ -215,8 +157,8 @@ class RedisBroker:
 
     def fetch_payload(self, task_id: str) -> str | None:
         with self._translated():
-            payload: str | None = self._client.hget(self._keys.tasks, task_id)
-            return payload
+            payload: Any = self._client.hget(self._keys.tasks, task_id)
+        return payload if payload is None else str(payload)
 
     # -- broadcast, cron, workers ------------------------------------------------------------------
     def publish_broadcast(self, payload: str) -> int:
@@ -232,7 +174,7 @@ class RedisBroker:
 
     def last_cron_tick(self, schedule_key: str) -> int | None:
         with self._translated():
-            last = self._client.hget(self._keys.cron, schedule_key)
+            last: Any = self._client.hget(self._keys.cron, schedule_key)
         return None if last is None else int(last)
 
     def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
@@ -275,7 +217,7 @@ class RedisBroker:
 
     def in_flight(self, limit: int = 1000) -> list[InFlight]:
         with self._translated():
-            records: dict[str, str] = self._client.hgetall(self._keys.inflight)
+            records: Any = self._client.hgetall(self._keys.inflight)
         rows = [row for task_id, record in records.items() if (row := _in_flight_record(task_id, record))]
         return sorted(rows, key=lambda r: r.since_ms)[:limit]
 
@@ -283,7 +225,7 @@ class RedisBroker:
         if limit <= 0:
             return []
         with self._translated():
-            raw: list[str] = self._client.lrange(self._keys.dead, 0, limit - 1)
+            raw: Any = self._client.lrange(self._keys.dead, 0, limit - 1)
         return [_dead_letter(r) for r in raw]
 
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:

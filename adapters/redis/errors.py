@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis.exceptions as rx
-
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
 
 _AUTH_PREFIXES = ("NOAUTH", "WRONGPASS", "NOPERM", "INVALIDPASSWORD")
@@ -27,7 +26,7 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
             f"Redis at {where} refused hexq's credentials ({text}): check the password and the ACL user "
             "in the broker URL, and that this user may run the commands hexq needs"
         )
-    if isinstance(exc, rx.OutOfMemoryError) or upper.startswith("OOM") or "MAXMEMORY" in upper:
+    if upper.startswith("OOM") or "MAXMEMORY" in upper:
         return BrokerFullError(
             f"Redis at {where} is out of memory and refused the write ({text}); nothing was stored. Free "
             "memory (finish or purge queues) or raise maxmemory; callers may retry later"

@@ -47,7 +47,6 @@ workerinfo), purge_dead (dead), publish (broadcast), and the read-only inspectio
 from __future__ import annotations
 
 import attrs
-
 from hexq.core.errors import ConfigError
 
 

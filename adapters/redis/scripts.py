@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 from redis.commands.core import Script
+
+if TYPE_CHECKING:
+    from hexq.adapters.redis.client import RedisClient
 
 NAMES = (
     "enqueue",
@@ -34,7 +36,7 @@ class Scripts:
     """One registered Script per name. redis-py's Script reloads itself after a NOSCRIPT reply (a
     restarted or flushed server), so callers never see that error."""
 
-    def __init__(self, client: redis.Redis, tasks_key: str) -> None:
+    def __init__(self, client: RedisClient, tasks_key: str) -> None:
         self._tasks_key = tasks_key
         self._scripts: dict[str, Script] = {name: client.register_script(source(name)) for name in NAMES}
 

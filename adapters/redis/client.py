@@ -1,0 +1,81 @@
+"""Building redis-py clients for the broker; nothing here connects (redis-py connects on first use)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # types-redis makes Redis generic over the response type; redis-py's own annotations do not.
+    RedisClient: TypeAlias = "redis.Redis[str]"  # type: ignore[type-arg]
+
+HEALTH_CHECK_INTERVAL = 25  # seconds idle before redis-py PINGs a pooled connection before using it
+
+
+class ConnectionSettings(Protocol):
+    """What ``RedisBroker.from_connection`` reads; ``hexq.entrypoints.settings.Connection`` fits it
+    (adapters may not import entrypoints)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def redacted(self) -> str: ...
+    @property
+    def socket_timeout(self) -> float | None: ...
+    @property
+    def socket_connect_timeout(self) -> float | None: ...
+    @property
+    def ssl_ca_certs(self) -> str | None: ...
+    @property
+    def ssl_certfile(self) -> str | None: ...
+    @property
+    def ssl_keyfile(self) -> str | None: ...
+
+
+def _retry() -> Retry:
+    # One quick retry replaces a pooled connection that died with a restarted server. Timeouts are not
+    # retried: the command may have run, and the caller decides.
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,))
+
+
+def clients_for(connection: ConnectionSettings) -> tuple[RedisClient, RedisClient]:
+    """A client for commands, and one for blocking waits whose reads never time out (a BLPOP may wait
+    longer than ``socket_timeout``; TCP keepalive, on by default, still notices a dead peer)."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": connection.socket_connect_timeout,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "decode_responses": True,
+        "retry": _retry(),
+    }
+    if connection.scheme == "rediss":
+        options.update(ssl_ca_certs=connection.ssl_ca_certs, ssl_certfile=connection.ssl_certfile,
+                       ssl_keyfile=connection.ssl_keyfile)
+    client = redis.Redis.from_url(connection.url, socket_timeout=connection.socket_timeout, **options)
+    blocking = redis.Redis.from_url(connection.url, socket_timeout=None, **options)
+    return client, blocking
+
+
+def blocking_twin(client: RedisClient) -> RedisClient:
+    """A client on the same server and options as ``client`` whose reads never time out."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["socket_timeout"] = None
+    if "orig_socket_timeout" in kwargs:  # redis-py >= 6 restores this after maintenance events
+        kwargs["orig_socket_timeout"] = None
+    twin_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return cast("RedisClient", redis.Redis(connection_pool=twin_pool))  # type: ignore[redundant-cast]
+
+
+def describe(client: RedisClient) -> str:
+    """A URL for messages, built without the password."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
