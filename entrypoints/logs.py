@@ -36,3 +36,6 @@ def setup_logging(level: str | int, log_file: str | None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # Library chatter (redis-py's per-connection notices, asyncio's selector choice) drowns task logs.
+    for noisy in ("redis", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -126,7 +126,7 @@ class TaskRunner:
         now = self.monotonic() if self.monotonic else started
         self.reporter.started(
             slot,
-            message.id,
+            delivery.id,
             now + limits.soft_timeout if limits.soft_timeout else 0.0,
             now + limits.hard_timeout if limits.hard_timeout else 0.0,
         )
@@ -214,7 +214,7 @@ class TaskRunner:
             reason = decision.reason if isinstance(decision, GiveUp) else "broadcast task failed"
             self._dead(delivery.id, message.queue, delivery.payload, reason)
             return
-        self.retry(message, retries_used + 1, decision.delay)
+        self.retry(delivery.id, message, retries_used + 1, decision.delay)
         log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
                  decision.delay, decision.reason)
 
@@ -232,13 +232,13 @@ class TaskRunner:
         delivery = attrs.evolve(delivery, queue=message.queue)
         self._failed(delivery, message, task, self.limits_for(message, task), kind, None, 0.0)
 
-    def retry(self, message: TaskMessage, retries: int, delay: float) -> None:
+    def retry(self, task_id: str, message: TaskMessage, retries: int, delay: float) -> None:
+        """Replace the owned task ``task_id`` by the next attempt of ``message``."""
         self.flush_acks()
         now = self.clock.now()
         retried = attrs.evolve(message, retries=retries, eta=now + delay if delay > 0 else None)
         eta_ms = int((now + delay) * 1000) if delay > 0 else None
-        self.broker.retry(self.consumer, OutgoingTask(message.id, message.queue, self.codec.encode(retried),
-                                                      eta_ms))
+        self.broker.retry(self.consumer, OutgoingTask(task_id, message.queue, self.codec.encode(retried), eta_ms))
         self.stats.retried += 1
 
     def _reject(self, delivery: Delivery, reason: str) -> None:

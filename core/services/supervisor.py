@@ -243,7 +243,10 @@ class Supervisor:
         # Through our private queue, under the same leases as any task: a child that is recycling or
         # crashes does not lose it.
         target = broadcast_queue(self.config.worker_id)
-        if not self._safely(self.broker.enqueue, [OutgoingTask(message.id, target, payload)]):
+        # Every worker stores its own copy, so each copy needs its own storage id: acknowledging one
+        # worker's copy must not delete another's.
+        copy_id = f"{message.id}.{self.config.worker_id}"
+        if not self._safely(self.broker.enqueue, [OutgoingTask(copy_id, target, payload)]):
             log.error("could not queue broadcast %s %s: broker unavailable", message.id, message.name)
 
     def _close_subscription(self) -> None:

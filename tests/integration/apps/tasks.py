@@ -1,0 +1,114 @@
+"""The app that integration tests run real workers on. Tasks report what happened into Redis lists.
+
+Configured from the environment so each test gets its own Redis prefix:
+HEXQ_TEST_URL, HEXQ_TEST_PREFIX, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SCHEDULES=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import redis
+from hexq import CronTask, HexQ, current_attempt
+
+URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
+PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqtest")
+RESULTS = f"{PREFIX}-results"
+
+app = HexQ(
+    url=URL,
+    prefix=PREFIX,
+    queues=[(0, "high"), (1, "medium"), "low"],
+    concurrency=int(os.environ.get("HEXQ_TEST_CONCURRENCY", "2")),
+    async_concurrency=4,
+    max_retries=2,
+    lease_timeout=float(os.environ.get("HEXQ_TEST_LEASE", "3")),
+    shutdown_timeout=10,
+    max_tasks_per_worker=int(os.environ["HEXQ_TEST_MAX_TASKS"]) if os.environ.get("HEXQ_TEST_MAX_TASKS") else None,
+    schedules=[CronTask("* * * * * *", "record", args=["cron"])] if os.environ.get("HEXQ_TEST_SCHEDULES") else [],
+)
+
+_client: redis.Redis | None = None
+
+
+def client() -> redis.Redis:
+    global _client
+    if _client is None or _client.connection_pool.pid != os.getpid():  # type: ignore[attr-defined]
+        _client = redis.Redis.from_url(URL)
+    return _client
+
+
+def report(**fields: object) -> None:
+    fields.setdefault("pid", os.getpid())
+    fields.setdefault("ppid", os.getppid())
+    fields.setdefault("at", time.time())
+    fields.setdefault("attempt", current_attempt.get())
+    client().rpush(RESULTS, json.dumps(fields))
+
+
+@app.task
+def record(tag: str) -> None:
+    report(tag=tag)
+
+
+@app.task(queue="low")
+def record_low(tag: str) -> None:
+    report(tag=tag)
+
+
+@app.task
+def sleep_then_record(seconds: float, tag: str) -> None:
+    report(tag=f"{tag}:start")
+    time.sleep(seconds)
+    report(tag=tag)
+
+
+@app.task(soft_timeout=0.3, max_retries=2)
+def overrun_soft(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    time.sleep(5)
+    report(tag=f"{tag}:finished")  # never reached
+
+
+@app.task(soft_timeout=0.3, max_retries=1)
+async def overrun_soft_async(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    await asyncio.sleep(5)
+
+
+@app.task(hard_timeout=0.5, max_retries=1)
+def overrun_hard(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM})
+    while True:  # ignores everything but SIGKILL
+        time.sleep(0.01)
+
+
+@app.task
+async def async_record(tag: str, seconds: float = 0.0) -> None:
+    await asyncio.sleep(seconds)
+    report(tag=tag)
+
+
+@app.task
+def crash_once(tag: str) -> None:
+    """Kills its own process on the first delivery; succeeds when redelivered."""
+    report(tag=f"{tag}:start")
+    if client().incr(f"{PREFIX}-crash-{tag}") == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    report(tag=tag)
+
+
+@app.task
+def crash_always(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    os._exit(3)
+
+
+@app.task
+def who_am_i(tag: str) -> None:
+    report(tag=tag)
