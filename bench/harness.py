@@ -34,6 +34,7 @@ class Config:
     eta_delay: float = 2.0
     batch_chunk: int = 1000
     stall: float = 30.0  # a run whose counter has not moved for this long is a 'timeout'
+    cap: float = 30.0  # a processing run still going after this long is measured on what it completed
 
 
 @attrs.define
@@ -122,14 +123,21 @@ class Harness:
         start = time.monotonic()
         tree = self.workers(system, self.url, label + "-workers")
         try:
-            samples = wait_for_count(self.redis, n, stall=self.config.stall, cap=60 + n / 20,
-                                     alive=tree.alive)
-            cells["proc"] = n / (samples[-1][0] - start)
-            cells["proc_steady"] = steady_rate(samples, n) or "n/a"
+            self.rates(cells, "proc", n, start, tree)
             time.sleep(0.2)
             cells["rss"] = tree.rss_bytes() / 2**20
         finally:
             tree.kill()
+
+    def rates(self, cells: Cells, key: str, n: int, start: float, tree: ProcessTree) -> None:
+        """Wait for ``n`` completions (or the cap); set the start-to-done and steady-state rates."""
+        samples = wait_for_count(self.redis, n, stall=self.config.stall, cap=self.config.cap,
+                                 alive=tree.alive, partial=True)
+        end, done = samples[-1]
+        cells[key] = done / (end - start)
+        cells[key + "_steady"] = steady_rate(samples, done) or "n/a"
+        if done < n:
+            cells[key + "_done"] = done
 
     def batch(self, system: System, cells: Cells, label: str) -> None:
         n = self.config.n
@@ -168,9 +176,6 @@ class Harness:
         start = time.monotonic()
         tree = self.workers(system, self.proxy_url, label + "-workers")
         try:
-            samples = wait_for_count(self.redis, n, stall=self.config.stall, cap=60 + n / 10,
-                                     alive=tree.alive)
-            cells["proxy"] = n / (samples[-1][0] - start)
-            cells["proxy_steady"] = steady_rate(samples, n) or "n/a"
+            self.rates(cells, "proxy", n, start, tree)
         finally:
             tree.kill()

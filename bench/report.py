@@ -84,9 +84,17 @@ def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             else:
                 row[name] = system["median"].get(key, "—")
         ceiling = results.get(key) if key.startswith("ceiling") else None
-        cells = [fmt(row[n], kind) for n in names]
+        cells = [fmt(row[n], kind) + ("*" if capped(systems[n], key) else "") for n in names]
         rows.append([label, *cells, fmt(ceiling, kind), ratio(row, peers, better) if key != "setup" else ""])
     return header, rows
+
+
+def capped(system: dict[str, Any], key: str) -> list[int]:
+    """How many tasks each capped repetition of this processing row completed (empty: none capped)."""
+    base = key.removesuffix("_steady")
+    if base not in ("proc", "proxy"):
+        return []
+    return [r[base + "_done"] for r in system.get("reps", []) if isinstance(r.get(base + "_done"), int)]
 
 
 def render_text(header: list[str], rows: list[list[str]]) -> str:
@@ -156,6 +164,8 @@ def notes(results: dict[str, Any]) -> list[str]:
         "latency/eta tasks record `time.time()` at start. Latency = start - enqueue; eta lateness = start - due.",
         "- Processing rates count from starting the worker command (so they include its start-up) to the last "
         "completion; 'steady' is the rate between 10% and 90% of completions.",
+        f"- `*`: the run was still going after the {results['config']['cap']:.0f} s cap; its rates are over "
+        "the tasks completed by then (counts under Problems).",
         "- RSS is the sum over the worker process tree (pages shared after fork are counted in every process).",
         "- Ratio: hexq divided by the best peer in that row (for ↓ rows below 1 is better; for eta, by distance "
         "from 0).",
@@ -169,6 +179,13 @@ def notes(results: dict[str, Any]) -> list[str]:
         lines.append(f"- {name}: `{system['command']}` — {system['setup']}"
                      + (f" — **{system['reason']}**" if system.get("status") else ""))
     problems = [(n, e) for n, s in results["systems"].items() for e in s.get("errors", [])]
+    for name, system in results["systems"].items():
+        for key, what in (("proc", "processing"), ("proxy", "processing via proxy")):
+            done = capped(system, key)
+            if done:
+                total = results["config"]["proxy_n" if key == "proxy" else "n"]
+                problems.append((name, f"{what} capped at {results['config']['cap']:.0f} s: "
+                                       f"{', '.join(map(str, done))} of {total} tasks done"))
     if problems:
         lines += ["", "Problems:", ""] + [f"- {n}: {e}" for n, e in problems]
     return lines
