@@ -26,7 +26,7 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
             f"Redis at {where} refused hexq's credentials ({text}): check the password and the ACL user "
             "in the broker URL, and that this user may run the commands hexq needs"
         )
-    if upper.startswith("OOM") or "MAXMEMORY" in upper:
+    if type(exc).__name__ == "OutOfMemoryError" or upper.startswith("OOM") or "MAXMEMORY" in upper:
         return BrokerFullError(
             f"Redis at {where} is out of memory and refused the write ({text}); nothing was stored. Free "
             "memory (finish or purge queues) or raise maxmemory; callers may retry later"

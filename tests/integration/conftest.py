@@ -1,0 +1,77 @@
+"""Fixtures for tests against a real Redis: one server per session (or ``REDIS_URL``), a unique key
+prefix per test, and private servers for tests that stop, restart or reconfigure Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_server import INSTALL_HINT, RedisServer, redis_server_binary
+
+
+def _require_binary() -> None:
+    if redis_server_binary() is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's Redis: ``REDIS_URL`` if set, else a redis-server started for this session."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield RedisServer.external(url)
+        return
+    _require_binary()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def key_prefix(redis_server: RedisServer) -> Iterator[str]:
+    """A prefix no other test uses; its keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis_server.client()
+    try:
+        keys = list(client.scan_iter(match="{" + prefix + "}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def hexq_prefix(key_prefix: str) -> str:
+    """Another name for ``key_prefix``, the prefix to pass to ``HexQ(prefix=...)``."""
+    return key_prefix
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts servers of the test's own (``private_redis(password=..., args=[...])``), which it may
+    stop, restart or reconfigure; all are stopped at the end of the test."""
+    _require_binary()
+    started: list[RedisServer] = []
+
+    def start(**options: Any) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", **options)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,187 @@
+"""RedisBroker against a real redis-server: the shared contract, then what only a real server shows
+(script cache loss, outages, memory limits, credentials, blocking waits, hash slots)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from redis.crc import key_slot
+from redis_server import RedisServer
+
+from hexq.adapters.redis.broker import RedisBroker
+from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
+from hexq.core.ports import Broker, OutgoingTask
+from hexq.entrypoints.settings import Connection
+from tests.unit.broker_contract import T0, BrokerContract, ids, take, task
+
+pytestmark = pytest.mark.integration
+
+PrivateRedis = Callable[..., RedisServer]
+
+
+def broker_for(url: str, prefix: str = "it", **options: float | None) -> RedisBroker:
+    return RedisBroker.from_connection(Connection(url, **options), prefix)  # type: ignore[arg-type]
+
+
+class TestRedisBrokerContract(BrokerContract):
+    @pytest.fixture
+    def broker(self, redis_url: str, key_prefix: str) -> Iterator[Broker]:
+        broker = broker_for(redis_url, key_prefix)
+        yield broker
+        broker.close()
+
+
+def test_lost_script_cache_is_reloaded_transparently(private_redis: PrivateRedis) -> None:
+    server = private_redis()
+    broker = broker_for(server.url)
+    broker.enqueue([task("a")])
+    server.client().script_flush()
+    broker.enqueue([task("b")])
+    assert ids(take(broker)) == ["a", "b"]
+    server.client().script_flush()
+    assert broker.requeue_dead() == 0
+    broker.close()
+
+
+def test_unavailable_while_stopped_and_working_after_restart(private_redis: PrivateRedis) -> None:
+    server = private_redis()
+    broker = broker_for(server.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    broker.enqueue([task("a")])
+    server.stop()
+    calls: list[Callable[[], object]] = [
+        lambda: broker.enqueue([task("b")]),
+        lambda: broker.reserve("c1", ["default"], 10, T0, 1000),
+        lambda: broker.wait_for_work(0.2),
+        lambda: broker.queue_stats(["default"]),
+        broker.subscribe_broadcast,
+    ]
+    for call in calls:
+        with pytest.raises(BrokerUnavailableError) as caught:
+            call()
+        assert f"127.0.0.1:{server.port}" in str(caught.value)
+        assert "retry" in str(caught.value)
+    server.start()  # same port, empty data set, no scripts loaded
+    broker.enqueue([task("b")])
+    assert ids(take(broker)) == ["b"]
+    assert broker.wait_for_work(1.0) is True
+    broker.close()
+
+
+def test_full_store_refuses_the_whole_write(private_redis: PrivateRedis) -> None:
+    server = private_redis()
+    admin = server.client()
+    original = admin.config_get("maxmemory*")
+    broker = broker_for(server.url, "full")
+    try:
+        # 1 MB above what an idle server uses, so the refusal is caused by this enqueue alone.
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory", used + 1024 * 1024)
+        admin.config_set("maxmemory-policy", "noeviction")
+        big = "x" * 100_000
+        with pytest.raises(BrokerFullError, match="out of memory"):
+            broker.enqueue([task(f"t{i}", payload=big) for i in range(50)])
+        # Whatever was stored, each task is whole: an id in the queue always has its payload.
+        assert admin.llen("{full}:q:default") == admin.hlen("{full}:tasks")
+    finally:
+        admin.config_set("maxmemory", original["maxmemory"])
+        admin.config_set("maxmemory-policy", original["maxmemory-policy"])
+    broker.enqueue([task("after")])
+    assert "after" in ids(take(broker))
+    broker.close()
+
+
+def test_wrong_or_missing_password_is_an_auth_error_that_hides_the_password(
+        private_redis: PrivateRedis) -> None:
+    server = private_redis(password="s3cret-pw")
+    good = broker_for(server.url)
+    good.enqueue([task("a")])
+    for url in (f"redis://:wrong-pw@127.0.0.1:{server.port}/0", f"redis://127.0.0.1:{server.port}/0"):
+        broker = broker_for(url)
+        with pytest.raises(BrokerAuthError, match="password") as caught:
+            broker.enqueue([task("b")])
+        assert "wrong-pw" not in str(caught.value)
+        assert "s3cret-pw" not in str(caught.value)
+        broker.close()
+    assert ids(take(good)) == ["a"]
+    good.close()
+
+
+def test_unix_socket_url(private_redis: PrivateRedis) -> None:
+    server = private_redis(unix_socket=True)
+    broker = broker_for(server.unix_url)
+    broker.enqueue([task("a")])
+    assert ids(take(broker)) == ["a"]
+    broker.close()
+
+
+def test_idle_worker_wakes_within_a_second_of_an_enqueue(redis_url: str, key_prefix: str) -> None:
+    waiter, producer = broker_for(redis_url, key_prefix), broker_for(redis_url, key_prefix)
+    woken: list[tuple[bool, float]] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        woken.append((waiter.wait_for_work(10.0), time.monotonic() - started))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    producer.enqueue([task("a")])
+    thread.join(5.0)
+    assert woken and woken[0][0] is True
+    assert woken[0][1] < 1.5
+    waiter.close()
+    producer.close()
+
+
+def test_waits_longer_than_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
+    broker = broker_for(redis_url, key_prefix, socket_timeout=0.3)
+    started = time.monotonic()
+    assert broker.wait_for_work(0.8) is False
+    assert time.monotonic() - started >= 0.7
+    subscription = broker.subscribe_broadcast()
+    assert subscription.get(0.8) is None
+    subscription.close()
+    broker.close()
+
+
+def test_closed_subscription_stops_counting(redis_url: str, key_prefix: str) -> None:
+    broker = broker_for(redis_url, key_prefix)
+    subscription = broker.subscribe_broadcast()
+    assert broker.publish_broadcast("one") == 1
+    subscription.close()
+    deadline = time.monotonic() + 2.0
+    while broker.publish_broadcast("two") != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert broker.publish_broadcast("three") == 0
+    broker.close()
+
+
+def test_every_key_shares_the_prefix_hash_slot(private_redis: PrivateRedis) -> None:
+    server = private_redis()
+    broker = broker_for(server.url, "app")
+    broker.enqueue([task("a"), task("b", "low"), task("e", eta_ms=T0 + 10_000, dedup_key="k")])
+    take(broker, ["default", "low"], limit=1)
+    broker.dead_letter("c1", "a", "default", "p", "r", T0)
+    broker.claim_cron_tick("s", T0, OutgoingTask("cron", "low", "p"))
+    broker.heartbeat("w1", "{}", T0)
+    broker.recover_consumer("c1", [])
+    take(broker, ["low"], consumer="c2", limit=1)
+    keys = server.client().keys("*")
+    expected = {"{app}:" + k for k in ("tasks", "eta:default", "etakeys:default", "owned:c2", "inflight",
+                                       "leases", "dead", "cron", "workers", "workerinfo", "wake", "q:low")}
+    assert expected <= set(keys)
+    assert {key_slot(k.encode()) for k in keys} == {key_slot(b"app")}
+    broker.close()
+
+
+def test_big_batches_keep_order(redis_url: str, key_prefix: str) -> None:
+    broker = broker_for(redis_url, key_prefix)
+    broker.enqueue([task(f"t{i:05d}") for i in range(2500)])
+    got: list[str] = []
+    while batch := take(broker, limit=1000):
+        got += ids(batch)
+    assert got == [f"t{i:05d}" for i in range(2500)]
+    broker.close()
