@@ -33,7 +33,7 @@ def evaluate(expression: int | str, cores: int, what: str = "concurrency") -> in
         value = _walk(tree.body, cores, expression, what)
     else:
         raise ConfigError(f"{what} must be an int or an expression like 'cores*4', got {expression!r}")
-    if value < 0 or value > 10_000:
+    if value != value or value < 0 or value > 10_000:
         raise ConfigError(f"{what} {expression!r} evaluates to {value}, outside 0..10000")
     return int(value)
 

@@ -49,9 +49,19 @@ class CronSchedule:
         """The first fire time strictly after ``moment`` (aware; naive means UTC), returned in UTC."""
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        local = moment.astimezone(_zone(self.timezone))
-        fire = croniter(self.expression, local).get_next(datetime)
-        return fire.astimezone(UTC)  # type: ignore[no-any-return]
+        zone = _zone(self.timezone)
+        fixed_hour = "*" not in self.expression.split()[1]
+        local = moment.astimezone(zone)
+        for _ in range(3):
+            fire: datetime = croniter(self.expression, local).get_next(datetime).astimezone(UTC)
+            # A fall-back repeats an hour of local time. A schedule for a fixed hour ("30 1 * * *") fires
+            # at the first occurrence only, as cron users expect; wildcard hours keep firing in both.
+            as_local = fire.astimezone(zone)
+            first_occurrence = as_local.replace(tzinfo=None).replace(tzinfo=zone, fold=0).astimezone(UTC)
+            if not (fixed_hour and first_occurrence < fire):
+                return fire
+            local = as_local
+        return fire
 
 
 def _task_name(value: object) -> str:
@@ -67,11 +77,19 @@ def _grace(value: object) -> float:
 
 
 def _args(value: object) -> tuple[Any, ...]:
-    return tuple(value) if isinstance(value, (list, tuple)) else ()
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise CronError(f"cron task args must be a list or tuple, got {value!r}")
+    return tuple(value)
 
 
 def _kwargs(value: object) -> dict[str, Any]:
-    return dict(value) if isinstance(value, dict) else {}
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CronError(f"cron task kwargs must be a dict, got {value!r}")
+    return dict(value)
 
 
 @attrs.frozen
@@ -129,7 +147,7 @@ def plan_tick(task: CronTask, last_fired: datetime | None, now: datetime) -> Tic
         # Only the grace window can still fire: scanning from last_fired could walk millions of
         # seconds-field ticks after a long outage.
         skipped = task.schedule.next_after(last_fired) < horizon
-        start = horizon
+        start = horizon - timedelta(microseconds=1)  # a tick exactly at the horizon may still fire
     else:
         start = last_fired
         skipped = False

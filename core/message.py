@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from typing import Any
 
 import attrs
@@ -31,7 +32,8 @@ class TaskMessage:
     def fingerprint(self) -> str:
         """Identity of an eta task for deduplication: task name, queue, args and kwargs (WakaQ's rule)."""
         native_args, native_kwargs = payload.encode_arguments(self.name, self.args, self.kwargs)
-        body = payload.dumps({"t": self.name, "q": self.queue, "a": native_args, "k": native_kwargs})
+        body = json.dumps({"t": self.name, "q": self.queue, "a": native_args, "k": native_kwargs},
+                          sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(body.encode()).hexdigest()
 
 

@@ -97,7 +97,7 @@ def _restore(obj: dict[str, Any]) -> Any:
         raise MalformedPayloadError(f"unknown value tag {kind!r}; was it written by a newer hexq?")
     try:
         return decoder(obj["v"])
-    except (TypeError, ValueError, IndexError, ArithmeticError) as exc:
+    except (TypeError, ValueError, IndexError, ArithmeticError, AttributeError) as exc:
         raise MalformedPayloadError(f"bad {kind} value {obj['v']!r}: {exc}") from exc
 
 

@@ -99,7 +99,7 @@ def after_failure(
     if kind in ("soft_timeout", "hard_timeout"):
         return Retry(0.0, what)
     if kind == "exception" and _matches(error, options.retry_on):
-        ceiling = min(options.backoff_max, options.backoff * (2**retries_used))
+        ceiling = min(options.backoff_max, options.backoff * (2 ** min(retries_used, 64)))
         return Retry(ceiling * rand, what)
     return GiveUp(what)
 

@@ -12,11 +12,11 @@ from hexq.core.errors import ConfigError, UnknownQueueError
 
 # Queue names become parts of Redis keys and CLI arguments: keep them printable and free of the
 # characters that would be confusing in a key or a shell (':' separates key parts, '{}' are hash tags).
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
 def check_queue_name(name: object) -> str:
-    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid queue name {name!r}: use 1-200 characters from letters, digits, '_', '.', '-'"
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import random
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -20,6 +19,7 @@ from hexq.core.policy import AppDefaults, TaskOptions
 from hexq.core.ports import Broker, Clock, OutgoingTask
 from hexq.core.queues import QueueSet, check_timeouts
 from hexq.core.registry import Hook, Registry, TaskDef, Wrapper
+from hexq.entrypoints.ids import new_task_id
 from hexq.entrypoints.settings import Connection, build_connection
 
 P = ParamSpec("P")
@@ -136,10 +136,13 @@ class HexQ:
         self.async_concurrency = evaluate(async_concurrency, cores, "async_concurrency")
         self.exclude_queues = list(exclude_queues)
         self.queues.select(None, self.exclude_queues)
-        if max_mem_percent is not None and not 0 < max_mem_percent <= 100:
+        if max_mem_percent is not None and (isinstance(max_mem_percent, bool)
+                                            or not isinstance(max_mem_percent, (int, float))
+                                            or not 0 < max_mem_percent <= 100):
             raise ConfigError(f"max_mem_percent must be in (0, 100], got {max_mem_percent!r}")
         self.max_mem_percent = max_mem_percent
-        if max_tasks_per_worker is not None and (not isinstance(max_tasks_per_worker, int)
+        if max_tasks_per_worker is not None and (isinstance(max_tasks_per_worker, bool)
+                                                 or not isinstance(max_tasks_per_worker, int)
                                                  or max_tasks_per_worker < 1):
             raise ConfigError(f"max_tasks_per_worker must be an int >= 1 or None, got {max_tasks_per_worker!r}")
         self.max_tasks_per_worker = max_tasks_per_worker
@@ -155,6 +158,10 @@ class HexQ:
             socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout,
             ssl_ca_certs=ssl_ca_certs, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         )
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
+            raise ConfigError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+        if signing_key is not None and (not isinstance(signing_key, (str, bytes)) or len(signing_key) < 16):
+            raise ConfigError("signing_key must be a str or bytes of at least 16 characters")
         key = signing_key.encode() if isinstance(signing_key, str) else signing_key
         self.codec = Codec(key, max_payload_bytes)
         self.worker_log_file = worker_log_file
@@ -186,7 +193,7 @@ class HexQ:
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str | None = None,
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
-             retry_on: Sequence[type[BaseException]] = (), backoff: float = 1.0,
+             retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
              backoff_max: float = 600.0) -> Any:
         """Register a task; usable bare (``@app.task``) or with options (``@app.task(queue=...)``)."""
 
@@ -194,13 +201,19 @@ class HexQ:
             soft = to_seconds(soft_timeout, f"task {function.__name__} soft_timeout")
             hard = to_seconds(hard_timeout, f"task {function.__name__} hard_timeout")
             check_timeouts(soft, hard, f"task {function.__name__!r}")
-            if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
-                raise ConfigError(f"task {function.__name__!r}: max_retries must be an int >= 0")
-            for kind in retry_on:
+            owner = f"task {function.__name__!r}"
+            if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
+                                            or max_retries < 0):
+                raise ConfigError(f"{owner}: max_retries must be an int >= 0, got {max_retries!r}")
+            for label, value in (("backoff", backoff), ("backoff_max", backoff_max)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                    raise ConfigError(f"{owner}: {label} must be a finite number of seconds >= 0, got {value!r}")
+            kinds = (retry_on,) if isinstance(retry_on, type) else tuple(retry_on)
+            for kind in kinds:
                 if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                     raise ConfigError(f"task {function.__name__!r}: retry_on takes exception classes, "
                                       f"got {kind!r}")
-            options = TaskOptions(queue, max_retries, soft, hard, tuple(retry_on), backoff, backoff_max)
+            options = TaskOptions(queue, max_retries, soft, hard, kinds, float(backoff), float(backoff_max))
             definition = TaskDef(name or function.__name__, function, options)
             self.registry.add(definition)
             return Task(self, definition)
@@ -252,7 +265,7 @@ class HexQ:
         definition = self.registry.get(call.task.name)
         queue = self.registry.queue_for(definition, call.queue)
         eta = eta_to_epoch(call.eta, now) if call.eta is not None else None
-        message = TaskMessage(uuid.uuid4().hex, definition.name, queue, call.args, call.kwargs, 0, now, eta)
+        message = TaskMessage(new_task_id(), definition.name, queue, call.args, call.kwargs, 0, now, eta)
         payload = self.codec.encode(message)
         if eta is None:
             return OutgoingTask(message.id, queue, payload)
@@ -260,7 +273,7 @@ class HexQ:
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         definition = self.registry.get(task.name)
-        message = TaskMessage(uuid.uuid4().hex, definition.name, self.queues.default.name, args, kwargs, 0,
+        message = TaskMessage(new_task_id(), definition.name, self.queues.default.name, args, kwargs, 0,
                               self.clock.now(), None, True)
         payload = self.codec.encode(message)
         if self.is_inline:

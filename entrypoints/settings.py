@@ -8,6 +8,7 @@ import attrs
 from hexq.core.errors import ConfigError
 
 SCHEMES = ("redis", "rediss", "unix", "memory")
+_SECRET_PARAMS = {"password", "ssl_password", "ssl_keyfile_password"}
 
 
 @attrs.frozen
@@ -27,11 +28,16 @@ class Connection:
     def redacted(self) -> str:
         """The URL with any password replaced, safe for logs and ``info``."""
         parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        user = parts.username or ""
-        netloc = f"{user}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            netloc = f"{user}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        # redis-py also reads credentials from the query string (?password=...).
+        query = "&".join(
+            f"{name}=***" if name.lower() in _SECRET_PARAMS else f"{name}={value}" if sep else name
+            for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
     def __repr__(self) -> str:
         return f"Connection({self.redacted!r})"
