@@ -542,6 +542,7 @@ def test_delay_many_with_bind_and_tuples_runs_each_in_order() -> None:
     ids = add.delay_many([add.bind(1, 2), (3, 4), add.bind(5, y=6), [7]])
     assert results == [3, 7, 11, 7]
     assert len(ids) == 4 and len(set(ids)) == 4
+    assert ids == sorted(ids)  # ids are time-ordered
 
 
 def test_delay_many_with_queue_and_eta() -> None:
@@ -669,7 +670,7 @@ def test_delay_from_inside_a_running_event_loop() -> None:
 
 
 def test_signed_app_round_trips_in_inline_mode() -> None:
-    app, _, _ = make(signing_key="k")
+    app, _, _ = make(signing_key="a-key-of-16-chars")
     ran: list[Any] = []
 
     @app.task

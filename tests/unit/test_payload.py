@@ -182,8 +182,6 @@ def test_loads_raises_malformed_payload_with_useful_message(label: str, text: st
         payload.loads(text)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: bytes/uuid tag with a non-str value raises AttributeError, "
-                   "which payload.loads/_restore do not translate")
 @pytest.mark.parametrize("text", ['{"__hexq__": "bytes", "v": 5}', '{"__hexq__": "uuid", "v": 5}'])
 def test_non_string_bytes_or_uuid_tag_is_malformed(text: str) -> None:
     with pytest.raises(MalformedPayloadError):

@@ -155,7 +155,6 @@ def test_a_task_retried_until_max_retries_then_gives_up() -> None:
     assert [type(d) for d in decisions] == [Retry, Retry, Retry, GiveUp, GiveUp]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: backoff * 2**retries overflows float after ~1024 retries")
 def test_backoff_does_not_overflow_with_many_retries() -> None:
     options = TaskOptions(retry_on=(OSError,), backoff=1.0, backoff_max=600.0)
     decision = after_failure("exception", _limits(5000), options, 1100, OSError(), 0.5)
