@@ -207,9 +207,12 @@ class BrokerContract:
         broker.dead_letter("c1", "a", "default", "pa", "r", T0)
         broker.dead_letter("c1", "b", "other", "pb", "r", T0 + 1)
         broker.dead_letter("c1", "gone", "default", None, "r", T0 + 2)
-        assert broker.requeue_dead() == 2
+        broker.dead_letter("c1", "c", "default", "pc", "r", T0 + 3)
+        assert broker.requeue_dead() == 3
         assert broker.dead_letters() == []
-        assert [(d.id, d.payload, d.crashes) for d in take(broker)] == [("x", "p-x", 0), ("a", "pa", 0)]
+        # Oldest first, to the tail.
+        assert [(d.id, d.payload, d.crashes) for d in take(broker)] == [
+            ("x", "p-x", 0), ("a", "pa", 0), ("c", "pc", 0)]
         assert ids(take(broker, "other")) == ["b"]
 
     def test_requeue_dead_letters_by_id(self, broker: Broker) -> None:

@@ -1,0 +1,185 @@
+"""RedisBroker details beyond the shared contract, on fakeredis: key layout, malformed data, client
+construction and error translation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+import redis.exceptions as rx
+from broker_contract import T0, ids, stats, take, task
+from hexq.adapters.redis.broker import RedisBroker
+from hexq.adapters.redis.errors import translate
+from hexq.adapters.redis.scripts import NAMES, source
+from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError, ConfigError
+from hexq.entrypoints.settings import Connection
+
+P = "{app}:"
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def broker(client: Any) -> Iterator[RedisBroker]:
+    broker = RedisBroker(client, "app")
+    yield broker
+    broker.close()
+
+
+def test_every_script_compiles(client: Any) -> None:
+    for name in NAMES:
+        assert client.script_load(source(name))
+
+
+def test_layout_of_queued_waiting_and_owned_tasks(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task("a"), task("b"), task("e", eta_ms=T0 + 10, dedup_key="k")])
+    take(broker, limit=1)
+    assert client.lrange(P + "q:default", 0, -1) == ["b"]
+    assert client.hgetall(P + "tasks") == {"a": "p-a", "b": "p-b", "e": "p-e"}
+    assert client.zrange(P + "eta:default", 0, -1, withscores=True) == [("e", T0 + 10)]
+    assert client.hgetall(P + "etakeys:default") == {"k:k": "e", "i:e": "k"}
+    assert client.lrange(P + "owned:c1", 0, -1) == ["a"]
+    assert client.hgetall(P + "inflight") == {"a": f"{T0}|default|c1"}
+    assert client.zscore(P + "leases", "c1") == T0 + 30_000
+
+
+def test_promotion_forgets_the_dedup_index(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task("e", eta_ms=T0 + 10, dedup_key="k"), task("f", eta_ms=T0 + 10)])
+    take(broker, now_ms=T0 + 10, limit=0)
+    assert client.exists(P + "etakeys:default") == 0
+    assert client.exists(P + "eta:default") == 0
+
+
+def test_ack_leaves_no_trace(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task("a")])
+    take(broker)
+    broker.recover_consumer("c1", ["a"])
+    take(broker)
+    broker.ack("c1", ["a"])
+    assert [k for k in client.keys("*") if k not in (P + "leases", P + "wake")] == []
+
+
+def test_an_id_without_payload_is_delivered_with_payload_none(broker: RedisBroker, client: Any) -> None:
+    client.rpush(P + "q:default", "stranger")
+    broker.enqueue([task("a")])
+    got = take(broker)
+    assert [(d.id, d.payload) for d in got] == [("stranger", None), ("a", "p-a")]
+
+
+def test_malformed_records_are_shown_or_skipped(broker: RedisBroker, client: Any) -> None:
+    client.lpush(P + "dead", "not json")
+    client.hset(P + "inflight", "x", "garbage")
+    letters = broker.dead_letters()
+    assert [(d.id, d.payload, d.reason) for d in letters] == [("", "not json", "malformed dead letter record")]
+    assert broker.in_flight() == []
+    assert broker.requeue_dead(["x"]) == 0
+    assert broker.requeue_dead() == 0
+    assert broker.dead_letters() == []
+
+
+def test_dead_letters_are_json_newest_first(broker: RedisBroker, client: Any) -> None:
+    broker.dead_letter("c1", "a", "default", None, "r1", T0)
+    broker.dead_letter("c1", "b", "default", "pb", "r2", T0 + 1)
+    assert [json.loads(r)["id"] for r in client.lrange(P + "dead", 0, -1)] == ["b", "a"]
+
+
+def test_wake_tokens_are_capped(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task(str(i)) for i in range(200)])
+    broker.enqueue([task("x")])
+    assert client.llen(P + "wake") == 64
+
+
+def test_big_batches_are_split_but_keep_order(broker: RedisBroker) -> None:
+    broker.enqueue([task(f"t{i:05d}") for i in range(2500)])
+    assert stats(broker) == (2500, 0, 0)
+    got: list[str] = []
+    while batch := take(broker, limit=1000):
+        got += ids(batch)
+    assert got == [f"t{i:05d}" for i in range(2500)]
+
+
+def test_reserve_recovers_a_bounded_number_of_expired_consumers(broker: RedisBroker) -> None:
+    broker.enqueue([task(str(i)) for i in range(25)])
+    for i in range(25):
+        take(broker, consumer=f"c{i}", limit=1, lease_ms=1)
+    take(broker, "other", now_ms=T0 + 10)
+    assert stats(broker) == (10, 0, 15)
+    assert broker.recover_expired(T0 + 10) == 15
+
+
+def test_script_cache_loss_is_handled(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task("a")])
+    client.script_flush()
+    assert ids(take(broker)) == ["a"]
+
+
+def test_prefix_with_braces_is_refused(client: Any) -> None:
+    with pytest.raises(ConfigError, match="prefix"):
+        RedisBroker(client, "a{b}")
+
+
+# -- construction -------------------------------------------------------------------------------------
+def kwargs_of(broker: RedisBroker) -> tuple[dict[str, Any], dict[str, Any]]:
+    return (broker._client.connection_pool.connection_kwargs, broker._blocking.connection_pool.connection_kwargs)
+
+
+def test_from_connection_does_not_connect_and_sets_timeouts() -> None:
+    broker = RedisBroker.from_connection(Connection("redis://:pw@10.255.255.1:6390/3", socket_timeout=7.0,
+                                                    socket_connect_timeout=2.0), "app")
+    main, blocking = kwargs_of(broker)
+    assert (main["host"], main["port"], main["db"], main["password"]) == ("10.255.255.1", 6390, 3, "pw")
+    assert (main["socket_timeout"], main["socket_connect_timeout"]) == (7.0, 2.0)
+    assert blocking["socket_timeout"] is None
+    assert main["decode_responses"] is True and main["health_check_interval"] > 0
+    broker.close()
+
+
+def test_from_connection_tls_and_unix() -> None:
+    tls = RedisBroker.from_connection(Connection("rediss://h:6380/0", ssl_ca_certs="/ca.pem",
+                                                 ssl_certfile="/c.pem", ssl_keyfile="/k.pem"), "app")
+    assert tls._client.connection_pool.connection_class is redis.SSLConnection
+    main, _ = kwargs_of(tls)
+    assert (main["ssl_ca_certs"], main["ssl_certfile"], main["ssl_keyfile"]) == ("/ca.pem", "/c.pem", "/k.pem")
+    unix = RedisBroker.from_connection(Connection("unix:///run/redis.sock?db=2"), "app")
+    assert unix._client.connection_pool.connection_class is redis.UnixDomainSocketConnection
+    assert kwargs_of(unix)[0]["path"] == "/run/redis.sock"
+
+
+def test_unreachable_server_is_unavailable_and_the_password_stays_hidden() -> None:
+    broker = RedisBroker.from_connection(Connection("redis://u:topsecret@127.0.0.1:1/0"), "app")
+    with pytest.raises(BrokerUnavailableError) as caught:
+        broker.enqueue([task("a")])
+    message = str(caught.value)
+    assert "topsecret" not in message
+    assert "u:***@127.0.0.1:1" in message and "retry" in message
+    assert isinstance(caught.value.__cause__, rx.ConnectionError)
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (rx.ConnectionError("refused"), BrokerUnavailableError),
+    (rx.TimeoutError("timed out"), BrokerUnavailableError),
+    (rx.BusyLoadingError("LOADING Redis is loading the dataset in memory"), BrokerUnavailableError),
+    (rx.ReadOnlyError("You can't write against a read only replica."), BrokerUnavailableError),
+    (rx.AuthenticationError("invalid password"), BrokerAuthError),
+    (rx.ResponseError("WRONGPASS invalid username-password pair or user is disabled."), BrokerAuthError),
+    (rx.ResponseError("NOAUTH Authentication required."), BrokerAuthError),
+    (rx.ResponseError("OOM command not allowed when used memory > 'maxmemory'."), BrokerFullError),
+    (rx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'. script: abc"), BrokerFullError),
+    (rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), None),
+])
+def test_translation(error: rx.RedisError, expected: type[Exception] | None) -> None:
+    mapped = translate(error, "redis://u:***@h:1/0")
+    if expected is None:
+        assert mapped is None
+    else:
+        assert type(mapped) is expected
+        assert "redis://u:***@h:1/0" in str(mapped)
