@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import math
@@ -93,6 +94,32 @@ def test_bytearray_comes_back_as_bytes() -> None:
 def test_int_subclass_travels_as_its_number() -> None:
     restored = round_trip(Color.RED)
     assert restored == 1 and type(restored) is int
+
+
+class Ratio(float):
+    pass
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: subclasses of float, dict, list and tuple are refused although "
+                   "int and str subclasses travel as their base type (WakaQ's json.dumps accepts them all)")
+@pytest.mark.parametrize(("value", "expected"), [
+    (Ratio(1.5), 1.5),
+    (collections.OrderedDict(a=1, b=2), {"a": 1, "b": 2}),
+    (collections.defaultdict(int, a=1), {"a": 1}),
+    (collections.Counter("aab"), {"a": 2, "b": 1}),
+    (Point(1, 2), [1, 2]),
+], ids=lambda v: type(v).__name__)
+def test_subclasses_of_json_types_travel_as_their_base_type(value: Any, expected: Any) -> None:
+    restored = round_trip(value)
+    assert restored == expected and type(restored) is type(expected)
+
+
+def test_float_subclass_nan_is_still_refused() -> None:
+    with pytest.raises(SerializationError):
+        payload.encode_arguments("t", [Ratio("nan")], {})
 
 
 def test_user_dict_with_tag_key_is_wrapped_on_the_wire() -> None:
