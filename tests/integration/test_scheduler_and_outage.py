@@ -1,0 +1,127 @@
+"""Real schedulers racing for cron ticks, and a Redis restart under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis_server import RedisServer
+from workers import Cluster, app_env, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(redis_url, hexq_prefix, tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_two_schedulers_fire_each_seconds_tick_exactly_once(cluster: Cluster) -> None:
+    cluster.worker("--concurrency=1", HEXQ_TEST_SCHEDULES="1")
+    schedulers = [cluster.start("scheduler", "--log-level=DEBUG", HEXQ_TEST_SCHEDULES="1") for _ in range(2)]
+    time.sleep(6.5)
+    for scheduler in schedulers:
+        scheduler.signal(15)
+    for scheduler in schedulers:
+        assert scheduler.wait(10) == 0
+    time.sleep(0.5)  # let the worker run the last fired tick
+    fires = [r for r in cluster.results() if r["tag"] == "cron"]
+    seconds = [int(r["at"]) for r in fires]
+    print(f"two schedulers over ~6.5 s: {len(fires)} cron fires, seconds {seconds}")
+    assert 5 <= len(fires) <= 8
+    assert len(set(seconds)) == len(seconds), "a tick fired twice"
+    fired_logs = sum(s.output().count("fired record") for s in schedulers)
+    assert fired_logs == len(fires)
+    assert all(s.output().count("fired record") > 0 for s in schedulers) or fired_logs == len(fires)
+
+
+def test_redis_restart_under_load_loses_nothing(private_redis: Callable[..., RedisServer], hexq_prefix: str,
+                                                tmp_path: Path) -> None:
+    # AOF with fsync always: the restart itself must not be what loses data, so the test sees hexq's part.
+    server = private_redis(args=["--appendonly", "yes", "--appendfsync", "always"])
+    cluster = Cluster(server.url, hexq_prefix, tmp_path)
+    total = 300
+    sent: list[str] = []
+    errors: list[str] = []
+    try:
+        cluster.worker("--concurrency=2")
+        with app_env(server.url, hexq_prefix) as tasks:
+            def produce() -> None:
+                for n in range(total):
+                    tag = f"load{n}"
+                    while True:
+                        try:
+                            tasks.record.delay(tag)
+                            sent.append(tag)
+                            break
+                        except Exception as exc:  # the producer retries through the outage, as an app would
+                            errors.append(type(exc).__name__)
+                            time.sleep(0.05)
+                    time.sleep(0.005)
+
+            producer = threading.Thread(target=produce)
+            producer.start()
+            time.sleep(0.5)
+            server.stop()
+            time.sleep(2.0)
+            server.start()
+            producer.join(60)
+        assert len(sent) == total
+        cluster.redis = server.client()
+        wait_for(lambda: len(set(cluster.tags())) >= total, 60,
+                 f"all {total} tasks, got {len(set(cluster.tags()))}\n{cluster.logs()}")
+        tags = cluster.tags()
+        print(f"redis restart under load: sent {total}, completed {len(set(tags))}, "
+              f"duplicate runs {len(tags) - len(set(tags))}, producer errors during outage {len(errors)}")
+        assert set(tags) == {f"load{n}" for n in range(total)}
+        assert all(p.handle.poll() is None for p in cluster.procs), "the worker must survive the outage"
+    finally:
+        cluster.close()
+
+
+def test_cli_info_purge_and_dead_letters(cluster: Cluster) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def hexq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hexq.entrypoints.cli", *args,
+                               "--app=tests.integration.apps.tasks:app"], env=cluster.env(),
+                              cwd=str(Path(__file__).resolve().parents[2]), capture_output=True, text=True,
+                              timeout=60)
+
+    with app_env(cluster.url, cluster.prefix) as tasks:
+        for n in range(3):
+            tasks.record_low.delay(f"p{n}")
+        tasks.record_low.delay("later", eta=600)
+    info = json.loads(hexq("info", "--json").stdout)
+    low = next(q for q in info["queues"] if q["name"] == "low")
+    assert (low["pending"], low["eta"], low["in_flight"]) == (3, 1, 0)
+    refused = hexq("purge", "low")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    done = hexq("purge", "low", "--yes")
+    assert done.returncode == 0 and "deleted 3 pending and 1 eta" in done.stdout
+    unknown = hexq("purge", "nope", "--yes")
+    assert unknown.returncode == 2 and "unknown queue 'nope'" in unknown.stderr
+    cluster.redis.rpush(f"{{{cluster.prefix}}}:q:high", "not-a-task-id")
+    cluster.redis.hset(f"{{{cluster.prefix}}}:tasks", "bad", "{not json")
+    cluster.redis.rpush(f"{{{cluster.prefix}}}:q:high", "bad")
+    cluster.worker("--concurrency=1")
+    wait_for(lambda: "1 dead letter(s)" in hexq("dead", "list").stdout, 20, "the malformed payload to die")
+    listed = hexq("dead", "list", "--json")
+    (letter,) = json.loads(listed.stdout)
+    assert letter["id"] == "bad" and "not valid JSON" in letter["reason"]
+    assert hexq("dead", "purge").stdout.strip() == "deleted 1 dead letter(s)"
+    enqueued = hexq("enqueue", "record", '"from-cli"')
+    assert enqueued.returncode == 0
+    cluster.wait_for_tags(1, suffix="from-cli")
+    missing = subprocess.run([sys.executable, "-m", "hexq.entrypoints.cli", "info", "--app=no.such.module:app"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no module named 'no'" in missing.stderr
