@@ -3,6 +3,7 @@
 The braces are a Redis Cluster hash tag, so the unit of sharding is the whole prefix and every Lua
 script (which touches keys it can only name at run time, such as the queues of an expired consumer)
 stays inside one slot. Each script gets ``{p}:tasks`` as ``KEYS[1]`` for routing and derives the rest.
+Needs Redis >= 6.2 (LPOP with a count, fractional BLPOP timeouts).
 
 ====================  ======  ===========================================================================
 key                   type    contents

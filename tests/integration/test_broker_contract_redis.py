@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
 from hexq.core.ports import Broker, OutgoingTask
@@ -144,6 +145,16 @@ def test_waits_longer_than_the_socket_timeout(redis_url: str, key_prefix: str) -
     subscription = broker.subscribe_broadcast()
     assert subscription.get(0.8) is None
     subscription.close()
+    broker.close()
+
+
+def test_broker_on_a_plain_client_also_waits_beyond_its_socket_timeout(redis_server: RedisServer,
+                                                                        key_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=0.3)
+    broker = RedisBroker(client, key_prefix)
+    assert broker.wait_for_work(0.8) is False
+    broker.enqueue([task("a")])
+    assert broker.wait_for_work(0.8) is True
     broker.close()
 
 
