@@ -27,8 +27,8 @@ class CronSchedule:
     """A 5-field cron expression, or croniter's 6-field form whose last field is seconds.
 
     Evaluated in ``timezone`` (default UTC), so ``0 9 * * *`` with ``Europe/Paris`` fires at 09:00 Paris
-    time on both sides of a DST change. A local time skipped by a spring-forward never fires that day; a
-    local time repeated by a fall-back fires once (croniter's behaviour, tested in the unit suite).
+    time on both sides of a DST change. A local time skipped by a spring-forward fires once, right after the jump (as
+    standard cron does); a fixed hour repeated by a fall-back fires at its first occurrence only.
     """
 
     expression: str
@@ -52,7 +52,8 @@ class CronSchedule:
         zone = _zone(self.timezone)
         fixed_hour = "*" not in self.expression.split()[1]
         local = moment.astimezone(zone)
-        for _ in range(3):
+        # Up to an hour of ticks (a seconds field) can fall in a repeated hour.
+        for _ in range(3601):
             fire: datetime = croniter(self.expression, local).get_next(datetime).astimezone(UTC)
             # A fall-back repeats an hour of local time. A schedule for a fixed hour ("30 1 * * *") fires
             # at the first occurrence only, as cron users expect; wildcard hours keep firing in both.

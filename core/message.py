@@ -94,10 +94,10 @@ class Codec:
             queue=_field(document, "queue", str),
             args=tuple(_field(document, "args", list)),
             kwargs=_field(document, "kwargs", dict),
-            retries=_field(document, "retries", int),
+            retries=_non_negative(_field(document, "retries", int), "retries"),
             enqueued_at=float(_field(document, "enqueued_at", (int, float))),
             eta=_optional_number(document.get("eta")),
-            broadcast=bool(document.get("broadcast", False)),
+            broadcast=_flag(document.get("broadcast", False)),
         )
 
     def _sign(self, text: str) -> str:
@@ -121,6 +121,18 @@ def _field(document: dict[str, Any], key: str, kind: type | tuple[type, ...]) ->
     value = document[key]
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise MalformedPayloadError(f"envelope field {key!r} has the wrong type: {value!r}")
+    return value
+
+
+def _non_negative(value: int, key: str) -> int:
+    if value < 0:
+        raise MalformedPayloadError(f"envelope field {key!r} must not be negative: {value!r}")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise MalformedPayloadError(f"envelope field 'broadcast' must be true or false: {value!r}")
     return value
 
 

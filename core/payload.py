@@ -69,6 +69,12 @@ def _prepare(value: Any, path: str) -> Any:
         return _tag("bytes", base64.b64encode(bytes(value)).decode("ascii"))
     if isinstance(value, bool):
         return bool(value)
+    if isinstance(value, float):  # numpy.float64 and friends
+        return _prepare(float(value), path)
+    if isinstance(value, dict):  # OrderedDict, defaultdict, Counter
+        return _prepare(dict(value), path)
+    if isinstance(value, (list, tuple)):  # namedtuples travel as lists, as with json.dumps
+        return _prepare(list(value), path)
     if isinstance(value, int):  # int subclasses such as IntEnum travel as their number
         return int(value)
     if isinstance(value, str):

@@ -146,7 +146,7 @@ class HexQ:
                                                  or max_tasks_per_worker < 1):
             raise ConfigError(f"max_tasks_per_worker must be an int >= 1 or None, got {max_tasks_per_worker!r}")
         self.max_tasks_per_worker = max_tasks_per_worker
-        self.lease_timeout = to_seconds(lease_timeout, "lease_timeout") or 10.0
+        self.lease_timeout = to_seconds(lease_timeout, "lease_timeout") or 0.0
         if self.lease_timeout < 1:
             raise ConfigError("lease_timeout must be at least 1 second")
         self.shutdown_timeout = to_seconds(shutdown_timeout, "shutdown_timeout") or 0.0

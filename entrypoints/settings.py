@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 from hexq.core.errors import ConfigError
@@ -34,7 +34,7 @@ class Connection:
             netloc = f"{user}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
         # redis-py also reads credentials from the query string (?password=...).
         query = "&".join(
-            f"{name}=***" if name.lower() in _SECRET_PARAMS else f"{name}={value}" if sep else name
+            f"{name}=***" if unquote(name).lower() in _SECRET_PARAMS else f"{name}={value}" if sep else name
             for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
         )
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

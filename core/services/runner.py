@@ -181,9 +181,11 @@ class TaskRunner:
             return
         if limits.soft_timeout:
             try:
-                await asyncio.wait_for(result, limits.soft_timeout)
+                await asyncio.wait_for(_contained(result), limits.soft_timeout)
             except asyncio.TimeoutError:
                 raise SoftTimeout(f"ran past its soft timeout of {limits.soft_timeout}s") from None
+            except _Escaped as escaped:
+                raise escaped.original from None
         else:
             await result
 
@@ -254,6 +256,22 @@ class TaskRunner:
         self.pending_acks.append(task_id)
         if not self.defer_acks:
             self.flush_acks()
+
+
+class _Escaped(Exception):
+    """Carries SystemExit/KeyboardInterrupt out of a wait_for, which would otherwise re-raise them into the
+    event loop itself and stop the worker child."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+async def _contained(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Escaped(exc) from None
 
 
 def _bind(wrapper: Callable[..., Any], inner: Callable[..., Any]) -> Callable[..., Any]:

@@ -103,8 +103,6 @@ class Ratio(float):
 Point = collections.namedtuple("Point", "x y")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: subclasses of float, dict, list and tuple are refused although "
-                   "int and str subclasses travel as their base type (WakaQ's json.dumps accepts them all)")
 @pytest.mark.parametrize(("value", "expected"), [
     (Ratio(1.5), 1.5),
     (collections.OrderedDict(a=1, b=2), {"a": 1, "b": 2}),

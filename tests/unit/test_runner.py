@@ -221,8 +221,6 @@ def test_base_exceptions_from_a_task_are_failures_not_crashes(error: BaseExcepti
     assert world.stats() == (0, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: KeyboardInterrupt/SystemExit from an async task with a soft "
-                   "timeout escape the runner (asyncio re-raises them from the wait_for inner Task)")
 @pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt("ctrl-c")], ids=repr)
 def test_base_exceptions_from_an_async_task_with_soft_timeout_do_not_escape(error: BaseException) -> None:
     world = make_world()
