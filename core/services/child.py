@@ -59,7 +59,7 @@ class ChildLoop:
                 await result
         failures = 0
         while not self.stopping and not self._quota_reached():
-            if not self._free_slots:
+            if not self._free_slots and self._running:
                 await asyncio.wait(self._running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 continue
             acks = self.runner.take_acks()
@@ -92,7 +92,9 @@ class ChildLoop:
             size = int(self.config.target_batch_seconds / self._ewma)
         elif self.done == 0:
             size = 1  # nothing measured yet: do not grab a batch of possibly long tasks
-        size = max(1, min(size, self.config.prefetch_max, len(self._free_slots)))
+        # Free slots bound how many tasks run at once, not how many are reserved: sync tasks run one
+        # after another from the batch, and the batch is sized by their measured duration.
+        size = max(1, min(size, self.config.prefetch_max))
         if self.config.max_tasks is not None:
             size = max(1, min(size, self.config.max_tasks - self.done - len(self._running)))
         return size
@@ -117,13 +119,13 @@ class ChildLoop:
             if prepared is None:
                 continue
             message, task = prepared
+            while not self._free_slots:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             slot = self._free_slots.pop()
             if task.is_async:
                 job = asyncio.ensure_future(self._run_async(delivery, message, task, slot))
                 self._running.add(job)
                 job.add_done_callback(self._running.discard)
-                if not self._free_slots and index + 1 < len(deliveries):
-                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             else:
                 started = self.clock.monotonic()
                 try:
