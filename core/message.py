@@ -45,27 +45,36 @@ class Codec:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     def encode(self, message: TaskMessage) -> str:
-        native_args, native_kwargs = payload.encode_arguments(message.name, message.args, message.kwargs)
+        return self.encode_fields(message.id, message.name, message.queue, message.args, message.kwargs,
+                                  message.retries, message.enqueued_at, message.eta, message.broadcast)
+
+    def encode_fields(self, task_id: str, name: str, queue: str, args: tuple[Any, ...] | list[Any],
+                      kwargs: dict[str, Any], retries: int = 0, enqueued_at: float = 0.0,
+                      eta: float | None = None, broadcast: bool = False) -> str:
+        """``encode`` without building a TaskMessage first: the enqueue hot path."""
+        native_args, native_kwargs = payload.encode_arguments(name, args, kwargs)
         document: dict[str, Any] = {
             "v": ENVELOPE_VERSION,
-            "id": message.id,
-            "task": message.name,
-            "queue": message.queue,
+            "id": task_id,
+            "task": name,
+            "queue": queue,
             "args": native_args,
             "kwargs": native_kwargs,
-            "retries": message.retries,
-            "enqueued_at": message.enqueued_at,
+            "retries": retries,
+            "enqueued_at": enqueued_at,
         }
-        if message.eta is not None:
-            document["eta"] = message.eta
-        if message.broadcast:
+        if eta is not None:
+            document["eta"] = eta
+        if broadcast:
             document["broadcast"] = True
         text = payload.dumps(document)
         if self.signing_key is not None:
             text = payload.dumps({"sig": self._sign(text), "body": text})
-        size = len(text.encode())
-        if size > self.max_payload_bytes:
-            raise PayloadTooLargeError(message.name, size, self.max_payload_bytes)
+        # A UTF-8 character takes at most 4 bytes: only texts that might be too big are measured.
+        if len(text) * 4 > self.max_payload_bytes:
+            size = len(text.encode())
+            if size > self.max_payload_bytes:
+                raise PayloadTooLargeError(name, size, self.max_payload_bytes)
         return text
 
     def decode(self, raw: str | bytes) -> TaskMessage:

@@ -66,9 +66,13 @@ class Task(Generic[P, R]):
     def delay_many(self, calls: Iterable[Call | Sequence[Any]], *, queue: str | None = None,
                    eta: Any = None) -> list[str]:
         """Enqueue many runs in pipelined round trips; each item is ``task.bind(...)`` or a tuple of args."""
-        bound = [c if isinstance(c, Call) else Call(self, tuple(c), {}) for c in calls]
-        return self.app.enqueue_many([attrs.evolve(c, queue=c.queue or queue, eta=c.eta or eta)
-                                      for c in bound])
+        bound = [
+            Call(self, tuple(c), {}, queue, eta) if not isinstance(c, Call)
+            else c if (c.queue or not queue) and (c.eta is not None or eta is None)
+            else attrs.evolve(c, queue=c.queue or queue, eta=c.eta if c.eta is not None else eta)
+            for c in calls
+        ]
+        return self.app.enqueue_many(bound)
 
     def broadcast(self, *args: Any, **kwargs: Any) -> int:
         """Run once on every running worker; returns how many workers received it."""
@@ -264,12 +268,13 @@ class HexQ:
     def _outgoing(self, call: Call, now: float) -> OutgoingTask:
         definition = self.registry.get(call.task.name)
         queue = self.registry.queue_for(definition, call.queue)
-        eta = eta_to_epoch(call.eta, now) if call.eta is not None else None
-        message = TaskMessage(new_task_id(), definition.name, queue, call.args, call.kwargs, 0, now, eta)
-        payload = self.codec.encode(message)
-        if eta is None:
-            return OutgoingTask(message.id, queue, payload)
-        return OutgoingTask(message.id, queue, payload, int(eta * 1000), message.fingerprint())
+        task_id = new_task_id()
+        if call.eta is None:
+            payload = self.codec.encode_fields(task_id, definition.name, queue, call.args, call.kwargs, 0, now)
+            return OutgoingTask(task_id, queue, payload)
+        eta = eta_to_epoch(call.eta, now)
+        message = TaskMessage(task_id, definition.name, queue, call.args, call.kwargs, 0, now, eta)
+        return OutgoingTask(task_id, queue, self.codec.encode(message), int(eta * 1000), message.fingerprint())
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         definition = self.registry.get(task.name)

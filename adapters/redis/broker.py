@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions
 from hexq.adapters.redis.broadcast import RedisSubscription
 from hexq.adapters.redis.client import ConnectionSettings, blocking_twin, clients_for, describe
 from hexq.adapters.redis.errors import translated
@@ -29,7 +30,7 @@ from hexq.core.ports import (
 if TYPE_CHECKING:
     from hexq.adapters.redis.client import RedisClient
 
-ENQUEUE_CHUNK_TASKS = 1000  # bounds one script call, so a huge batch never blocks Redis for long
+ENQUEUE_CHUNK_TASKS = 250  # bounds one script call, so a huge batch never blocks Redis for long
 ENQUEUE_CHUNK_BYTES = 4 << 20
 RECOVER_BATCH = 100
 
@@ -39,13 +40,21 @@ def _task_args(task: OutgoingTask) -> list[str]:
     return [task.id, task.queue, task.payload, eta, task.dedup_key or ""]
 
 
+def _record(task: OutgoingTask) -> str:
+    """One script argument per task: id, queue, eta, dedup key and payload joined by newlines. Packing one
+    argument instead of five roughly halves the client's cost of a batch; only the payload (last) may
+    contain newlines."""
+    eta = "" if task.eta_ms is None else str(task.eta_ms)
+    return f"{task.id}\n{task.queue}\n{eta}\n{task.dedup_key or ''}\n{task.payload}"
+
+
 def _chunks(tasks: Sequence[OutgoingTask]) -> Iterator[list[str]]:
     args: list[str] = []
     size = 0
     for task in tasks:
-        args += _task_args(task)
+        args.append(_record(task))
         size += len(task.payload)
-        if len(args) >= 5 * ENQUEUE_CHUNK_TASKS or size >= ENQUEUE_CHUNK_BYTES:
+        if len(args) >= ENQUEUE_CHUNK_TASKS or size >= ENQUEUE_CHUNK_BYTES:
             yield args
             args, size = [], 0
     if args:
@@ -93,9 +102,24 @@ class RedisBroker:
 
     # -- producing ---------------------------------------------------------------------------------
     def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+        chunks = list(_chunks(tasks))
         with self._translated():
-            for args in _chunks(tasks):
-                self._scripts.run("enqueue", args)
+            if len(chunks) == 1:
+                self._scripts.run("enqueue", chunks[0])
+                return
+            # Pipelined so Redis runs one chunk while we send the next. Plain EVALSHA: redis-py's Script
+            # objects would add a SCRIPT EXISTS round trip to a pipeline. A chunk refused with NOSCRIPT
+            # (a restarted server) stored nothing and is sent again through the self-loading Script.
+            sha = self._scripts.script("enqueue").sha
+            pipe = self._client.pipeline(transaction=False)
+            for args in chunks:
+                pipe.execute_command("EVALSHA", sha, 1, self._keys.tasks, *args)
+            results = pipe.execute(raise_on_error=False)
+            for args, result in zip(chunks, results, strict=True):
+                if isinstance(result, redis.exceptions.NoScriptError):
+                    self._scripts.run("enqueue", args)
+                elif isinstance(result, Exception):
+                    raise result
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,

@@ -183,3 +183,13 @@ def test_translation(error: rx.RedisError, expected: type[Exception] | None) -> 
     else:
         assert type(mapped) is expected
         assert "redis://u:***@h:1/0" in str(mapped)
+
+
+def test_a_pipelined_batch_survives_script_cache_loss_without_duplicates(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task("warm")])
+    client.script_flush()
+    broker.enqueue([task(f"p{i:04d}") for i in range(1200)])
+    got: list[str] = []
+    while batch := take(broker, limit=1000):
+        got += ids(batch)
+    assert got == ["warm"] + [f"p{i:04d}" for i in range(1200)]
