@@ -35,10 +35,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "completed by then (default 30)")
     parser.add_argument("--no-proxy", action="store_true", help="skip the +1 ms proxy runs")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
-    parser.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="default bench/RESULTS.md; with --quick, bench/logs/RESULTS-quick.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.repeat = 200, 1
+    if args.markdown is None:
+        args.markdown = HERE / "logs" / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"
     if args.proxy_n is None:
         args.proxy_n = max(200, args.n // 10)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()] or list(SYSTEMS)
@@ -130,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted: every worker, client, proxy and redis-server process was stopped")
         return 130
+    except RuntimeError as exc:  # no redis-server, or it or the proxy would not start
+        log(f"bench: {exc}")
+        return 2
     finally:
         kill_all()
     header, rows = report.table(results)
     print(report.render_text(header, rows))
     print("\n" + "\n".join(report.notes(results)[2:]))
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     args.markdown.write_text(report.markdown_document(results))
     log(f"wrote {args.json} and {args.markdown} in {results['seconds']:.0f} s")
