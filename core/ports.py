@@ -302,3 +302,41 @@ class ProcessControl(Protocol):
     def monotonic(self) -> float:
         """The monotonic clock shared by parent and children, in seconds."""
         ...
+
+
+class Metrics(Protocol):
+    """Counters and timings for monitoring. Implementations must be cheap: they are on the per-task path."""
+
+    def enqueued(self, task: str, queue: str, count: int) -> None: ...
+
+    def started(self, task: str, queue: str) -> None: ...
+
+    def finished(self, task: str, queue: str, outcome: str, seconds: float) -> None:
+        """``outcome`` is one of ``succeeded``, ``retried``, ``dead_lettered`` (a failure is retried or
+        dead-lettered, so ``failed`` = retried + dead_lettered)."""
+        ...
+
+    def recovered(self, count: int) -> None:
+        """Tasks put back in their queues after the process running them died."""
+        ...
+
+    def queue_depths(self, pending: dict[str, int], eta: dict[str, int], in_flight: dict[str, int]) -> None: ...
+
+
+class NoMetrics:
+    """The default: metrics off, nothing recorded."""
+
+    def enqueued(self, task: str, queue: str, count: int) -> None:
+        return None
+
+    def started(self, task: str, queue: str) -> None:
+        return None
+
+    def finished(self, task: str, queue: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def recovered(self, count: int) -> None:
+        return None
+
+    def queue_depths(self, pending: dict[str, int], eta: dict[str, int], in_flight: dict[str, int]) -> None:
+        return None

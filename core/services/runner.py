@@ -12,7 +12,7 @@ import attrs
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery
-from hexq.core.ports import Broker, Clock, Delivery, OutgoingTask
+from hexq.core.ports import Broker, Clock, Delivery, Metrics, NoMetrics, OutgoingTask
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 
 log = logging.getLogger("hexq.worker")
@@ -71,6 +71,7 @@ class TaskRunner:
     alarm: SoftAlarm = attrs.field(factory=NoAlarm)
     reporter: RunReporter = attrs.field(factory=NoReporter)
     monotonic: Callable[[], float] | None = None
+    metrics: Metrics = attrs.field(factory=NoMetrics)
     defer_acks: bool = True
     pending_acks: list[str] = attrs.field(factory=list)
     stats: RunStats = attrs.field(factory=RunStats)
@@ -132,6 +133,7 @@ class TaskRunner:
         )
         failure: FailureKind | None = None
         error: BaseException | None = None
+        self.metrics.started(message.name, message.queue)
         try:
             await self._call_hooks(self.registry.hooks.before_task_started)
             if task.is_async:
@@ -155,6 +157,7 @@ class TaskRunner:
         try:
             if failure is None:
                 self.stats.succeeded += 1
+                self.metrics.finished(message.name, message.queue, "succeeded", duration)
                 log.debug("task %s %s[%s] succeeded in %.4fs", message.id, message.name, message.queue,
                           duration)
                 self._ack(delivery.id)
@@ -215,7 +218,9 @@ class TaskRunner:
         if message.broadcast or isinstance(decision, GiveUp):
             reason = decision.reason if isinstance(decision, GiveUp) else "broadcast task failed"
             self._dead(delivery.id, message.queue, delivery.payload, reason)
+            self.metrics.finished(message.name, message.queue, "dead_lettered", duration)
             return
+        self.metrics.finished(message.name, message.queue, "retried", duration)
         self.retry(delivery.id, message, retries_used + 1, decision.delay)
         log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
                  decision.delay, decision.reason)
