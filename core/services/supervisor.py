@@ -11,7 +11,16 @@ from typing import Any
 import attrs
 from hexq.core.errors import HexqError, MalformedPayloadError
 from hexq.core.message import Codec
-from hexq.core.ports import BroadcastSubscription, Broker, Clock, OutgoingTask, ProcessControl, RunningBoard
+from hexq.core.ports import (
+    BroadcastSubscription,
+    Broker,
+    Clock,
+    Metrics,
+    NoMetrics,
+    OutgoingTask,
+    ProcessControl,
+    RunningBoard,
+)
 from hexq.core.registry import Registry
 from hexq.core.services.runner import TaskRunner
 
@@ -58,6 +67,8 @@ class Supervisor:
     config: SupervisorConfig
     child_main: ChildMain
     rand: Callable[[], float]
+    metrics: Metrics = attrs.field(factory=NoMetrics)
+    served: tuple[str, ...] = ()  # queues whose depths are reported to metrics
     stopping: bool = False
     children: dict[int, Child] = attrs.field(factory=dict)  # by index
     hard_killed: dict[int, str] = attrs.field(factory=dict)  # pid -> task id that ran past its hard timeout
@@ -68,6 +79,7 @@ class Supervisor:
     _next_beat: float = 0.0
     _next_subscribe: float = 0.0
     _outage_logged: bool = False
+    _beats: int = 0
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -92,6 +104,7 @@ class Supervisor:
         if now >= self._next_beat:
             self._next_beat = now + self.config.heartbeat_interval
             self._heartbeat()
+            self._report_depths()
             self._check_memory()
             self._retry_recoveries()
             self._escalate_slow_terminations()
@@ -132,6 +145,7 @@ class Supervisor:
     def _recover(self, consumer: str, crashed: list[str]) -> None:
         try:
             count = self.broker.recover_consumer(consumer, crashed)
+            self.metrics.recovered(count)
             if count:
                 log.warning("put %d task(s) of %s back in their queues", count, consumer)
         except HexqError as exc:
@@ -200,6 +214,17 @@ class Supervisor:
         if ok and self._outage_logged:
             log.info("broker reachable again")
             self._outage_logged = False
+
+    def _report_depths(self) -> None:
+        self._beats += 1
+        if not self.served or isinstance(self.metrics, NoMetrics) or self._beats % 5:
+            return
+        try:
+            stats = self.broker.queue_stats(self.served)
+        except HexqError:
+            return
+        self.metrics.queue_depths({s.name: s.pending for s in stats}, {s.name: s.eta for s in stats},
+                                  {s.name: s.in_flight for s in stats})
 
     def _safely(self, fn: Callable[..., Any], *args: Any) -> bool:
         try:
