@@ -181,6 +181,10 @@ def notes(results: dict[str, Any]) -> list[str]:
     problems = [(n, e) for n, s in results["systems"].items() for e in s.get("errors", [])]
     for name, system in results["systems"].items():
         for key, what in (("proc", "processing"), ("proxy", "processing via proxy")):
+            extra = [r[key + "_extra"] for r in system.get("reps", []) if r.get(key + "_extra")]
+            if extra:
+                problems.append((name, f"{what}: the counter overshot N by {', '.join(map(str, extra))} "
+                                       "(tasks run more than once)"))
             done = capped(system, key)
             if done:
                 total = results["config"]["proxy_n" if key == "proxy" else "n"]

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 from croniter import croniter
+
 from hexq.core.errors import CronError
 
 UTC = timezone.utc

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import attrs
+
 from hexq.core import payload
 from hexq.core.errors import MalformedPayloadError, PayloadTooLargeError, SignatureError
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
+
 from hexq.core.queues import Queue, check_timeouts
 
 FailureKind = Literal["soft_timeout", "hard_timeout", "exception", "crash"]

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
+
 from hexq.core.durations import to_seconds
 from hexq.core.errors import ConfigError, UnknownQueueError
 

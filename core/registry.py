@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+
 from hexq.core.errors import ConfigError, UnknownTaskError
 from hexq.core.message import TaskMessage
 from hexq.core.policy import AppDefaults, Limits, TaskOptions, resolve_limits

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
+
 from hexq.core.concurrency import evaluate
 from hexq.core.cron import CronTask
 from hexq.core.durations import eta_to_epoch, to_seconds

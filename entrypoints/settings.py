@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
+
 from hexq.core.errors import ConfigError
 
 SCHEMES = ("redis", "rediss", "unix", "memory")

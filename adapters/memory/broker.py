@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Sequence
 
 import attrs
+
 from hexq.core.ports import (
     DeadLetter,
     Delivery,

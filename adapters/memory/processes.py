@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
+
 from hexq.core.ports import ChildExit
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+
 from hexq.adapters.posix.board import SharedBoard
 from hexq.core.ports import ChildExit
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import redis
 import redis.client
+
 from hexq.adapters.redis.errors import translated
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
+
 from hexq.adapters.redis.broadcast import RedisSubscription
 from hexq.adapters.redis.client import ConnectionSettings, blocking_twin, clients_for, describe
 from hexq.adapters.redis.errors import translated

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis.exceptions as rx
+
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
 
 _AUTH_PREFIXES = ("NOAUTH", "WRONGPASS", "NOPERM", "INVALIDPASSWORD")

@@ -48,6 +48,7 @@ workerinfo), purge_dead (dead), publish (broadcast), and the read-only inspectio
 from __future__ import annotations
 
 import attrs
+
 from hexq.core.errors import ConfigError
 
 

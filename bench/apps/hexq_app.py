@@ -1,8 +1,7 @@
 """hexq: ``hexq worker --app=bench.apps.hexq_app:app --concurrency=2``."""
 
-from hexq import HexQ
-
 from bench.apps.common import BROKER_URL, done, record
+from hexq import HexQ
 
 app = HexQ(queues=["default"], url=BROKER_URL, concurrency=2, worker_log_level="WARNING")
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
+
 from hexq.core.errors import BrokerUnavailableError, HexqError
 from hexq.core.ports import Broker, Clock, Delivery
 from hexq.core.services.runner import TaskRunner

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
+
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery

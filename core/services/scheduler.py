@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import attrs
+
 from hexq.core.cron import CronTask, plan_tick
 from hexq.core.errors import HexqError
 from hexq.core.message import Codec, TaskMessage

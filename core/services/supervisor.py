@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+
 from hexq.core.errors import HexqError, MalformedPayloadError
 from hexq.core.message import Codec
 from hexq.core.ports import (

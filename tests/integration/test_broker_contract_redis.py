@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from redis.crc import key_slot
+from redis_server import RedisServer
+
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
 from hexq.core.ports import Broker, OutgoingTask
 from hexq.entrypoints.settings import Connection
-from redis.crc import key_slot
-from redis_server import RedisServer
-
 from tests.unit.broker_contract import T0, BrokerContract, ids, take, task
 
 pytestmark = pytest.mark.integration

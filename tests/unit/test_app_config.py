@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from hexq import ConfigError, CronTask, HexQ, Queue, UnknownQueueError
 from hexq.adapters.memory import FakeClock, MemoryBroker
 from hexq.core.errors import CronError

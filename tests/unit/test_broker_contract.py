@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 from broker_contract import BrokerContract
+
 from hexq.adapters.memory import MemoryBroker
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.core.ports import Broker

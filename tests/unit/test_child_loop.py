@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from service_fixtures import enqueue, make_app
+
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.ports import Reservation
 from hexq.core.services.child import ChildConfig, ChildLoop
 from hexq.core.services.runner import TaskRunner
-from service_fixtures import enqueue, make_app
 
 
 def build_loop(app: Any, broker: Any, clock: Any, **config: Any) -> ChildLoop:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from hexq.core.concurrency import evaluate
 from hexq.core.errors import ConfigError
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+
 from hexq.core.cron import CronSchedule, CronTask, TickPlan, plan_tick
 from hexq.core.errors import ConfigError, CronError
 

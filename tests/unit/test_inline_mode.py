@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+
 from hexq import ConfigError, HexQ, Queue, SerializationError, current_attempt, current_task
 from hexq.adapters.memory import FakeClock, MemoryBroker
 from hexq.core.errors import PayloadTooLargeError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from hexq.core.errors import HexqError
 from hexq.core.lifecycle import TERMINAL, TRANSITIONS, Event, InvalidTransition, State, advance
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import pytest
+
 from hexq.core import payload
 from hexq.core.errors import (
     MalformedPayloadError,

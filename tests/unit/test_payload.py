@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+
 from hexq.core import payload
 from hexq.core.errors import MalformedPayloadError, SerializationError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hexq.core.errors import ConfigError
 from hexq.core.policy import (
     AppDefaults,

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from hexq.core.errors import ConfigError, UnknownQueueError
 from hexq.core.queues import Queue, QueueSet, check_queue_name
 

@@ -12,6 +12,7 @@ import pytest
 import redis
 import redis.exceptions as rx
 from broker_contract import T0, ids, stats, take, task
+
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.redis.errors import translate
 from hexq.adapters.redis.scripts import NAMES, source

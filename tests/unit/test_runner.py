@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import pytest
+
 from hexq.adapters.memory import FakeClock, MemoryBroker
 from hexq.core.errors import SoftTimeout
 from hexq.core.message import Codec, TaskMessage

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from service_fixtures import make_app
+
 from hexq import CronTask
 from hexq.core.services.scheduler import Scheduler
-from service_fixtures import make_app
 
 
 def count_pending(broker: object, queue: str) -> int:
@@ -74,6 +75,7 @@ def test_downtime_beyond_the_misfire_grace_skips_old_ticks_but_fires_recent_ones
 
 def test_check_refuses_a_schedule_naming_an_unknown_task() -> None:
     import pytest
+
     from hexq import UnknownTaskError
 
     app, broker, clock = make_app(schedules=[CronTask("* * * * *", "nope")])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from service_fixtures import enqueue, make_app
+
 from hexq.adapters.memory import FakeProcessControl
 from hexq.core.services.supervisor import Supervisor, SupervisorConfig, broadcast_queue
-from service_fixtures import enqueue, make_app
 
 
 def build(app: Any, broker: Any, clock: Any, **config: Any) -> tuple[Supervisor, FakeProcessControl]:

@@ -13,6 +13,7 @@ import signal
 import time
 
 import redis
+
 from hexq import CronTask, HexQ, current_attempt
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
