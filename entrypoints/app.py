@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -17,7 +18,7 @@ from hexq.core.durations import eta_to_epoch, to_seconds
 from hexq.core.errors import ConfigError
 from hexq.core.message import DEFAULT_MAX_PAYLOAD_BYTES, Codec, TaskMessage
 from hexq.core.policy import AppDefaults, TaskOptions
-from hexq.core.ports import Broker, Clock, OutgoingTask
+from hexq.core.ports import Broker, Clock, Metrics, NoMetrics, OutgoingTask
 from hexq.core.queues import QueueSet, check_timeouts
 from hexq.core.registry import Hook, Registry, TaskDef, Wrapper
 from hexq.entrypoints.ids import new_task_id
@@ -120,6 +121,8 @@ class HexQ:
         scheduler_log_file: str | None = None,
         worker_log_level: str | int = "INFO",
         scheduler_log_level: str | int = "INFO",
+        metrics: Metrics | None = None,
+        metrics_port: int | None = None,
         broker: Broker | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -177,6 +180,12 @@ class HexQ:
         for schedule in self.schedules:
             if schedule.queue is not None:
                 self.queues.get(schedule.queue)
+        if metrics_port is not None and (isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
+                                         or not 0 < metrics_port < 65536):
+            raise ConfigError(f"metrics_port must be a TCP port (1-65535) or None, got {metrics_port!r}")
+        self.metrics_port = metrics_port
+        # A worker started with a metrics port replaces this with its own (see entrypoints/worker.py).
+        self.metrics: Metrics = metrics or NoMetrics()
         self._broker = broker
         from hexq.adapters.system.clock import SystemClock
 
@@ -262,6 +271,10 @@ class HexQ:
         outgoing = [self._outgoing(call, now) for call in calls]
         if outgoing:
             self.broker.enqueue(outgoing)
+            if not isinstance(self.metrics, NoMetrics):
+                counts = Counter((call.task.name, task.queue) for call, task in zip(calls, outgoing, strict=True))
+                for (name, queue), count in counts.items():
+                    self.metrics.enqueued(name, queue, count)
         if self.is_inline:
             self.run_pending()
         return [task.id for task in outgoing]

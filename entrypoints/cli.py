@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--exclude-queues", type=_names, default=[], help="comma-separated queues to skip")
     worker.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: the app's)")
     worker.add_argument("--log-file", help="write logs here instead of stderr")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on this port at /metrics (needs hexq[prometheus])")
+    worker.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS",
+                        help="the address the metrics endpoint listens on (default: all interfaces)")
 
     scheduler = command("scheduler", "Run a scheduler that enqueues the app's CronTasks at their times.")
     scheduler.add_argument("--log-level")
@@ -100,9 +104,12 @@ def _cmd_worker(app: HexQ, args: argparse.Namespace) -> int:
         raise ConfigError("a worker needs a real broker: this app uses memory:// (in-process runs)")
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        raise ConfigError(f"--metrics-port must be a TCP port (1-65535), got {args.metrics_port}")
     app.queues.select(args.queues, [*app.exclude_queues, *args.exclude_queues])
     setup_logging(args.log_level or app.worker_log_level, args.log_file or app.worker_log_file)
-    return run_worker(app, args.queues, args.exclude_queues, args.concurrency)
+    return run_worker(app, args.queues, args.exclude_queues, args.concurrency, args.metrics_port,
+                      args.metrics_host)
 
 
 def _cmd_scheduler(app: HexQ, args: argparse.Namespace) -> int:

@@ -8,17 +8,23 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from hexq.adapters.posix.alarm import SignalAlarm
 from hexq.adapters.posix.board import ChildReporter, SharedBoard
 from hexq.adapters.posix.processes import PosixProcessControl
+from hexq.core.errors import ConfigError
+from hexq.core.ports import ChildExit
 from hexq.core.services.child import ChildConfig, ChildLoop
 from hexq.core.services.runner import TaskRunner
 from hexq.core.services.supervisor import Supervisor, SupervisorConfig, served_queues
 from hexq.entrypoints.app import HexQ
 from hexq.entrypoints.bootstrap import make_broker
+
+if TYPE_CHECKING:
+    from hexq.adapters.prometheus.exporter import MultiprocessExporter
 
 log = logging.getLogger("hexq.worker")
 
@@ -27,8 +33,24 @@ UNLIMITED_ASYNC_SLOTS = 256
 
 
 def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence[str] = (),
-               concurrency: int | None = None) -> int:
+               concurrency: int | None = None, metrics_port: int | None = None,
+               metrics_host: str = "0.0.0.0") -> int:
     served = app.queues.select(queues, [*app.exclude_queues, *exclude])
+    port = metrics_port if metrics_port is not None else app.metrics_port
+    exporter = _start_exporter(port, metrics_host) if port is not None else None
+    if exporter is not None:
+        # Tasks that enqueue tasks count too: the children inherit the app.
+        app.metrics = exporter.metrics
+        log.info("serving metrics on http://%s:%d/metrics", metrics_host, exporter.port)
+    try:
+        return _supervise(app, served, concurrency, exporter)
+    finally:
+        if exporter is not None:
+            exporter.close()
+
+
+def _supervise(app: HexQ, served: list[str], concurrency: int | None,
+               exporter: MultiprocessExporter | None) -> int:
     worker_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
     slots = 1 + (app.async_concurrency or UNLIMITED_ASYNC_SLOTS) if _has_async(app) else 1
     count = concurrency or app.concurrency
@@ -43,15 +65,17 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
         info={"host": socket.gethostname(), "pid": os.getpid(), "queues": served, "concurrency": count,
               "broker": app.connection.redacted},
     )
-    processes = PosixProcessControl()
+    processes = PosixProcessControl() if exporter is None else _ReportingProcessControl(exporter.process_dead)
 
     def child_main(index: int, consumer: str) -> int:
+        if exporter is not None:
+            exporter.in_child()
         board = supervisor.board
         assert isinstance(board, SharedBoard)
         return _run_child(app, board, index, consumer, served_queues(worker_id, served), slots)
 
     supervisor = Supervisor(app.registry, app.codec, app.broker, app.clock, processes, config, child_main,
-                            app.random)
+                            app.random, metrics=app.metrics, served=tuple(served))
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing in-flight tasks, then exiting", signal.Signals(signum).name)
@@ -61,6 +85,31 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
     signal.signal(signal.SIGINT, stop)
     log.info("worker %s serving %s with %d children", worker_id, served, count)
     return supervisor.run()
+
+
+def _start_exporter(port: int, host: str) -> MultiprocessExporter:
+    try:
+        from hexq.adapters.prometheus.exporter import MultiprocessExporter
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("prometheus_client"):
+            raise
+        raise ConfigError("--metrics-port needs prometheus_client, which is not installed: "
+                          "pip install 'hexq[prometheus]'") from None
+    return MultiprocessExporter.start(port, host)
+
+
+class _ReportingProcessControl(PosixProcessControl):
+    """Tells the metrics exporter about each child that exited, so it can tidy that child's files."""
+
+    def __init__(self, on_exit: Callable[[int], None]) -> None:
+        super().__init__()
+        self._on_exit = on_exit
+
+    def reap(self) -> list[ChildExit]:
+        exits = super().reap()
+        for exit_ in exits:
+            self._on_exit(exit_.pid)
+        return exits
 
 
 def _has_async(app: HexQ) -> bool:
@@ -75,7 +124,7 @@ def _run_child(app: HexQ, board: SharedBoard, index: int, consumer: str, queues:
     app._broker = broker
     runner = TaskRunner(app.registry, app.codec, broker, app.clock, consumer, app.random,
                         alarm=SignalAlarm(), reporter=ChildReporter(board, index),
-                        monotonic=PosixProcessControl().monotonic)
+                        monotonic=PosixProcessControl().monotonic, metrics=app.metrics)
     config = ChildConfig(consumer=consumer, queues=queues, slots=slots, lease_ms=int(app.lease_timeout * 1000),
                          max_tasks=app.max_tasks_per_worker)
     loop = ChildLoop(runner, broker, app.clock, config, on_started=list(app.registry.hooks.after_worker_started))
