@@ -1,11 +1,22 @@
 """The worker parent: keeps ``concurrency`` children alive, enforces hard timeouts, renews leases,
-recycles children, relays broadcasts, and makes sure a dead child's tasks go back to their queues."""
+recycles children, relays broadcasts, and makes sure a dead child's tasks go back to their queues.
+
+Two halves that never wait on each other in production:
+
+- ``watch()`` looks after the processes (hard deadlines, exits, replacements, memory) and never calls the
+  broker, so a slow or black-holed Redis cannot delay a hard timeout;
+- ``chores()`` does everything that talks to the broker (broadcast relay, heartbeats and lease renewal,
+  recording hard timeouts, putting a dead child's tasks back), retrying through outages.
+
+The worker entrypoint runs ``chores`` on a thread of its own; ``step()`` runs both, for tests.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import attrs
@@ -54,6 +65,15 @@ class Child:
     terminating_since: float | None = None
 
 
+@attrs.frozen
+class DeadChild:
+    """A child that exited, waiting for ``chores`` to settle its tasks with the broker."""
+
+    consumer: str
+    crashed: tuple[str, ...]  # task ids it was running when it died
+    hard_timed_out: str | None = None  # the task it was killed for, recorded as a failed attempt
+
+
 # child_main(index, consumer) runs in the new process and returns its exit code.
 ChildMain = Callable[[int, str], int]
 
@@ -73,11 +93,14 @@ class Supervisor:
     stopping: bool = False
     children: dict[int, Child] = attrs.field(factory=dict)  # by index
     hard_killed: dict[int, str] = attrs.field(factory=dict)  # pid -> task id that ran past its hard timeout
-    unrecovered: list[tuple[str, list[str]]] = attrs.field(factory=list)
+    unrecovered: list[DeadChild] = attrs.field(factory=list)
+    # Shared by the watch and chores halves when they run on two threads (the entrypoint passes a Lock).
+    lock: AbstractContextManager[Any] = attrs.field(factory=nullcontext)
     spawned: int = 0
     board: RunningBoard | None = None
     _subscription: BroadcastSubscription | None = None
     _next_beat: float = 0.0
+    _next_watch: float = 0.0
     _next_subscribe: float = 0.0
     _outage_logged: bool = False
     _beats: int = 0
@@ -85,30 +108,44 @@ class Supervisor:
     def request_stop(self) -> None:
         self.stopping = True
 
-    def run(self) -> int:
+    def start(self) -> None:
         self.board = self.processes.board(self.config.concurrency, self.config.slots)
         self._subscribe()
         for index in range(self.config.concurrency):
             self._spawn(index)
         log.info("worker %s started %d children", self.config.worker_id, self.config.concurrency)
+
+    def run(self) -> int:
+        """Single-threaded: both halves on this thread (the worker entrypoint uses two threads)."""
+        self.start()
         while not self.stopping:
             self.step()
         self.shutdown()
         return 0
 
     def step(self) -> None:
-        """One tick: relay a broadcast (or wait ``tick`` for one), then watch over the children."""
-        self._relay_broadcast()
+        self.watch()
+        self.chores()
+
+    def watch(self) -> None:
+        """The process half: no broker calls."""
         self._enforce_hard_timeouts()
         self._reap()
+        now = self.clock.monotonic()
+        if now >= self._next_watch:
+            self._next_watch = now + self.config.heartbeat_interval
+            self._check_memory()
+            self._escalate_slow_terminations()
+
+    def chores(self) -> None:
+        """The broker half: settle dead children, beat, then relay a broadcast (or wait ``tick`` for one)."""
+        self._retry_recoveries()
         now = self.clock.monotonic()
         if now >= self._next_beat:
             self._next_beat = now + self.config.heartbeat_interval
             self._heartbeat()
             self._report_depths()
-            self._check_memory()
-            self._retry_recoveries()
-            self._escalate_slow_terminations()
+        self._relay_broadcast()
 
     # -- children ----------------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -117,52 +154,59 @@ class Supervisor:
         assert self.board is not None
         self.board.reset(index)
         pid = self.processes.start_child(lambda: self.child_main(index, consumer))
-        self.children[index] = Child(index, pid, consumer)
-        # A fresh lease at once: the child may reserve before our next heartbeat.
-        self._safely(self.broker.renew_leases, [consumer], self._lease_until())
+        with self.lock:
+            self.children[index] = Child(index, pid, consumer)
+        # No lease renewal here (no broker calls on this half): each reservation sets its own lease.
 
     def _reap(self) -> None:
         for exit_ in self.processes.reap():
-            child = next((c for c in self.children.values() if c.pid == exit_.pid), None)
+            child = next((c for c in list(self.children.values()) if c.pid == exit_.pid), None)
             if child is None:
                 continue
             assert self.board is not None
             running = [task_id for task_id, _, _ in self.board.running(child.index)]
             hard = self.hard_killed.pop(child.pid, None)
-            if hard is not None:
-                self._fail_hard_timeout(child, hard)
-                running = [t for t in running if t != hard]
+            crashed = tuple(t for t in running if t != hard)
             if exit_.code == 0 and not running:
                 log.info("child %d (pid %d) exited", child.index, child.pid)
             elif hard is None:
                 how = f"signal {exit_.signal}" if exit_.signal else f"exit code {exit_.code}"
                 log.warning("child %d (pid %d) died (%s) while running %s", child.index, child.pid, how,
                             running or "nothing")
-            self._recover(child.consumer, running)
-            del self.children[child.index]
+            with self.lock:
+                self.unrecovered.append(DeadChild(child.consumer, crashed, hard))
+                del self.children[child.index]
             if not self.stopping:
                 self._spawn(child.index)
 
-    def _recover(self, consumer: str, crashed: list[str]) -> None:
-        try:
-            count = self.broker.recover_consumer(consumer, crashed)
-            self.metrics.recovered(count)
-            if count:
-                log.warning("put %d task(s) of %s back in their queues", count, consumer)
-        except HexqError as exc:
-            # The consumer's lease is no longer renewed, so its tasks come back when it expires anyway.
-            log.warning("could not recover tasks of %s yet (%s); will retry", consumer, exc)
-            self.unrecovered.append((consumer, crashed))
+    def _settle(self, dead: DeadChild) -> None:
+        """Record a hard timeout as a failed attempt, then put the dead child's other tasks back."""
+        if dead.hard_timed_out is not None:
+            payload = self.broker.fetch_payload(dead.hard_timed_out)
+            runner = TaskRunner(self.registry, self.codec, self.broker, self.clock, dead.consumer, self.rand)
+            runner.fail_outside(dead.hard_timed_out, payload, "hard_timeout")
+        count = self.broker.recover_consumer(dead.consumer, list(dead.crashed))
+        self.metrics.recovered(count)
+        if count:
+            log.warning("put %d task(s) of %s back in their queues", count, dead.consumer)
 
     def _retry_recoveries(self) -> None:
-        pending, self.unrecovered = self.unrecovered, []
-        for consumer, crashed in pending:
-            self._recover(consumer, crashed)
+        with self.lock:
+            pending, self.unrecovered = self.unrecovered, []
+        for index, dead in enumerate(pending):
+            try:
+                self._settle(dead)
+            except HexqError as exc:
+                # The consumer's lease is no longer renewed, so its tasks come back when it expires anyway.
+                log.warning("could not put back the tasks of %s yet (%s); will retry", dead.consumer, exc)
+                with self.lock:
+                    self.unrecovered[:0] = pending[index:]
+                return
 
     def _enforce_hard_timeouts(self) -> None:
         assert self.board is not None
         now = self.processes.monotonic()
-        for child in self.children.values():
+        for child in list(self.children.values()):
             if child.pid in self.hard_killed:
                 continue
             for task_id, _, hard in self.board.running(child.index):
@@ -172,14 +216,6 @@ class Supervisor:
                     self.hard_killed[child.pid] = task_id
                     self.processes.kill(child.pid)
                     break
-
-    def _fail_hard_timeout(self, child: Child, task_id: str) -> None:
-        runner = TaskRunner(self.registry, self.codec, self.broker, self.clock, child.consumer, self.rand)
-        try:
-            payload = self.broker.fetch_payload(task_id)
-            runner.fail_outside(task_id, payload, "hard_timeout")
-        except HexqError as exc:
-            log.warning("could not record the hard timeout of %s (%s); it will be redelivered", task_id, exc)
 
     def _check_memory(self) -> None:
         limit = self.config.max_mem_percent
@@ -207,8 +243,10 @@ class Supervisor:
         return int(self.clock.now() * 1000) + self.config.lease_ms
 
     def _heartbeat(self) -> None:
-        consumers = [c.consumer for c in self.children.values()]
-        info = dict(self.config.info, children=[c.pid for c in self.children.values()])
+        with self.lock:
+            children = list(self.children.values())
+        consumers = [c.consumer for c in children]
+        info = dict(self.config.info, children=[c.pid for c in children])
         ok = self._safely(self.broker.renew_leases, consumers, self._lease_until())
         ok = ok and self._safely(self.broker.heartbeat, self.config.worker_id, json.dumps(info),
                                  int(self.clock.now() * 1000))
@@ -284,15 +322,15 @@ class Supervisor:
         self._subscription = None
 
     # -- stopping ----------------------------------------------------------------------------------
-    def shutdown(self) -> None:
+    def stop_children(self) -> None:
+        """The watch half of shutdown: ask, wait up to ``shutdown_timeout``, then kill."""
         log.info("worker %s stopping: asking %d children to finish", self.config.worker_id, len(self.children))
-        for child in self.children.values():
+        for child in list(self.children.values()):
             self.processes.terminate(child.pid)
         deadline = self.clock.monotonic() + self.config.shutdown_timeout
         while self.children and self.clock.monotonic() < deadline:
             self._enforce_hard_timeouts()
             self._reap()
-            self._renew_only()
             self.clock.sleep(0.02)
         for child in list(self.children.values()):
             log.error("child %d (pid %d) still running after %.0fs: killing it", child.index, child.pid,
@@ -302,18 +340,22 @@ class Supervisor:
             self._reap()
             if self.children:
                 self.clock.sleep(0.01)
-        self._retry_recoveries()
+
+    def finish(self) -> None:
+        """The broker half of shutdown, once every child is gone."""
+        for _ in range(20):
+            self._retry_recoveries()
+            if not self.unrecovered:
+                break
+            self.clock.sleep(0.5)
         self._close_subscription()
         self._safely(self.broker.purge_queue, broadcast_queue(self.config.worker_id))
         self._safely(self.broker.forget_worker, self.config.worker_id)
         log.info("worker %s stopped", self.config.worker_id)
 
-    def _renew_only(self) -> None:
-        now = self.clock.monotonic()
-        if now >= self._next_beat:
-            self._next_beat = now + self.config.heartbeat_interval
-            self._safely(self.broker.renew_leases, [c.consumer for c in self.children.values()],
-                         self._lease_until())
+    def shutdown(self) -> None:
+        self.stop_children()
+        self.finish()
 
 
 def served_queues(worker_id: str, queues: Sequence[str]) -> tuple[str, ...]:

@@ -155,3 +155,56 @@ def test_heartbeats_renew_the_leases_of_live_children() -> None:
         supervisor.step()
     assert broker.recover_expired(int(clock.now() * 1000)) == 0
     assert [w.worker_id for w in broker.workers()] == ["w1"]
+
+
+class DownBroker:
+    """A broker that is unreachable until ``up`` is set: every call raises BrokerUnavailableError."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.up = False
+
+    def __getattr__(self, name: str) -> Any:
+        from hexq.core.errors import BrokerUnavailableError
+
+        attribute = getattr(self.inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.up:
+                raise BrokerUnavailableError("connection refused")
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_hard_timeouts_and_replacements_do_not_wait_for_an_unreachable_broker() -> None:
+    app, broker, clock = make_app()
+
+    @app.task(queue="low", hard_timeout=1)
+    def slow() -> None: ...
+
+    task_id = enqueue(app, slow)
+    down = DownBroker(broker)
+    processes = FakeProcessControl(mono=clock.monotonic)
+    supervisor = Supervisor(app.registry, app.codec, down, clock, processes,  # type: ignore[arg-type]
+                            SupervisorConfig(worker_id="w1", concurrency=1, slots=1, lease_ms=10_000, tick=0.001),
+                            lambda index, consumer: 0, random.random)
+    supervisor.board = processes.board(1, 1)
+    supervisor._spawn(0)
+    consumer = supervisor.children[0].consumer
+    broker.reserve(consumer, ["low"], 1, int(clock.now() * 1000), 10_000)
+    supervisor.board.started(0, 0, task_id, 0.0, clock.monotonic() + 1)
+    pid = supervisor.children[0].pid
+    clock.advance(1.5)
+    supervisor.watch()  # kills
+    supervisor.watch()  # reaps and replaces, broker still down
+    assert processes.killed == [pid] and supervisor.children[0].pid != pid
+    supervisor.chores()  # cannot settle yet
+    assert len(supervisor.unrecovered) == 1
+    down.up = True
+    supervisor.chores()
+    assert supervisor.unrecovered == []
+    (letter,) = broker.dead_letters()
+    assert letter.id == task_id and "hard timeout" in letter.reason
