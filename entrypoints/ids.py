@@ -15,15 +15,17 @@ import threading
 import time
 
 _lock = threading.Lock()
-_state = {"last": 0, "pid": 0, "node": ""}
 _counter = itertools.count()
+_last = 0
+_pid = 0
+_node = ""
 
 
 def new_task_id() -> str:
+    global _last, _pid, _node
     with _lock:
-        if _state["pid"] != os.getpid():  # a forked child must not repeat its parent's sequence
-            _state["pid"] = os.getpid()
-            _state["node"] = secrets.token_hex(4)
-        stamp = max(time.time_ns(), int(_state["last"]) + 1)
-        _state["last"] = stamp
-        return f"{stamp:016x}{_state['node']}{next(_counter) & 0xFFFFFFFF:08x}"
+        if _pid != os.getpid():  # a forked child must not share its parent's random part
+            _pid = os.getpid()
+            _node = secrets.token_hex(4)
+        _last = max(time.time_ns(), _last + 1)
+        return f"{_last:016x}{_node}{next(_counter) & 0xFFFFFFFF:08x}"

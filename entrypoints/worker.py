@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -30,6 +32,8 @@ log = logging.getLogger("hexq.worker")
 
 # With async_concurrency=0 ("no limit", as in WakaQ) a child still needs a bound for its board.
 UNLIMITED_ASYNC_SLOTS = 256
+# How often the parent checks hard deadlines and child exits: hard timeouts fire within about this much.
+WATCH_INTERVAL = 0.02
 
 
 def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence[str] = (),
@@ -41,7 +45,8 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
     if exporter is not None:
         # Tasks that enqueue tasks count too: the children inherit the app.
         app.metrics = exporter.metrics
-        log.info("serving metrics on http://%s:%d/metrics", metrics_host, exporter.port)
+        log.info("serving metrics on http://%s:%d/metrics (files in %s)", metrics_host, exporter.port,
+                 exporter.directory)
     try:
         return _supervise(app, served, concurrency, exporter)
     finally:
@@ -75,7 +80,7 @@ def _supervise(app: HexQ, served: list[str], concurrency: int | None,
         return _run_child(app, board, index, consumer, served_queues(worker_id, served), slots)
 
     supervisor = Supervisor(app.registry, app.codec, app.broker, app.clock, processes, config, child_main,
-                            app.random, metrics=app.metrics, served=tuple(served))
+                            app.random, metrics=app.metrics, served=tuple(served), lock=threading.Lock())
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing in-flight tasks, then exiting", signal.Signals(signum).name)
@@ -84,7 +89,33 @@ def _supervise(app: HexQ, served: list[str], concurrency: int | None,
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("worker %s serving %s with %d children", worker_id, served, count)
-    return supervisor.run()
+    return _run_supervisor(supervisor)
+
+
+def _run_supervisor(supervisor: Supervisor) -> int:
+    """Processes on the main thread (signals, forks, hard deadlines), broker chores on a second thread,
+    so that a slow or unreachable Redis never delays a hard timeout or the replacement of a child."""
+    supervisor.start()
+    children_gone = threading.Event()
+
+    def chores() -> None:
+        while not children_gone.is_set():
+            try:
+                supervisor.chores()
+            except Exception:  # this thread must outlive any single failure
+                log.exception("worker chores failed; retrying")
+                time.sleep(1.0)
+
+    thread = threading.Thread(target=chores, name="hexq-chores", daemon=True)
+    thread.start()
+    while not supervisor.stopping:
+        supervisor.watch()
+        time.sleep(WATCH_INTERVAL)
+    supervisor.stop_children()  # the chores thread keeps leases alive meanwhile
+    children_gone.set()
+    thread.join(timeout=30)
+    supervisor.finish()
+    return 0
 
 
 def _start_exporter(port: int, host: str) -> MultiprocessExporter:

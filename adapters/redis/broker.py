@@ -114,7 +114,7 @@ class RedisBroker:
             sha = self._scripts.script("enqueue").sha
             pipe = self._client.pipeline(transaction=False)
             for args in chunks:
-                pipe.execute_command("EVALSHA", sha, 1, self._keys.tasks, *args)
+                pipe.execute_command("EVALSHA", sha, 1, self._keys.tasks, *args)  # type: ignore[no-untyped-call]
             results = pipe.execute(raise_on_error=False)
             for args, result in zip(chunks, results, strict=True):
                 if isinstance(result, redis.exceptions.NoScriptError):
