@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import math
+from datetime import datetime, timedelta, timezone
 
 from hexq.core.errors import ConfigError
 
@@ -17,23 +18,21 @@ def to_seconds(value: float | int | timedelta | None, what: str) -> float | None
         raise ConfigError(f"{what} must be seconds (int/float) or a timedelta, got {value!r}")
     else:
         seconds = float(value)
-    if seconds != seconds or seconds < 0:
-        raise ConfigError(f"{what} must be zero or positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{what} must be a finite number of seconds, zero or more, got {value!r}")
     return seconds
 
 
 def eta_to_epoch(eta: object, now: float) -> float:
-    """An eta given as a timedelta, a datetime (naive = UTC), a date-less number of seconds from now, into
-    epoch seconds. Past etas are allowed (the task runs at once); anything else raises ConfigError."""
-    from datetime import datetime, timezone
-
+    """An eta given as a timedelta, a datetime (naive = UTC) or a number of seconds from now, as epoch
+    seconds. Past etas are allowed (the task runs at once); anything else raises ConfigError."""
     if isinstance(eta, timedelta):
         return now + eta.total_seconds()
     if isinstance(eta, datetime):
         moment = eta if eta.tzinfo is not None else eta.replace(tzinfo=timezone.utc)
         return moment.timestamp()
     if isinstance(eta, (int, float)) and not isinstance(eta, bool):
-        if eta != eta or eta in (float("inf"), float("-inf")):
+        if not math.isfinite(eta):
             raise ConfigError(f"eta must be a finite number of seconds, got {eta!r}")
         return now + float(eta)
     raise ConfigError(f"eta must be a timedelta, a datetime or seconds from now, got {eta!r}")
