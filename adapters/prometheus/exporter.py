@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
@@ -22,25 +23,24 @@ class MultiprocessExporter:
     by the parent (Supervisor) and, through fork, every child (TaskRunner)."""
 
     def __init__(self, directory: str, metrics: PrometheusMetrics, server: WSGIServer,
-                 thread: threading.Thread, previous_env: str | None) -> None:
+                 thread: threading.Thread, previous: tuple[str | None, Any]) -> None:
         self.directory = directory
         self.metrics = metrics
         self.port: int = server.server_port
         self._server = server
         self._thread = thread
-        self._previous_env = previous_env
+        self._previous = previous
 
     @classmethod
     def start(cls, port: int, host: str = "0.0.0.0") -> MultiprocessExporter:
         directory = tempfile.mkdtemp(prefix="hexq-metrics-")
-        previous = os.environ.get(ENV)
+        previous = (os.environ.get(ENV), values.ValueClass)
         # Children inherit the variable; prometheus_client reads it whenever a process opens its files.
         os.environ[ENV] = directory
         try:
             # prometheus_client picks its value class when first imported, and the app may have imported it
             # before the variable was set: switch to per-process files explicitly.
-            if not getattr(values.ValueClass, "_multiprocess", False):
-                values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
             metrics = PrometheusMetrics(registry=None)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
@@ -49,7 +49,7 @@ class MultiprocessExporter:
             except OSError as exc:
                 raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
         except BaseException:
-            _restore(previous)
+            _restore(*previous)
             shutil.rmtree(directory, ignore_errors=True)
             raise
         return cls(directory, metrics, server, thread, previous)
@@ -67,12 +67,13 @@ class MultiprocessExporter:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-        _restore(self._previous_env)
+        _restore(*self._previous)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _restore(previous: str | None) -> None:
-    if previous is None:
+def _restore(env: str | None, value_class: Any) -> None:
+    values.ValueClass = value_class
+    if env is None:
         os.environ.pop(ENV, None)
     else:
-        os.environ[ENV] = previous
+        os.environ[ENV] = env

@@ -1,0 +1,56 @@
+"""The app tests/integration/test_metrics.py runs a worker on: tasks that succeed, retry, give up and crash.
+
+Configured from the environment like ``tasks.py``: HEXQ_TEST_URL, HEXQ_TEST_PREFIX.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import redis
+
+from hexq import HexQ
+
+URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
+PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqmetrics")
+
+app = HexQ(url=URL, prefix=PREFIX, queues=[(0, "fast"), (1, "slow")], concurrency=2, lease_timeout=3,
+           shutdown_timeout=10, max_retries=2)
+
+_client: redis.Redis | None = None
+
+
+def client() -> redis.Redis:
+    global _client
+    if _client is None or _client.connection_pool.pid != os.getpid():  # type: ignore[attr-defined]
+        _client = redis.Redis.from_url(URL)
+    return _client
+
+
+@app.task(queue="fast")
+def ok(seconds: float = 0.0) -> None:
+    time.sleep(seconds)
+    client().incr(f"{PREFIX}-ran-ok")
+
+
+@app.task(queue="slow", retry_on=ValueError, backoff=0.0)
+def flaky() -> None:
+    """Fails every time: retried up to max_retries (2), then dead-lettered."""
+    client().incr(f"{PREFIX}-ran-flaky")
+    raise ValueError("always fails")
+
+
+@app.task(queue="fast")
+def broken() -> None:
+    """Fails without retry_on: dead-lettered at once."""
+    client().incr(f"{PREFIX}-ran-broken")
+    raise RuntimeError("no retries for this")
+
+
+@app.task(queue="slow")
+def crash_once() -> None:
+    """Kills its own worker child on the first delivery (its task is recovered); succeeds when redelivered."""
+    if client().incr(f"{PREFIX}-ran-crash_once") == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
