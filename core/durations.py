@@ -19,7 +19,7 @@ def to_seconds(value: float | int | timedelta | None, what: str) -> float | None
     else:
         seconds = float(value)
     if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"{what} must be a finite number of seconds, zero or more, got {value!r}")
+        raise ConfigError(f"{what} must be zero or positive (a finite number of seconds), got {value!r}")
     return seconds
 
 
