@@ -1,0 +1,109 @@
+"""A second test app, for tasks that misbehave on purpose (tests/integration/test_bad_inputs.py).
+
+Configured from the environment like ``tasks.py``, so each test gets its own Redis prefix:
+HEXQ_TEST_URL, HEXQ_TEST_PREFIX, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SIGNING_KEY,
+HEXQ_TEST_BAD_SCHEDULE=1 (a CronTask naming a task that does not exist).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import psutil
+import redis
+
+from hexq import CronTask, HexQ, current_attempt
+
+URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
+PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqbad")
+RESULTS = f"{PREFIX}-results"
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+app = HexQ(
+    url=URL,
+    prefix=PREFIX,
+    queues=["default"],
+    concurrency=int(os.environ.get("HEXQ_TEST_CONCURRENCY", "1")),
+    lease_timeout=3,
+    shutdown_timeout=5,
+    max_deliveries=2,  # a poison task is dead-lettered after two crashed runs, not five
+    max_payload_bytes=MAX_PAYLOAD_BYTES,
+    max_tasks_per_worker=int(os.environ["HEXQ_TEST_MAX_TASKS"]) if os.environ.get("HEXQ_TEST_MAX_TASKS") else None,
+    signing_key=os.environ.get("HEXQ_TEST_SIGNING_KEY") or None,
+    schedules=[CronTask("* * * * *", "no_such_task")] if os.environ.get("HEXQ_TEST_BAD_SCHEDULE") else [],
+)
+
+not_an_app = "a string where a HexQ app should be"  # for `--app=...:not_an_app`
+
+_client: redis.Redis | None = None
+
+
+def client() -> redis.Redis:
+    global _client
+    if _client is None or _client.connection_pool.pid != os.getpid():  # type: ignore[attr-defined]
+        _client = redis.Redis.from_url(URL)
+    return _client
+
+
+def report(**fields: object) -> None:
+    fields.setdefault("pid", os.getpid())
+    fields.setdefault("ppid", os.getppid())
+    fields.setdefault("at", time.time())
+    fields.setdefault("attempt", current_attempt.get())
+    client().rpush(RESULTS, json.dumps(fields))
+
+
+@app.task
+def record(tag: str) -> None:
+    report(tag=tag)
+
+
+@app.task
+def exit_process(tag: str, code: int = 0) -> None:
+    report(tag=f"{tag}:start")
+    os._exit(code)  # no cleanup, no exception: the process is simply gone
+
+
+@app.task
+def raise_system_exit(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    raise SystemExit(3)
+
+
+@app.task
+def raise_keyboard_interrupt(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    raise KeyboardInterrupt("pressed by a task")
+
+
+class Doomsday(BaseException):
+    """Not an Exception: escapes every ``except Exception``."""
+
+
+@app.task
+def raise_base_exception(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    raise Doomsday("the end")
+
+
+def _recurse(depth: int) -> int:
+    return _recurse(depth + 1) + 1
+
+
+@app.task
+def recurse_forever(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    _recurse(0)
+
+
+_LEAK: list[bytearray] = []
+LEAK_CHUNK = 20 * 1024 * 1024
+
+
+@app.task
+def leak(tag: str) -> None:
+    """Keeps 20 MB more after every run, as a leaky task would, until its process is recycled."""
+    _LEAK.append(bytearray(b"\xab") * LEAK_CHUNK)  # filled, so the pages are really used
+    report(tag=tag, held=len(_LEAK), rss=psutil.Process().memory_info().rss)
