@@ -577,6 +577,33 @@ def test_task_recursing_forever_is_dead_lettered(shared: Shared) -> None:
     assert shared.worker.children() == child_before
 
 
+@pytest.mark.xfail(strict=True, reason="bug: str(error) of an exception whose __str__ raises escapes the runner's "
+                   "failure path (policy._describe) and kills the child after the run; the task goes back without a "
+                   "crash count, so it reruns forever in a crash loop instead of being dead-lettered")
+def test_task_raising_an_unprintable_exception_is_dead_lettered(cluster: BadCluster) -> None:
+    worker = cluster.worker("--concurrency=1")
+    tasks = load_bad_app(cluster.url, cluster.prefix)
+    task_id = tasks.raise_unprintable.delay("unprintable")
+    wait_for(lambda: task_id in cluster.dead(), 4, "a dead letter for the unprintable exception")
+    assert cluster.dead()[task_id]["reason"].startswith("raised Unprintable")
+    assert cluster.tags().count("unprintable:start") == 1
+    assert_still_serving(cluster, worker, tasks, "after-unprintable")
+    assert "worker child crashed" not in worker.output()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the payload decoder accepts NaN/Infinity that the encoder refuses; "
+                   "the retry of such a task re-encodes its arguments, SerializationError escapes the runner and "
+                   "kills the child, and the task reruns forever in a crash loop")
+def test_nan_in_a_payload_of_a_retrying_task_is_dead_lettered(cluster: BadCluster) -> None:
+    task_id = cluster.push_raw(json.dumps(envelope(task="fail_and_retry", args=["nan", float("nan")])))
+    worker = cluster.worker("--concurrency=1")
+    tasks = load_bad_app(cluster.url, cluster.prefix)
+    wait_for(lambda: task_id in cluster.dead(), 4, "a dead letter for the NaN payload")
+    assert cluster.tags().count("nan:start") <= 2  # the first run and max_retries=1 retry, at most
+    assert_still_serving(cluster, worker, tasks, "after-nan")
+    assert "worker child crashed" not in worker.output()
+
+
 def test_task_leaking_memory_is_recycled_by_max_tasks_per_worker(cluster: BadCluster) -> None:
     worker = cluster.worker("--concurrency=1", HEXQ_TEST_MAX_TASKS="2")
     tasks = load_bad_app(cluster.url, cluster.prefix)

@@ -107,3 +107,22 @@ def leak(tag: str) -> None:
     """Keeps 20 MB more after every run, as a leaky task would, until its process is recycled."""
     _LEAK.append(bytearray(b"\xab") * LEAK_CHUNK)  # filled, so the pages are really used
     report(tag=tag, held=len(_LEAK), rss=psutil.Process().memory_info().rss)
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be computed, like many hand-written exception classes."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("Unprintable.__str__ is broken too")
+
+
+@app.task
+def raise_unprintable(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    raise Unprintable()
+
+
+@app.task(retry_on=ValueError, max_retries=1, backoff=0)
+def fail_and_retry(tag: str, value: object = None) -> None:
+    report(tag=f"{tag}:start")
+    raise ValueError(f"always fails (value={value!r})")
