@@ -7,26 +7,76 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.registry import Collector
 
 from hexq.adapters.prometheus.metrics import PrometheusMetrics
 from hexq.core.errors import ConfigError
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Kinds whose values from every process are summed, so a dead child's file can be folded into one archive.
+_SUMMED_KINDS = ("counter", "histogram", "summary")
+
+
+class _Files(Collector):
+    """The multiprocess directory. Every child leaves files behind and a scrape reads them all, so a
+    worker that recycles its children would be scraped slower and slower: a dead child's files are folded
+    into one archive file per kind, under a lock that scrapes take too (they never see a value twice)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            return list(multiprocess.MultiProcessCollector.merge(self._all(), accumulate=True))  # type: ignore[no-untyped-call]
+
+    def _all(self) -> list[str]:
+        return [os.path.join(self.directory, name) for name in os.listdir(self.directory) if name.endswith(".db")]
+
+    def process_dead(self, pid: int) -> None:
+        multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+        with self._lock:
+            for kind in _SUMMED_KINDS:
+                dead = os.path.join(self.directory, f"{kind}_{pid}.db")
+                if os.path.exists(dead):
+                    self._fold(kind, dead)
+
+    def _fold(self, kind: str, dead: str) -> None:
+        archive = os.path.join(self.directory, f"{kind}_archive.db")
+        sources = [archive, dead] if os.path.exists(archive) else [dead]
+        # accumulate=False keeps the values as stored (histogram buckets not cumulative, no _count).
+        merged = multiprocess.MultiProcessCollector.merge(sources, accumulate=False)  # type: ignore[no-untyped-call]
+        staging = archive + ".new"  # not *.db: a scrape never reads it
+        target = MmapedDict(staging)  # type: ignore[no-untyped-call]
+        try:
+            for metric in merged:
+                for sample in metric.samples:
+                    key = mmap_key(metric.name, sample.name, list(sample.labels), list(sample.labels.values()),
+                                   metric.documentation)
+                    target.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
+        finally:
+            target.close()  # type: ignore[no-untyped-call]
+        os.replace(staging, archive)
+        os.remove(dead)
 
 
 class MultiprocessExporter:
     """Create with ``start()`` in the worker parent before it forks any child; ``metrics`` is then shared
     by the parent (Supervisor) and, through fork, every child (TaskRunner)."""
 
-    def __init__(self, directory: str, metrics: PrometheusMetrics, server: WSGIServer,
+    def __init__(self, files: _Files, metrics: PrometheusMetrics, server: WSGIServer,
                  thread: threading.Thread, previous: tuple[str | None, Any]) -> None:
-        self.directory = directory
+        self.directory = files.directory
         self.metrics = metrics
         self.port: int = server.server_port
+        self._files = files
         self._server = server
         self._thread = thread
         self._previous = previous
@@ -42,8 +92,9 @@ class MultiprocessExporter:
             # before the variable was set: switch to per-process files explicitly.
             values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
             metrics = PrometheusMetrics(registry=None)
+            files = _Files(directory)
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            registry.register(files)
             try:
                 server, thread = start_http_server(port, host, registry)
             except OSError as exc:
@@ -52,11 +103,12 @@ class MultiprocessExporter:
             _restore(*previous)
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        return cls(directory, metrics, server, thread, previous)
+        return cls(files, metrics, server, thread, previous)
 
     def process_dead(self, pid: int) -> None:
-        """Bookkeeping for a child that exited: its counters stay (they are totals), live gauges go."""
-        multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+        """Bookkeeping for a child that exited: its totals are kept (folded into the archive), its live
+        gauges dropped."""
+        self._files.process_dead(pid)
 
     def in_child(self) -> None:
         """Close the listening socket a forked child inherited: only the parent answers scrapes, and the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from redis_server import free_port
 from workers import ROOT, Cluster, Proc, wait_for
 
-from hexq import HexQ
+from hexq import ConfigError, HexQ
 from hexq.adapters.prometheus.metrics import PrometheusMetrics
 
 APP = "tests.integration.apps.metrics_tasks:app"
@@ -175,3 +176,51 @@ def test_metrics_port_without_prometheus_client_fails_at_start_with_the_install_
     assert result.returncode == 2, result.stderr
     assert "pip install 'hexq[prometheus]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_port_from_the_app_and_its_validation(cluster: MetricsCluster, tasks: Any) -> None:
+    for bad in (0, 70000, "9100", True):
+        with pytest.raises(ConfigError, match="metrics_port"):
+            HexQ(metrics_port=bad)
+    port = free_port()
+    cluster.worker(HEXQ_TEST_METRICS_PORT=str(port))
+    tasks.ok.delay()
+    wait_for(lambda: scrape(port).get(series("hexq_tasks_succeeded_total", task="ok", queue="fast")) == 1, 20,
+             f"the task to be counted:\n{cluster.logs()}")
+
+
+def test_metrics_port_in_use_fails_at_start(cluster: MetricsCluster) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = cluster.worker(f"--metrics-port={port}", "--metrics-host=127.0.0.1", wait=False)
+        assert worker.wait(30) == 2, worker.output()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in worker.output()
+    assert "Traceback" not in worker.output()
+
+
+def test_recycled_children_keep_their_counts_and_leave_no_files_behind(cluster: MetricsCluster, tasks: Any) -> None:
+    port = free_port()
+    worker = cluster.worker(f"--metrics-port={port}", "--metrics-host=127.0.0.1", "--concurrency=2",
+                            HEXQ_TEST_MAX_TASKS="1")
+    runs = 12
+    for _ in range(runs):
+        tasks.ok.delay()
+    wait_for(lambda: int(cluster.redis.get(f"{cluster.prefix}-ran-ok") or 0) == runs, 60,
+             f"{runs} runs:\n{cluster.logs()}")
+    labels = {"task": "ok", "queue": "fast"}
+    wait_for(lambda: scrape(port).get(series("hexq_tasks_succeeded_total", **labels)) == runs, 10,
+             f"{runs} successes in {scrape(port)}")
+    samples = scrape(port)
+    assert samples[series("hexq_tasks_started_total", **labels)] == runs
+    assert samples[series("hexq_task_duration_seconds_count", **labels)] == runs
+    assert samples[series("hexq_task_duration_seconds_bucket", le="+Inf", **labels)] == runs
+    assert samples[series("hexq_task_duration_seconds_bucket", le="0.005", **labels)] <= runs
+    # Each child exits after one task: the dead ones are folded into one archive file per kind.
+    directory = re.search(r"files in (\S+)\)", worker.output())
+    assert directory is not None
+    files = sorted(p.name for p in Path(directory.group(1)).iterdir())
+    assert len(files) <= 8, files  # parent counter + gauge, 2 archives, 2 live children x (counter, histogram)
+    assert "counter_archive.db" in files and "histogram_archive.db" in files, files
+    assert not [f for f in files if not f.endswith(".db")], files

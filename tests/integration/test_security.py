@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -217,8 +218,10 @@ def set_user(server: RedisServer, name: str, *rules: str) -> None:
 
 
 def hexq_user_rules(prefix: str) -> list[str]:
-    """What hexq needs: its own keys and broadcast channel, and the data, scripting and pub/sub commands."""
-    return [f"~{{{prefix}}}*", f"&{{{prefix}}}*", "+@all", "-@dangerous"]
+    """The least hexq needs, producer and worker alike: its own keys and broadcast channel; reading,
+    writing, scripts, pub/sub and MULTI; nothing that Redis calls dangerous (KEYS, FLUSHALL, CONFIG...)."""
+    return [f"~{{{prefix}}}*", f"&{{{prefix}}}*", "-@all", "+@read", "+@write", "+@scripting", "+@pubsub",
+            "+@connection", "+@transaction", "-@dangerous"]
 
 
 def assert_clean_outputs(cluster: SecureCluster, app: Any, worker: Proc) -> None:
@@ -241,7 +244,15 @@ def test_acl_user_in_the_url(acl_server: RedisServer, clusters: Callable[..., Se
         worker = cluster.worker()
         secure.record.delay("acl-url")
         cluster.wait_for_tag("acl-url")
+        assert secure.record.broadcast("acl-broadcast") == 1
+        cluster.wait_for_tag("acl-broadcast")
         assert_clean_outputs(cluster, secure.app, worker)
+    # Every chore of a worker, to its clean exit, works within the user's rights.
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, worker.output()
+    assert cluster.admin.zcard(f"{{{hexq_prefix}}}:workers") == 0
+    for sign_of_trouble in ("refused", "failed", "could not", "permission"):
+        assert sign_of_trouble not in worker.output(), worker.output()
 
 
 def test_acl_user_as_username_and_password(acl_server: RedisServer, clusters: Callable[..., SecureCluster],

@@ -1,6 +1,7 @@
 """The app tests/integration/test_metrics.py runs a worker on: tasks that succeed, retry, give up and crash.
 
-Configured from the environment like ``tasks.py``: HEXQ_TEST_URL, HEXQ_TEST_PREFIX.
+Configured from the environment like ``tasks.py``: HEXQ_TEST_URL, HEXQ_TEST_PREFIX, and optionally
+HEXQ_TEST_METRICS_PORT (``HexQ(metrics_port=...)``) and HEXQ_TEST_MAX_TASKS (``max_tasks_per_worker``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ from hexq import HexQ
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqmetrics")
 
+
+def _int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 app = HexQ(url=URL, prefix=PREFIX, queues=[(0, "fast"), (1, "slow")], concurrency=2, lease_timeout=3,
-           shutdown_timeout=10, max_retries=2)
+           shutdown_timeout=10, max_retries=2, max_tasks_per_worker=_int("HEXQ_TEST_MAX_TASKS"),
+           metrics_port=_int("HEXQ_TEST_METRICS_PORT"))
 
 _client: redis.Redis | None = None
 
