@@ -62,3 +62,10 @@ def crash_once() -> None:
     """Kills its own worker child on the first delivery (its task is recovered); succeeds when redelivered."""
     if client().incr(f"{PREFIX}-ran-crash_once") == 1:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(queue="fast", hard_timeout=0.5, max_retries=0)
+def stuck() -> None:
+    """Runs past its hard timeout: the parent kills its child and dead-letters it."""
+    client().incr(f"{PREFIX}-ran-stuck")
+    time.sleep(30)
