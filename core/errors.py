@@ -62,15 +62,19 @@ class SignatureError(MalformedPayloadError):
     """The payload's signature is missing or wrong: it was not written by a holder of the signing key."""
 
 
-class BrokerUnavailableError(HexqError, ConnectionError):
+class BrokerError(HexqError):
+    """The broker could not do what was asked; nothing was changed. Workers log, back off and retry."""
+
+
+class BrokerUnavailableError(BrokerError, ConnectionError):
     """The broker cannot be reached right now; callers may retry later."""
 
 
-class BrokerAuthError(HexqError, PermissionError):
-    """The broker refused our credentials."""
+class BrokerAuthError(BrokerError, PermissionError):
+    """The broker refused our credentials or permissions."""
 
 
-class BrokerFullError(HexqError):
+class BrokerFullError(BrokerError):
     """The broker refused a write because it is out of memory; nothing was stored."""
 
 

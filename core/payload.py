@@ -124,7 +124,11 @@ def encode_arguments(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[
 # Built once: json.dumps/json.loads with options construct a new encoder/decoder on every call, which is
 # a measurable share of the per-task cost.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-_DECODER = json.JSONDecoder(object_hook=lambda obj: _restore(obj))
+def _refuse_constant(name: str) -> Any:
+    raise MalformedPayloadError(f"{name} is not valid JSON (hexq never writes it)")
+
+
+_DECODER = json.JSONDecoder(object_hook=lambda obj: _restore(obj), parse_constant=_refuse_constant)
 
 
 def dumps(document: Any) -> str:

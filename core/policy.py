@@ -105,13 +105,21 @@ def after_failure(
     return GiveUp(what)
 
 
+def safe_str(error: BaseException) -> str:
+    """``str(error)``, even for an exception whose ``__str__`` itself raises."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<unprintable {type(error).__name__}>"
+
+
 def _matches(error: BaseException | None, kinds: tuple[type[BaseException], ...]) -> bool:
     return error is not None and bool(kinds) and isinstance(error, kinds)
 
 
 def _describe(kind: FailureKind, error: BaseException | None) -> str:
     if kind == "exception" and error is not None:
-        return f"raised {type(error).__name__}: {error}"
+        return f"raised {type(error).__name__}: {safe_str(error)}"
     return kind.replace("_", " ")
 
 

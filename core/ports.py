@@ -37,7 +37,7 @@ class Delivery:
 
     id: str
     queue: str
-    payload: str | None
+    payload: str | bytes | None  # bytes only when what is stored is not UTF-8 text
     crashes: int = 0
 
 
@@ -150,7 +150,7 @@ class Broker(Protocol):
         """Extend the leases of live consumers; called periodically by their worker parent."""
         ...
 
-    def fetch_payload(self, task_id: str) -> str | None:
+    def fetch_payload(self, task_id: str) -> str | bytes | None:
         """The stored payload of a task that is queued, waiting or owned; None if there is none."""
         ...
 

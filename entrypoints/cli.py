@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hexq.core.errors import BrokerUnavailableError, ConfigError, HexqError
+from hexq.core.errors import BrokerUnavailableError, ConfigError, HexqError, UnknownTaskError
 from hexq.entrypoints.app import HexQ
 from hexq.entrypoints.loading import load_app
 from hexq.entrypoints.logs import setup_logging
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.app)
         handler = globals()[f"_cmd_{args.command}"]
         return int(handler(app, args))
-    except ConfigError as exc:
+    except (ConfigError, UnknownTaskError) as exc:
         print(f"hexq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokerUnavailableError as exc:

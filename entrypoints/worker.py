@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from hexq.adapters.posix.alarm import SignalAlarm
 from hexq.adapters.posix.board import ChildReporter, SharedBoard
 from hexq.adapters.posix.processes import PosixProcessControl
-from hexq.core.errors import ConfigError
+from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
 from hexq.core.ports import ChildExit
 from hexq.core.services.child import ChildConfig, ChildLoop
 from hexq.core.services.runner import TaskRunner
@@ -40,6 +40,7 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
                concurrency: int | None = None, metrics_port: int | None = None,
                metrics_host: str = "0.0.0.0") -> int:
     served = app.queues.select(queues, [*app.exclude_queues, *exclude])
+    _probe(app, served)
     port = metrics_port if metrics_port is not None else app.metrics_port
     exporter = _start_exporter(port, metrics_host) if port is not None else None
     if exporter is not None:
@@ -116,6 +117,17 @@ def _run_supervisor(supervisor: Supervisor) -> int:
     thread.join(timeout=30)
     supervisor.finish()
     return 0
+
+
+def _probe(app: HexQ, served: list[str]) -> None:
+    """Refuse to start with credentials Redis rejects (restarting would not fix them); start anyway when
+    Redis is merely unreachable, since it may come back."""
+    try:
+        app.broker.queue_stats(served)
+    except BrokerAuthError:
+        raise
+    except BrokerError as exc:
+        log.warning("broker not usable at start-up (%s); starting anyway and retrying", exc)
 
 
 def _start_exporter(port: int, host: str) -> MultiprocessExporter:

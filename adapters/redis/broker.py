@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
+from redis.client import NEVER_DECODE
 
 from hexq.adapters.redis.broadcast import RedisSubscription
 from hexq.adapters.redis.client import ConnectionSettings, blocking_twin, clients_for, describe
@@ -47,6 +48,16 @@ def _record(task: OutgoingTask) -> str:
     contain newlines."""
     eta = "" if task.eta_ms is None else str(task.eta_ms)
     return f"{task.id}\n{task.queue}\n{eta}\n{task.dedup_key or ''}\n{task.payload}"
+
+
+def _text(raw: bytes | None) -> str | bytes | None:
+    """UTF-8 text, or the raw bytes when they are not UTF-8 (the codec reports those as malformed)."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 def _chunks(tasks: Sequence[OutgoingTask]) -> Iterator[list[str]]:
@@ -127,13 +138,27 @@ class RedisBroker:
                 acks: Sequence[str] = ()) -> Reservation:
         args: list[str | int] = [consumer, limit, now_ms, lease_ms, len(queues), *queues, *acks]
         with self._translated():
-            reply = self._scripts.run("reserve", args)
+            reply = self._raw_script("reserve", args)
         next_eta = None if reply[0] is None else int(reply[0])
-        queue = reply[1]
+        queue = reply[1].decode() if reply[1] is not None else ""
         deliveries = tuple(
-            Delivery(reply[i], queue, reply[i + 1], int(reply[i + 2])) for i in range(2, len(reply), 3)
+            Delivery(reply[i].decode(), queue, _text(reply[i + 1]), int(reply[i + 2]))
+            for i in range(2, len(reply), 3)
         )
         return Reservation(deliveries, next_eta)
+
+    def _raw_script(self, name: str, args: Sequence[str | int]) -> Any:
+        """Run a script and return its reply undecoded: a payload that is not UTF-8 (someone wrote bytes
+        into Redis) must reach the core as data to dead-letter, not as an exception that kills a worker."""
+        script = self._scripts.script(name)
+        try:
+            return self._raw("EVALSHA", script.sha, 1, self._keys.tasks, *args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(script.script)
+            return self._raw("EVALSHA", script.sha, 1, self._keys.tasks, *args)
+
+    def _raw(self, *command: Any) -> Any:
+        return self._client.execute_command(*command, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
 
     def wait_for_work(self, timeout: float) -> bool:
         with self._translated():
@@ -185,10 +210,10 @@ class RedisBroker:
         with self._translated():
             self._client.zadd(self._keys.leases, dict.fromkeys(consumers, until_ms))
 
-    def fetch_payload(self, task_id: str) -> str | None:
+    def fetch_payload(self, task_id: str) -> str | bytes | None:
         with self._translated():
-            payload: Any = self._client.hget(self._keys.tasks, task_id)
-        return payload if payload is None else str(payload)
+            payload: Any = self._raw("HGET", self._keys.tasks, task_id)
+        return _text(payload)
 
     # -- broadcast, cron, workers ------------------------------------------------------------------
     def publish_broadcast(self, payload: str) -> int:

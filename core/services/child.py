@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from hexq.core.errors import BrokerUnavailableError, HexqError
+from hexq.core.errors import BrokerError, BrokerUnavailableError, HexqError
 from hexq.core.ports import Broker, Clock, Delivery
 from hexq.core.services.runner import TaskRunner
 
@@ -69,11 +69,13 @@ class ChildLoop:
                     self.broker.reserve, self.config.consumer, self.config.queues, self._batch_size(),
                     int(self.clock.now() * 1000), self.config.lease_ms, acks,
                 )
-            except BrokerUnavailableError as exc:
+            except BrokerError as exc:
+                # Unreachable, refusing our credentials, or out of memory: wait it out, never crash-loop.
                 self.runner.pending_acks[:0] = acks
                 failures += 1
                 delay = min(self.config.backoff_max, 0.1 * 2 ** min(failures, 6))
-                log.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
+                what = "broker unavailable" if isinstance(exc, BrokerUnavailableError) else "broker error"
+                log.warning("%s (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
@@ -108,7 +110,7 @@ class ChildLoop:
             return
         try:
             await self._io(self.broker.wait_for_work, wait)
-        except BrokerUnavailableError:
+        except BrokerError:
             await asyncio.sleep(min(wait, 1.0))
 
     async def _run_batch(self, deliveries: Sequence[Delivery]) -> None:
@@ -131,6 +133,10 @@ class ChildLoop:
                 started = self.clock.monotonic()
                 try:
                     await self.runner.run_prepared(delivery, message, task, slot)
+                except BrokerError as exc:
+                    # The outcome could not be written; the task stays owned and is settled later (acks
+                    # are kept) or comes back when this child's lease ends.
+                    log.warning("could not record the outcome of task %s (%s)", delivery.id, exc)
                 finally:
                     self._free_slots.append(slot)
                 self._measure(self.clock.monotonic() - started)
@@ -142,6 +148,8 @@ class ChildLoop:
         started = self.clock.monotonic()
         try:
             await self.runner.run_prepared(delivery, message, task, slot)
+        except BrokerError as exc:
+            log.warning("could not record the outcome of task %s (%s)", delivery.id, exc)
         finally:
             self._free_slots.append(slot)
             self.done += 1
@@ -167,7 +175,7 @@ class ChildLoop:
             try:
                 self.runner.flush_acks()
                 return
-            except BrokerUnavailableError as exc:
+            except BrokerError as exc:
                 log.warning("could not acknowledge finished tasks (%s), attempt %d", exc, attempt + 1)
                 await asyncio.sleep(0.5 * (attempt + 1))
 

@@ -12,7 +12,7 @@ import attrs
 
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
 from hexq.core.message import Codec, TaskMessage
-from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery
+from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
 from hexq.core.ports import Broker, Clock, Delivery, Metrics, NoMetrics, OutgoingTask
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 
@@ -83,7 +83,14 @@ class TaskRunner:
 
     def flush_acks(self) -> None:
         if self.pending_acks:
-            self.broker.ack(self.consumer, self.take_acks())
+            acks = self.take_acks()
+            try:
+                self.broker.ack(self.consumer, acks)
+            except BaseException:
+                # Still ours: an unacknowledged task stays owned by this live consumer, so the acks must be
+                # sent later rather than forgotten.
+                self.pending_acks[:0] = acks
+                raise
 
     def prepare(self, delivery: Delivery) -> tuple[TaskMessage, TaskDef] | None:
         """Decode and vet a delivery; dead-letter it (and return None) when it cannot run."""
@@ -163,7 +170,16 @@ class TaskRunner:
                           duration)
                 self._ack(delivery.id)
             else:
-                self._failed(delivery, message, task, limits, failure, error, duration)
+                try:
+                    self._failed(delivery, message, task, limits, failure, error, duration)
+                except HexqError:
+                    raise  # the broker is unreachable: the task stays owned and comes back with the lease
+                except Exception as exc:
+                    # Recording the failure failed (say, the retry cannot be re-encoded): never let that
+                    # kill the worker and bring the task back in a loop; dead-letter it with the reason.
+                    log.exception("could not record the failure of task %s", message.id)
+                    self._dead(delivery.id, message.queue, delivery.payload,
+                               f"failed, and its failure could not be recorded: {safe_str(exc)}")
         finally:
             current_task.reset(token)
             current_attempt.reset(attempt_token)
@@ -226,7 +242,7 @@ class TaskRunner:
         log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
                  decision.delay, decision.reason)
 
-    def fail_outside(self, task_id: str, payload: str | None, kind: FailureKind) -> None:
+    def fail_outside(self, task_id: str, payload: str | bytes | None, kind: FailureKind) -> None:
         """Record a failure seen from outside the run (the parent killed the child at its hard timeout)."""
         delivery = Delivery(task_id, "?", payload)
         if payload is None:
@@ -253,8 +269,10 @@ class TaskRunner:
         log.error("task %s from queue %s sent to the dead-letter list: %s", delivery.id, delivery.queue, reason)
         self._dead(delivery.id, delivery.queue, delivery.payload, reason)
 
-    def _dead(self, task_id: str, queue: str, payload: str | None, reason: str) -> None:
+    def _dead(self, task_id: str, queue: str, payload: str | bytes | None, reason: str) -> None:
         self.flush_acks()
+        if isinstance(payload, bytes):  # kept for the operator, readable, with the bad bytes escaped
+            payload = payload.decode("utf-8", "backslashreplace")
         self.broker.dead_letter(self.consumer, task_id, queue, payload, reason, int(self.clock.now() * 1000))
         self.stats.dead += 1
 

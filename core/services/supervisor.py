@@ -57,11 +57,18 @@ class SupervisorConfig:
     info: dict[str, Any] = attrs.field(factory=dict)
 
 
+# A child that dies this soon after starting, again and again, is crash-looping (a broken deploy, a
+# refused password): it is restarted after a growing pause instead of at once.
+FAST_DEATH_SECONDS = 2.0
+RESPAWN_BACKOFF_MAX = 30.0
+
+
 @attrs.define
 class Child:
     index: int
     pid: int
     consumer: str
+    started_at: float = 0.0
     terminating_since: float | None = None
 
 
@@ -100,6 +107,8 @@ class Supervisor:
     board: RunningBoard | None = None
     _subscription: BroadcastSubscription | None = None
     _next_beat: float = 0.0
+    _fast_deaths: dict[int, int] = attrs.field(factory=dict)  # index -> consecutive quick deaths
+    _respawn_at: dict[int, float] = attrs.field(factory=dict)  # index -> when to start it again
     _next_watch: float = 0.0
     _next_subscribe: float = 0.0
     _outage_logged: bool = False
@@ -132,6 +141,10 @@ class Supervisor:
         self._enforce_hard_timeouts()
         self._reap()
         now = self.clock.monotonic()
+        for index, due in list(self._respawn_at.items()):
+            if now >= due and not self.stopping:
+                del self._respawn_at[index]
+                self._spawn(index)
         if now >= self._next_watch:
             self._next_watch = now + self.config.heartbeat_interval
             self._check_memory()
@@ -155,7 +168,7 @@ class Supervisor:
         self.board.reset(index)
         pid = self.processes.start_child(lambda: self.child_main(index, consumer))
         with self.lock:
-            self.children[index] = Child(index, pid, consumer)
+            self.children[index] = Child(index, pid, consumer, started_at=self.clock.monotonic())
         # No lease renewal here (no broker calls on this half): each reservation sets its own lease.
 
     def _reap(self) -> None:
@@ -177,7 +190,23 @@ class Supervisor:
                 self.unrecovered.append(DeadChild(child.consumer, crashed, hard))
                 del self.children[child.index]
             if not self.stopping:
-                self._spawn(child.index)
+                self._replace(child, clean=exit_.code == 0)
+
+    def _replace(self, child: Child, clean: bool) -> None:
+        lived = self.clock.monotonic() - child.started_at
+        if clean or lived >= FAST_DEATH_SECONDS:
+            self._fast_deaths.pop(child.index, None)
+            self._spawn(child.index)
+            return
+        deaths = self._fast_deaths.get(child.index, 0) + 1
+        self._fast_deaths[child.index] = deaths
+        if deaths == 1:
+            self._spawn(child.index)
+            return
+        delay = min(RESPAWN_BACKOFF_MAX, 0.5 * 2 ** (deaths - 2))
+        log.error("child %d died %d times in a row within %.0fs of starting; starting it again in %.1fs",
+                  child.index, deaths, FAST_DEATH_SECONDS, delay)
+        self._respawn_at[child.index] = self.clock.monotonic() + delay
 
     def _settle(self, dead: DeadChild) -> None:
         """Record a hard timeout as a failed attempt, then put the dead child's other tasks back."""

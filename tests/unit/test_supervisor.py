@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -208,3 +209,23 @@ def test_hard_timeouts_and_replacements_do_not_wait_for_an_unreachable_broker() 
     assert supervisor.unrecovered == []
     (letter,) = broker.dead_letters()
     assert letter.id == task_id and "hard timeout" in letter.reason
+
+
+def test_a_child_that_keeps_dying_at_start_is_restarted_after_growing_pauses() -> None:
+    app, broker, clock = make_app()
+    supervisor, processes = build(app, broker, clock, concurrency=1)
+    starts = []
+    for _ in range(5):
+        pid = supervisor.children[0].pid
+        starts.append(clock.monotonic())
+        processes.exit(pid, 1)
+        supervisor.watch()
+        while 0 not in supervisor.children:
+            clock.advance(0.1)
+            supervisor.watch()
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(starts)]
+    assert gaps[0] == 0.0 and gaps[1] >= 0.5 and gaps[2] >= 1.0 and gaps[3] >= 2.0
+    clock.advance(10)  # a child that lives past the fast-death window resets the count
+    processes.exit(supervisor.children[0].pid, 1)
+    supervisor.watch()
+    assert 0 in supervisor.children
