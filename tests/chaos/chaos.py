@@ -274,6 +274,7 @@ class Chaos:
         self.sent: dict[int, dict[str, Any]] = {}  # n -> {id, ms, t}
         self.reenqueued: dict[int, str] = {}  # n -> why
         self.enqueue_errors = 0
+        self.kill_skips = 0
         self.send_lock = threading.Lock()
         self.stop_chaos = threading.Event()
         self.stop_all = threading.Event()
@@ -467,6 +468,7 @@ class Chaos:
             else:
                 spared = [pid for pid in children if pid not in longs]
                 if not spared:
+                    self.kill_skips += 1  # every child runs a long task: spare them this time
                     continue
                 victim = self.rng.choice(spared)
             with contextlib.suppress(ProcessLookupError):
@@ -705,7 +707,8 @@ class Chaos:
                             {"pid": r.pid, "start": round(r.start - self.t0, 3),
                              "end": None if r.end is None else round(r.end - self.t0, 3)} for r in runs]})
         recovery: dict[str, list[float]] = defaultdict(list)
-        unrecovered = []
+        unrecovered: list[int] = []
+        completed_elsewhere: list[int] = []
         for kill in self.kills:
             for runs in by_task.values():
                 for run, rerun in zip(runs, [*runs[1:], None], strict=True):
@@ -713,7 +716,11 @@ class Chaos:
                     if run.pid != kill["pid"] or not ran_at_kill:
                         continue
                     if rerun is None:
-                        unrecovered.append(run.n)
+                        # Fine if another run of the task (a duplicate) completed it: nothing to restart.
+                        if any(r.end is not None and r.end >= run.start for r in runs):
+                            completed_elsewhere.append(run.n)
+                        else:
+                            unrecovered.append(run.n)
                     else:
                         recovery[kill["kind"]].append(rerun.start - kill["t"])
         total_runs = sum(len(r) for r in by_task.values())
@@ -743,6 +750,8 @@ class Chaos:
                       "worker_processes": sum(1 for k in self.kills if k["kind"] == "worker")},
             "recovery_seconds": {kind: percentiles(values) for kind, values in recovery.items()},
             "killed_runs_never_restarted": unrecovered,
+            "killed_runs_completed_by_a_concurrent_run": completed_elsewhere,
+            "kill_ticks_skipped": self.kill_skips,
             "redis_restart": {k: v for k, v in self.redis_restart.items() if k in
                               ("writes_lost_seconds", "enqueued_tasks_lost")} | {
                 "down_seconds": round(self.redis_restart.get("up", 0) - self.redis_restart.get("crashed", 0), 2)},
@@ -912,8 +921,10 @@ def summary(report: dict[str, Any]) -> str:
     for cause, count in sorted(report["duplicate_causes"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    {count:6d}  {cause}")
     lines += [
-        f"kills: {report['kills']['child']} worker children, {report['kills']['worker_processes']} processes "
-        f"of a whole worker",
+        f"kills: {report['kills']['child']} worker children ({report['kill_ticks_skipped']} ticks skipped: every "
+        f"child ran a long task), {report['kills']['worker_processes']} processes of a whole worker; killed runs "
+        f"not restarted because a concurrent run completed the task: "
+        f"{len(report['killed_runs_completed_by_a_concurrent_run'])}",
         "recovery, SIGKILL -> next start of the task it was running (s): "
         + ", ".join(f"{kind}: {v}" for kind, v in rec.items()),
         f"long tasks: {report['long_tasks']} (completed {report['long_tasks_completed']}); re-runs by cause: "

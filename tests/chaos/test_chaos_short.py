@@ -5,12 +5,12 @@ the poison-task and SIGTERM scenarios. Bounds are generous: this checks behaviou
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.chaos import Chaos, Plan, run, summary, wait_until
+from tests.chaos.chaos import Plan, run, summary
+from tests.chaos.repro_lease_outage import lease_outage
 
 pytestmark = pytest.mark.integration
 
@@ -49,34 +49,10 @@ def test_quick_chaos_run(tmp_path: Path) -> None:
     "outage longer than lease_timeout recovers tasks that live workers are still running"))
 def test_long_task_not_rerun_after_an_outage(tmp_path: Path) -> None:
     """Redis restarts (cleanly, nothing lost) while a 5 s task runs with lease_timeout=2; the worker sits
-    behind the proxy, which stays cut until the first client back (here this test, standing for another
-    worker's child that reconnects first) has made its reserve-time recovery pass."""
+    behind the proxy, which stays cut until the first client back (this test, standing for another worker's
+    child that reconnects first) has made its recovery pass. See tests/chaos/repro_lease_outage.py."""
     _require_redis()
-    from hexq.adapters.redis.broker import RedisBroker
-
-    chaos = Chaos(Plan(tasks=1, lease=2.0, concurrency=2), tmp_path, seed=11)
-    chaos.book_server.start()
-    chaos.broker_server.start()
-    try:
-        from tests.chaos.proxy import ProxyProcess
-
-        chaos.proxy = ProxyProcess(chaos.broker_server.port, tmp_path / "proxy.log").start()
-        worker = chaos.start_worker("worker", chaos.proxy.url)
-        chaos.send([chaos.outgoing(0, 5000.0)], {0: 5000.0})
-        book = chaos.book()
-        assert wait_until(lambda: book.hlen(chaos.bkey("running")) == 1, 10, 0.01)
-        chaos.proxy.cut()
-        chaos.broker_server.stop()  # SIGTERM: the AOF is complete, nothing is lost
-        time.sleep(2.5)
-        chaos.broker_server.start()
-        client = chaos.broker_server.client()
-        recovered = RedisBroker(client, chaos.prefix).recover_expired(int(time.time() * 1000))
-        chaos.proxy.resume()
-        assert wait_until(lambda: book.sismember(chaos.bkey("done"), "0"), 15, 0.05)
-        time.sleep(1.0)
-        runs = int(book.hget(chaos.bkey("runs"), "0") or 0)
-        print(f"recovered by the first client back: {recovered}; runs of the long task: {runs}")
-        assert worker.alive()
-        assert runs == 1
-    finally:
-        chaos.close()
+    result = lease_outage(tmp_path)
+    print(result)
+    assert result["worker_alive"]
+    assert result["runs"] == 1
