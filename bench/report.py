@@ -167,6 +167,8 @@ def notes(results: dict[str, Any]) -> list[str]:
         f"- `*`: the run was still going after the {results['config']['cap']:.0f} s cap; its rates are over "
         "the tasks completed by then (counts under Problems).",
         "- RSS is the sum over the worker process tree (pages shared after fork are counted in every process).",
+        "- The ceiling is one redis-py client doing two round trips per task with no pipelining; systems that "
+        "batch or run several processes can pass it.",
         "- Ratio: hexq divided by the best peer in that row (for ↓ rows below 1 is better; for eta, by distance "
         "from 0).",
         (f"- The proxy adds a measured {rtt:.2f} ms per Redis round trip between workers and Redis (the "

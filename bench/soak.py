@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     with RedisServer() as server:
         client = server.client()
         producer = HexQ(url=server.url, prefix=PREFIX, queues=[QUEUE])
+        produced = producer.task(noop.fn)
         started = time.monotonic()
         chunk = 10_000
         for first in range(0, args.tasks, chunk):
-            producer.enqueue_many([noop.bind()] * min(chunk, args.tasks - first))
+            producer.enqueue_many([produced.bind()] * min(chunk, args.tasks - first))
         print(f"enqueued {args.tasks} no-op tasks in {time.monotonic() - started:.1f} s; redis used_memory "
               f"{mb(int(client.info('memory')['used_memory']))} MB", flush=True)
         log = Path(server.dir) / "worker.log"
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         queue_key, inflight_key = "{" + PREFIX + "}:q:" + QUEUE, "{" + PREFIX + "}:inflight"
         samples: list[tuple[float, int, int, list[int]]] = []
         try:
+            deadline = time.monotonic() + 30
+            while len(rss_of(pid)[1]) < 2 and worker.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
             begin = time.monotonic()
             print(f"{'time s':>7} {'done':>8} {'tasks/s':>8} {'parent MB':>10} {'children MB':>16}", flush=True)
             while True:
