@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=200_000)
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between RSS samples")
+    parser.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between RSS samples (and a sample every 10%% of the tasks)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
 
@@ -100,18 +101,26 @@ def main(argv: list[str] | None = None) -> int:
         client = server.client()
         producer = HexQ(url=server.url, prefix=PREFIX, queues=[QUEUE])
         produced = producer.task(noop.fn)
-        started = time.monotonic()
-        chunk = 10_000
-        for first in range(0, args.tasks, chunk):
-            producer.enqueue_many([produced.bind()] * min(chunk, args.tasks - first))
-        print(f"enqueued {args.tasks} no-op tasks in {time.monotonic() - started:.1f} s; redis used_memory "
-              f"{mb(int(client.info('memory')['used_memory']))} MB", flush=True)
+        chunk, backlog = 10_000, 100_000
+        enqueued = 0
+
+        def feed() -> None:
+            """Keep at most ``backlog`` tasks waiting, so a long soak does not fill Redis first."""
+            nonlocal enqueued
+            while enqueued < args.tasks and client.llen(queue_key) < backlog - chunk:
+                count = min(chunk, args.tasks - enqueued)
+                producer.enqueue_many([produced.bind()] * count)
+                enqueued += count
+
+        queue_key, inflight_key = "{" + PREFIX + "}:q:" + QUEUE, "{" + PREFIX + "}:inflight"
+        feed()
+        print(f"{args.tasks} no-op tasks, fed to keep {backlog} queued; redis used_memory "
+              f"{mb(int(client.info('memory')['used_memory']))} MB with {enqueued} queued", flush=True)
         log = Path(server.dir) / "worker.log"
         worker = ProcessTree.spawn(
             [[sys.executable, "-m", "hexq.entrypoints.cli", "worker", "--app=bench.soak:app", "--concurrency=2"]],
             env=bench_env(HEXQ_SOAK_URL=server.url), cwd=str(REPO), log=log)
         pid = worker.procs[0].pid
-        queue_key, inflight_key = "{" + PREFIX + "}:q:" + QUEUE, "{" + PREFIX + "}:inflight"
         samples: list[tuple[float, int, int, list[int]]] = []
         try:
             deadline = time.monotonic() + 30
@@ -120,23 +129,27 @@ def main(argv: list[str] | None = None) -> int:
             begin = time.monotonic()
             print(f"{'time s':>7} {'done':>8} {'tasks/s':>8} {'parent MB':>10} {'children MB':>16}", flush=True)
             while True:
+                feed()
                 pipe = client.pipeline(transaction=False)
                 pipe.llen(queue_key)
                 pipe.hlen(inflight_key)
                 queued, flying = pipe.execute()
-                done = args.tasks - int(queued) - int(flying)
-                parent, kids = rss_of(pid)
+                done = enqueued - int(queued) - int(flying)
                 now = time.monotonic() - begin
-                rate = (done - samples[-1][1]) / (now - samples[-1][0]) if samples else 0.0
-                samples.append((now, done, parent, kids))
-                print(f"{now:7.1f} {done:8d} {rate:8.0f} {mb(parent):>10} "
-                      f"{' '.join(mb(k) for k in kids):>16}", flush=True)
+                # A row every ``interval`` s, and at least every 10% of the tasks however fast they go.
+                if not samples or done >= args.tasks or now - samples[-1][0] >= args.interval \
+                        or done - samples[-1][1] >= args.tasks / 10:
+                    parent, kids = rss_of(pid)
+                    rate = (done - samples[-1][1]) / (now - samples[-1][0]) if samples else 0.0
+                    samples.append((now, done, parent, kids))
+                    print(f"{now:7.1f} {done:8d} {rate:8.0f} {mb(parent):>10} "
+                          f"{' '.join(mb(k) for k in kids):>16}", flush=True)
                 if done >= args.tasks:
                     break
                 if now > args.timeout or not worker.alive():
                     print("the worker died or the soak timed out:\n" + log.read_text(errors="replace")[-3000:])
                     return 1
-                time.sleep(args.interval)
+                time.sleep(0.05)
             time.sleep(1.5)  # the last acknowledgements ride on the next reserve or on the exit flush
             running = key_report(client)
             os.kill(pid, signal.SIGTERM)
