@@ -187,6 +187,7 @@ class HexQ:
         # A worker started with a metrics port replaces this with its own (see entrypoints/worker.py).
         self.metrics: Metrics = metrics or NoMetrics()
         self._broker = broker
+        self._inline_mode = self.connection.scheme == "memory"
         from hexq.adapters.system.clock import SystemClock
 
         self.clock: Clock = clock or SystemClock()
@@ -263,7 +264,7 @@ class HexQ:
     @property
     def is_inline(self) -> bool:
         """True for ``memory://``: ``.delay()`` runs tasks in this process, no worker needed."""
-        return self.connection.scheme == "memory"
+        return self._inline_mode
 
     def enqueue_many(self, calls: Sequence[Call]) -> list[str]:
         """Encode and store many task runs, pipelined; returns their ids in order."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import redis.exceptions as rx
 
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
@@ -41,12 +38,24 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
     return None
 
 
-@contextmanager
-def translated(where: str) -> Iterator[None]:
-    try:
-        yield
-    except rx.RedisError as exc:
-        mapped = translate(exc, where)
-        if mapped is None:
-            raise
-        raise mapped from exc
+class Translated:
+    """``with Translated(where):`` turns redis-py errors into hexq's. A plain class rather than a
+    generator-based context manager: it wraps every command, and this is several times cheaper."""
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, rx.RedisError):
+            mapped = translate(exc, self.where)
+            if mapped is not None:
+                raise mapped from exc
+
+
+def translated(where: str) -> Translated:
+    return Translated(where)
