@@ -128,6 +128,7 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     try:
         results = run(args)
     except KeyboardInterrupt:
