@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "latency_count": config.latency_count, "latency_interval": config.latency_interval,
                          "eta_count": config.eta_count, "eta_delay": config.eta_delay, "cap": config.cap}
     results["seconds"] = time.monotonic() - started
+    results["machine"]["load_end"] = round(os.getloadavg()[0], 2)
     return results
 
 
