@@ -16,6 +16,10 @@ class Timeout(Exception):
     """A run made no progress for too long (or hit its cap): its cells read 'timeout'."""
 
 
+class WorkersDied(Exception):
+    """The worker command exited during a run: its cells read 'error'."""
+
+
 Sample = tuple[float, int]  # (monotonic seconds, completed count)
 
 
@@ -24,7 +28,7 @@ def wait_for_count(client: redis.Redis, target: int, *, stall: float, cap: float
                    partial: bool = False) -> list[Sample]:
     """Poll ``key`` every ``poll`` s until it reaches ``target``; samples of (time, count).
 
-    Raises Timeout when the count has not moved for ``stall`` s or if the workers died; after ``cap`` s,
+    Raises Timeout when the count has not moved for ``stall`` s, WorkersDied if they exited; after ``cap`` s,
     returns what it has if ``partial`` (a slow but working system), else raises Timeout."""
     start = last_move = time.monotonic()
     last = -1
@@ -43,7 +47,7 @@ def wait_for_count(client: redis.Redis, target: int, *, stall: float, cap: float
         if now - last_move > stall or now - start > cap:
             raise Timeout(f"{count}/{target} done after {now - start:.1f} s")
         if not alive():
-            raise Timeout(f"workers exited with {count}/{target} done")
+            raise WorkersDied(f"workers exited with {count}/{target} done")
         time.sleep(poll)
 
 
