@@ -105,12 +105,18 @@ class Broker(Protocol):
         now_ms: int,
         lease_ms: int,
         acks: Sequence[str] = (),
+        wait: float = 0.0,
     ) -> Reservation:
         """Atomically: acknowledge ``acks``; move eta tasks due at ``now_ms`` of ``queues`` to the tail of
         their queue; put back the tasks of consumers whose lease has expired; then take up to ``limit``
         tasks from the head of the first non-empty queue in ``queues`` (strict priority: a lower queue is
         never served while a higher one has tasks), owned by ``consumer`` with a lease until
-        ``now_ms + lease_ms``. An empty result means every served queue was empty."""
+        ``now_ms + lease_ms``. An empty result means every served queue was empty.
+
+        With ``wait`` > 0 (the caller's last reservation was empty) the acks are applied first, then the
+        call blocks up to ``wait`` seconds as ``wait_for_work`` does, then reserves as above, so that an
+        idle worker takes a new task in one round trip. ``now_ms`` is not advanced by the wait: an eta
+        task that falls due during the wait is taken by the next call, never early."""
         ...
 
     def wait_for_work(self, timeout: float) -> bool:

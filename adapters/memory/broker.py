@@ -91,7 +91,11 @@ class MemoryBroker:
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = ()) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+        if wait > 0:
+            self.ack(consumer, acks)
+            acks = ()
+            self.wait_for_work(wait)
         with self._lock:
             self._ack(consumer, acks)
             for queue in queues:

@@ -59,6 +59,7 @@ class ChildLoop:
             if asyncio.iscoroutine(result):
                 await result
         failures = 0
+        wait = 0.0  # after an empty reservation: how long the next one may block for new work
         while not self.stopping and not self._quota_reached():
             if not self._free_slots and self._running:
                 await asyncio.wait(self._running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
@@ -67,7 +68,7 @@ class ChildLoop:
             try:
                 reservation = await self._io(
                     self.broker.reserve, self.config.consumer, self.config.queues, self._batch_size(),
-                    int(self.clock.now() * 1000), self.config.lease_ms, acks,
+                    int(self.clock.now() * 1000), self.config.lease_ms, acks, wait,
                 )
             except BrokerError as exc:
                 # Unreachable, refusing our credentials, or out of memory: wait it out, never crash-loop.
@@ -77,11 +78,13 @@ class ChildLoop:
                 what = "broker unavailable" if isinstance(exc, BrokerUnavailableError) else "broker error"
                 log.warning("%s (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
+                wait = 0.0
                 continue
             failures = 0
             if not reservation.deliveries:
-                await self._idle(reservation.next_eta_ms)
+                wait = self._idle_wait(reservation.next_eta_ms)
                 continue
+            wait = 0.0
             await self._run_batch(reservation.deliveries)
         await self._shutdown()
         return 0
@@ -102,16 +105,13 @@ class ChildLoop:
             size = max(1, min(size, self.config.max_tasks - self.done - len(self._running)))
         return size
 
-    async def _idle(self, next_eta_ms: int | None) -> None:
+    def _idle_wait(self, next_eta_ms: int | None) -> float:
+        """How long an idle child may block for new work: until the next eta falls due, at most
+        ``idle_wait`` (which also bounds how late it notices a stop request)."""
         wait = self.config.idle_wait
         if next_eta_ms is not None:
             wait = min(wait, max(0.0, next_eta_ms / 1000 - self.clock.now()))
-        if wait <= 0:
-            return
-        try:
-            await self._io(self.broker.wait_for_work, wait)
-        except BrokerError:
-            await asyncio.sleep(min(wait, 1.0))
+        return wait
 
     async def _run_batch(self, deliveries: Sequence[Delivery]) -> None:
         for index, delivery in enumerate(deliveries):

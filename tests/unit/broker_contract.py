@@ -384,6 +384,32 @@ class BrokerContract:
         assert broker.wait_for_work(5.0) is True
         assert time.monotonic() - started < 2.0
 
+    def test_a_waiting_reservation_takes_a_task_enqueued_during_the_wait(self, broker: Broker) -> None:
+        import threading
+
+        timer = threading.Timer(0.2, lambda: broker.enqueue([task("late")]))
+        timer.start()
+        try:
+            started = time.monotonic()
+            got = broker.reserve("c1", ["default"], 10, T0, LEASE, (), 5.0).deliveries
+        finally:
+            timer.cancel()
+        assert [d.id for d in got] == ["late"]
+        assert 0.1 < time.monotonic() - started < 3.0
+
+    def test_a_waiting_reservation_times_out_empty_and_applies_its_acks(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        (first,) = take(broker)
+        result = broker.reserve("c1", ["default"], 10, T0, LEASE, (first.id,), 0.2)  # wake-ups may be spurious
+        assert result.deliveries == ()
+        assert broker.fetch_payload("a") is None and stats(broker) == (0, 0, 0)
+
+    def test_a_waiting_reservation_never_takes_an_eta_task_early(self, broker: Broker) -> None:
+        broker.enqueue([task("soon", eta_ms=T0 + 100)])
+        got = broker.reserve("c1", ["default"], 10, T0, LEASE, (), 0.3).deliveries
+        assert got == ()
+        assert ids(take(broker, now_ms=T0 + 100)) == ["soon"]
+
     def test_wait_for_work_times_out_when_idle(self, broker: Broker) -> None:
         started = time.monotonic()
         assert broker.wait_for_work(0.2) is False

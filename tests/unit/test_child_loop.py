@@ -98,11 +98,11 @@ class FlakyBroker:
         self.failures = failures
 
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = ()) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
         if self.failures:
             self.failures -= 1
             raise BrokerUnavailableError("connection refused")
-        return self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks)  # type: ignore[no-any-return]
+        return self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks, wait)  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
