@@ -543,12 +543,18 @@ class Chaos:
         cut = time.time()
         stats = self.proxy.cut()
         self.event("proxy cut: connections reset, new ones refused", reset=stats.get("reset"))
-        time.sleep(self.plan.outage_seconds)
+        parents_alive = dict.fromkeys(lines0, True)
+        while time.time() < cut + self.plan.outage_seconds:
+            time.sleep(min(0.25, max(0.0, cut + self.plan.outage_seconds - time.time())))
+            for w in workers:
+                parents_alive[w.name] = parents_alive[w.name] and w.alive()
         cpu1 = {w.name: w.cpu_seconds() for w in workers}
         lines1 = {w.name: w.log_lines() for w in workers}
-        alive = {w.name: w.alive() and len(w.children()) == self.plan.concurrency for w in workers}
         resumed_at = time.time()
         self.proxy.resume()
+        # A child killed a moment ago is replaced within a tick: give that a few seconds.
+        alive = {w.name: parents_alive[w.name] and wait_until(
+            lambda w=w: len(w.children()) == self.plan.concurrency, 3.0) for w in workers}
         window = resumed_at - cut
         cpu = {name: round(cpu1[name] - cpu0[name], 3) for name in cpu0}
         self.outage = {"cut": cut, "resumed": resumed_at, "seconds": round(window, 2), "cpu_seconds": cpu,
