@@ -83,9 +83,12 @@ class Broker(Protocol):
     """Durable storage of tasks, with leases that make delivery at-least-once.
 
     Vocabulary: a *consumer* is one worker child; it *owns* the tasks it reserved until it acknowledges,
-    retries, dead-letters or releases them. A consumer's lease is renewed by ``renew_leases``; when it
-    expires, the next ``reserve`` by anyone (or ``recover_expired``) puts the consumer's tasks back at the
-    head of their queues.
+    retries, dead-letters or releases them. A consumer's lease is renewed by ``renew_leases``. An expired
+    lease is first only *suspected* by the ``reserve`` or ``recover_expired`` call that sees it; a later
+    such call at least 3 seconds (by the callers' ``now_ms``) after that puts the consumer's tasks back at
+    the head of their queues, unless the lease was renewed meanwhile. The grace exists because nobody can
+    renew while the store is unreachable: after an outage longer than the lease, live workers get the
+    chance to renew before their running tasks are handed to someone else.
     """
 
     def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:

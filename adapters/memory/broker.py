@@ -47,6 +47,12 @@ class _Subscription:
         self._broker._unsubscribe(self)
 
 
+# Same rule as the Redis adapter (see _lib.lua): an expired lease is recovered only if it is still not
+# renewed this long after a reservation first saw it expired, so an outage that stopped every renewal
+# does not hand live workers' tasks to others.
+EXPIRY_GRACE_MS = 3000
+
+
 class MemoryBroker:
     """Dicts and deques behind one lock; every method is atomic because it holds the lock throughout."""
 
@@ -59,6 +65,7 @@ class MemoryBroker:
         self._crashes: dict[str, int] = {}
         self._owned: dict[str, dict[str, _Owned]] = {}  # consumer -> id -> ownership
         self._leases: dict[str, int] = {}  # consumer -> lease deadline ms
+        self._suspects: dict[str, int] = {}  # consumer -> when a lease was first seen expired (ms)
         self._dead: list[DeadLetter] = []
         self._cron: dict[str, int] = {}
         self._beats: dict[str, WorkerBeat] = {}
@@ -184,6 +191,7 @@ class MemoryBroker:
     def _recover(self, consumer: str, crashed: set[str]) -> int:
         owned = self._owned.pop(consumer, {})
         self._leases.pop(consumer, None)
+        self._suspects.pop(consumer, None)
         for task_id, ownership in reversed(list(owned.items())):
             if task_id in crashed:
                 self._crashes[task_id] = self._crashes.get(task_id, 0) + 1
@@ -198,14 +206,19 @@ class MemoryBroker:
             return self._recover_expired(now_ms)
 
     def _recover_expired(self, now_ms: int) -> int:
-        expired = [c for c, until in self._leases.items() if until < now_ms]
-        # Nobody knows which of an expired consumer's tasks had started: count a crash for each.
-        return sum(self._recover(c, set(self._owned.get(c, {}))) for c in expired)
+        recovered = 0
+        for consumer in [c for c, until in self._leases.items() if until < now_ms]:
+            seen = self._suspects.setdefault(consumer, now_ms)
+            if now_ms - seen >= EXPIRY_GRACE_MS:
+                # Nobody knows which of an expired consumer's tasks had started: count a crash for each.
+                recovered += self._recover(consumer, set(self._owned.get(consumer, {})))
+        return recovered
 
     def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
         with self._lock:
             for consumer in consumers:
                 self._leases[consumer] = until_ms
+                self._suspects.pop(consumer, None)
 
     def fetch_payload(self, task_id: str) -> str | None:
         with self._lock:

@@ -9,6 +9,11 @@ local LEASES = B .. "leases"
 local WAKE = B .. "wake"
 local DEAD = B .. "dead"
 local CRON = B .. "cron"
+local SUSPECTS = B .. "suspects"
+-- An expired lease is first only suspected: its consumer is recovered if it is still not renewed this
+-- long after a reservation first saw it expired. Nobody can renew while Redis is unreachable, so without
+-- this the first reservation after an outage would take tasks that live workers are still running.
+local EXPIRY_GRACE_MS = 3000
 local WAKE_CAP = 64
 -- Lua's C stack bounds unpack(); every variadic call goes through chunks of this size.
 local CHUNK = 1000
@@ -120,6 +125,7 @@ local function recover(consumer, crashed)
   local ids = redis.call("lrange", owned, 0, -1)
   redis.call("del", owned)
   redis.call("zrem", LEASES, consumer)
+  redis.call("hdel", SUSPECTS, consumer)
   if #ids == 0 then return 0 end
   local records = hmget_many(INFLIGHT, ids)
   local back = 0
@@ -139,9 +145,19 @@ end
 
 -- Returns consumers recovered, tasks put back.
 local function recover_expired(now, max_consumers)
-  local expired = redis.call("zrangebyscore", LEASES, "-inf", "(" .. now, "LIMIT", 0, max_consumers)
-  local tasks = 0
-  for _, consumer in ipairs(expired) do tasks = tasks + recover(consumer, true) end
-  return {#expired, tasks}
+  now = tonumber(now)
+  local expired = redis.call("zrangebyscore", LEASES, "-inf", "(" .. now, "LIMIT", 0, max_consumers * 10)
+  local recovered, tasks = 0, 0
+  for _, consumer in ipairs(expired) do
+    if recovered >= max_consumers then break end
+    local seen = redis.call("hget", SUSPECTS, consumer)
+    if not seen then
+      redis.call("hset", SUSPECTS, consumer, now)
+    elseif now - tonumber(seen) >= EXPIRY_GRACE_MS then
+      tasks = tasks + recover(consumer, true)
+      recovered = recovered + 1
+    end
+  end
+  return {recovered, tasks}
 end
 

@@ -236,7 +236,11 @@ class RedisBroker:
         if not consumers:
             return
         with self._translated():
-            self._client.zadd(self._keys.leases, dict.fromkeys(consumers, until_ms))
+            # One MULTI: renewing also clears any suspicion raised while the lease looked expired.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zadd(self._keys.leases, dict.fromkeys(consumers, until_ms))
+            pipe.hdel(self._keys.base + "suspects", *consumers)
+            pipe.execute()
 
     def fetch_payload(self, task_id: str) -> str | bytes | None:
         with self._translated():

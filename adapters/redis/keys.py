@@ -18,6 +18,7 @@ key                   type    contents
 {p}:owned:<consumer>  list    ids the consumer reserved, in reservation order
 {p}:inflight          hash    task id -> ``since_ms|queue|consumer`` of every owned task
 {p}:leases            zset    consumer -> lease deadline ms
+{p}:suspects          hash    consumer -> ms when its lease was first seen expired (cleared on renewal)
 {p}:dead              list    dead letters as JSON ``{id, queue, payload, reason, failed_at_ms}``,
                               newest first
 {p}:cron              hash    schedule key -> last fire ms

@@ -124,7 +124,8 @@ def test_sigkill_of_a_whole_worker_its_tasks_come_back_after_the_lease(cluster: 
     tags = cluster.wait_for_tags(1, timeout=30, suffix="w1")
     restarts = [r["at"] - killed_at for r in cluster.results() if r["tag"].endswith(":start")][2:]
     print(f"whole-worker SIGKILL: tasks restarted after {[round(x, 2) for x in restarts]} s (lease 3 s)")
-    assert all(x < 3 + 2 + 1 for x in restarts)
+    # lease (3 s) + expiry grace (3 s) + up to two idle reservations (1 s each) + the task's own start
+    assert all(x < 3 + 3 + 2 + 0.5 for x in restarts)
     assert tags.count("w0") == 1 and tags.count("w1") == 1
 
 

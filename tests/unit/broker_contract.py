@@ -12,6 +12,7 @@ from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask
 
 T0 = 1_700_000_000_000  # a realistic epoch-ms "now"
 LEASE = 30_000
+GRACE = 3_000  # an expired lease is recovered once it has looked expired for this long (see Broker.reserve)
 
 
 def task(task_id: str, queue: str = "default", payload: str | None = None, eta_ms: int | None = None,
@@ -279,7 +280,9 @@ class BrokerContract:
         broker.enqueue([task("a"), task("b")])
         take(broker, limit=1, lease_ms=100)
         assert take(broker, consumer="c2", now_ms=T0 + 100, limit=1) == [Delivery("b", "default", "p-b", 0)]
-        got = take(broker, consumer="c3", now_ms=T0 + 101)
+        assert take(broker, consumer="c3", now_ms=T0 + 101) == []  # first seen expired: only suspected
+        assert take(broker, consumer="c3", now_ms=T0 + 101 + GRACE - 1) == []
+        got = take(broker, consumer="c3", now_ms=T0 + 101 + GRACE)
         assert [(d.id, d.crashes) for d in got] == [("a", 1)]
         assert [(r.id, r.consumer) for r in broker.in_flight()] == [("b", "c2"), ("a", "c3")]
 
@@ -288,11 +291,13 @@ class BrokerContract:
         take(broker, lease_ms=100)
         take(broker, "other", consumer="c2", lease_ms=1000)
         assert broker.recover_expired(T0 + 100) == 0
-        assert broker.recover_expired(T0 + 101) == 2
+        assert broker.recover_expired(T0 + 101) == 0
+        assert broker.recover_expired(T0 + 101 + GRACE) == 2
         assert stats(broker) == (2, 0, 0)
         assert stats(broker, "other") == (0, 0, 1)
-        assert [(d.id, d.crashes) for d in take(broker, consumer="c3", now_ms=T0 + 101)] == [("a", 1), ("b", 1)]
-        assert broker.recover_expired(T0 + 101) == 0
+        later = T0 + 101 + GRACE
+        assert [(d.id, d.crashes) for d in take(broker, consumer="c3", now_ms=later)] == [("a", 1), ("b", 1)]
+        assert broker.recover_expired(later) == 0
 
     def test_renewed_lease_does_not_expire(self, broker: Broker) -> None:
         broker.enqueue([task("a")])
@@ -300,15 +305,29 @@ class BrokerContract:
         broker.renew_leases(["c1", "c9"], T0 + 10_000)
         assert broker.recover_expired(T0 + 5000) == 0
         assert take(broker, consumer="c2", now_ms=T0 + 5000) == []
-        assert broker.recover_expired(T0 + 10_001) == 1
+        assert broker.recover_expired(T0 + 10_001) == 0
+        assert broker.recover_expired(T0 + 10_001 + GRACE) == 1
         broker.renew_leases([], T0)
+
+    def test_a_lease_renewed_soon_after_it_looked_expired_is_not_recovered(self, broker: Broker) -> None:
+        # Redis was unreachable for longer than the lease: nobody could renew. The first reservation
+        # after the outage must not hand the live consumer's task to someone else.
+        broker.enqueue([task("a")])
+        take(broker, lease_ms=100)
+        outage_over = T0 + 60_000
+        assert take(broker, consumer="c2", now_ms=outage_over) == []
+        broker.renew_leases(["c1"], outage_over + 1000 + LEASE)  # the owner's parent reconnects
+        assert broker.recover_expired(outage_over + 1000 + GRACE) == 0
+        assert take(broker, consumer="c2", now_ms=outage_over + 1000 + GRACE) == []
+        assert [(r.id, r.consumer) for r in broker.in_flight()] == [("a", "c1")]
 
     def test_late_ack_after_expiry_leaves_a_delivery_without_payload(self, broker: Broker) -> None:
         broker.enqueue([task("a")])
         take(broker, lease_ms=100)
         broker.recover_expired(T0 + 101)
+        broker.recover_expired(T0 + 101 + GRACE)
         broker.ack("c1", ["a"])  # the slow consumer finished after all: payload and crash count go
-        got = take(broker, consumer="c2", now_ms=T0 + 101)
+        got = take(broker, consumer="c2", now_ms=T0 + 101 + GRACE)
         assert got == [Delivery("a", "default", None, 0)]
 
     # -- cron --------------------------------------------------------------------------------------
