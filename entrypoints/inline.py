@@ -23,7 +23,7 @@ class InlineRunner:
     def __init__(self, app: HexQ) -> None:
         self.app = app
         self.runner = TaskRunner(app.registry, app.codec, app.broker, app.clock, CONSUMER, app.random,
-                                 defer_acks=False)
+                                 metrics=app.metrics, defer_acks=False)
         self._running = False
 
     def run_pending(self) -> int:

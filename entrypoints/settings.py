@@ -53,6 +53,17 @@ def build_connection(
     password: str | None,
     **options: object,
 ) -> Connection:
+    if url is not None and (username is not None or password is not None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigError(f"username=/password= need a redis:// or rediss:// URL, not {parts.scheme}://; "
+                              "for a unix socket put them in the URL's query (?password=...)")
+        if parts.username or parts.password:
+            raise ConfigError("credentials given twice: put them in the URL or pass username=/password=, "
+                              "not both")
+        auth = quote(username or "", safe="") + (f":{quote(password, safe='')}" if password is not None else "")
+        netloc = f"{auth}@{parts.netloc}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     if url is None:
         auth = ""
         if password is not None:

@@ -31,9 +31,13 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
         )
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.ClusterDownError,
                         rx.TryAgainError)) or upper.startswith(_UNAVAILABLE_PREFIXES):
+        hint = ""
+        if "SSL" in upper or "CERTIFICATE" in upper or "EOF OCCURRED IN VIOLATION OF PROTOCOL" in upper:
+            hint = (" TLS failed: check ssl_ca_certs (the CA that signed the server's certificate), and "
+                    "ssl_certfile/ssl_keyfile if the server requires client certificates.")
         return BrokerUnavailableError(
             f"cannot use Redis at {where} ({type(exc).__name__}: {text}); workers keep retrying until "
-            "it is reachable again"
+            f"it is reachable again.{hint}"
         )
     return None
 

@@ -212,7 +212,8 @@ class Supervisor:
         """Record a hard timeout as a failed attempt, then put the dead child's other tasks back."""
         if dead.hard_timed_out is not None:
             payload = self.broker.fetch_payload(dead.hard_timed_out)
-            runner = TaskRunner(self.registry, self.codec, self.broker, self.clock, dead.consumer, self.rand)
+            runner = TaskRunner(self.registry, self.codec, self.broker, self.clock, dead.consumer, self.rand,
+                                metrics=self.metrics)
             runner.fail_outside(dead.hard_timed_out, payload, "hard_timeout")
         count = self.broker.recover_consumer(dead.consumer, list(dead.crashed))
         self.metrics.recovered(count)

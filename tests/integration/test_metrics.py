@@ -226,14 +226,14 @@ def test_recycled_children_keep_their_counts_and_leave_no_files_behind(cluster: 
     assert not [f for f in files if not f.endswith(".db")], files
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Supervisor._fail_hard_timeout records the failure through a "
-                   "TaskRunner built without the supervisor's metrics, so it is not counted")
 def test_a_hard_timeout_counts_as_failed_and_dead_lettered(cluster: MetricsCluster, tasks: Any) -> None:
     port = free_port()
     cluster.worker(f"--metrics-port={port}", "--metrics-host=127.0.0.1", "--concurrency=1")
     tasks.stuck.delay()
     wait_for(lambda: len(tasks.app.broker.dead_letters()) == 1, 20, f"the dead letter:\n{cluster.logs()}")
     labels = {"task": "stuck", "queue": "fast"}
+    # The counter is written right after the dead letter: wait for it rather than race it.
+    wait_for(lambda: scrape(port).get(series("hexq_tasks_dead_lettered_total", **labels)) == 1, 10, "the counter")
     samples = scrape(port)
     assert samples.get(series("hexq_tasks_started_total", **labels)) == 1
     assert samples.get(series("hexq_tasks_dead_lettered_total", **labels)) == 1
