@@ -614,6 +614,16 @@ def test_nan_or_infinity_in_a_payload_is_dead_lettered(shared: Shared) -> None:
     assert "nan:start" not in shared.cluster.tags()  # refused before it ran
 
 
+@pytest.mark.xfail(strict=True, reason="bug: sync tasks run inline on the child's running asyncio loop, so a sync "
+                   "task that calls asyncio.run() (or asgiref's async_to_sync) is dead-lettered with RuntimeError; "
+                   "the same task works on WakaQ, whose children run sync tasks with no loop")
+def test_sync_task_calling_asyncio_run(shared: Shared) -> None:
+    task_id = shared.tasks.sync_calls_asyncio_run.delay("asyncio-run")
+    shared.still_serving("after-asyncio-run")
+    assert task_id not in shared.cluster.dead(), shared.cluster.dead().get(task_id, {}).get("reason")
+    assert "asyncio-run" in shared.cluster.tags()
+
+
 def test_task_leaking_memory_is_recycled_by_max_tasks_per_worker(cluster: BadCluster) -> None:
     worker = cluster.worker("--concurrency=1", HEXQ_TEST_MAX_TASKS="2")
     tasks = load_bad_app(cluster.url, cluster.prefix)

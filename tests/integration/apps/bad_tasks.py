@@ -7,6 +7,7 @@ HEXQ_TEST_BAD_SCHEDULE=1 (a CronTask naming a task that does not exist).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -126,3 +127,14 @@ def raise_unprintable(tag: str) -> None:
 def fail_and_retry(tag: str, value: object = None) -> None:
     report(tag=f"{tag}:start")
     raise ValueError(f"always fails (value={value!r})")
+
+
+async def _report_later(tag: str) -> None:
+    await asyncio.sleep(0)
+    report(tag=tag)
+
+
+@app.task
+def sync_calls_asyncio_run(tag: str) -> None:
+    """Legitimate sync code that drives its own event loop (asyncio.run, asgiref's async_to_sync)."""
+    asyncio.run(_report_later(tag))
