@@ -704,6 +704,7 @@ class Chaos:
         causes: dict[str, int] = defaultdict(int)
         long_causes: dict[str, int] = defaultdict(int)
         long_twice: list[dict[str, Any]] = []
+        long_reruns: list[dict[str, Any]] = []
         for n, runs in by_task.items():
             is_long = self.sent.get(n, {}).get("ms", 0) >= 1000
             for run, rerun in itertools.pairwise(runs):
@@ -711,6 +712,11 @@ class Chaos:
                 causes[why] += 1
                 if is_long:
                     long_causes[why] += 1
+                    kill = killed.get(run.pid)
+                    long_reruns.append({"n": n, "cause": why, "pid": run.pid, **{
+                        name: None if t is None else round(t - self.t0, 3) for name, t in (
+                            ("start", run.start), ("end", run.end), ("killed", kill["t"] if kill else None),
+                            ("rerun", rerun.start))}})
                     if "killed" not in why:
                         long_twice.append({"n": n, "cause": why, "runs": [
                             {"pid": r.pid, "start": round(r.start - self.t0, 3),
@@ -755,6 +761,7 @@ class Chaos:
             "long_tasks_completed": len(set(longs) & done),
             "long_duplicate_causes": dict(long_causes),
             "long_tasks_run_twice_without_kill": long_twice,
+            "long_reruns": long_reruns,
             "kills": {"child": sum(1 for k in self.kills if k["kind"] == "child"),
                       "worker_processes": sum(1 for k in self.kills if k["kind"] == "worker")},
             "recovery_seconds": {kind: percentiles(values) for kind, values in recovery.items()},
