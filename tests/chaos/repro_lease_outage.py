@@ -1,4 +1,5 @@
-"""Reproduction: a long task still running in a live worker runs a second time after no worker could reach
+"""Reproduction (found by the chaos run; fixed by the two-phase lease expiry, ff41a95): a long task still
+running in a live worker runs a second time after no worker could reach
 Redis for longer than ``lease_timeout`` (here a clean Redis restart: SIGTERM, nothing lost).
 
 While Redis is unreachable nobody can renew leases, but their deadlines keep passing. When it is back, the

@@ -15,9 +15,6 @@ from tests.chaos.repro_recovery_retry import recovery_retries
 
 pytestmark = pytest.mark.integration
 
-LEASE_BUG = "lease expired while Redis was down (process alive)", "lease expired during the network cut (process alive)"
-
-
 def _require_redis() -> None:
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not on PATH (apt-get install redis-server)", pytrace=False)
@@ -36,22 +33,18 @@ def test_quick_chaos_run(tmp_path: Path) -> None:
     assert report["outage"]["cpu_share"] < 0.5, f"busy spin while Redis was unreachable: {report['outage']}"
     assert verdicts["every killed run started again"], report["killed_runs_never_restarted"]
     assert verdicts["clean shutdown (exit 0)"], report["shutdown"]
-    # Long tasks may run twice only when the process running them was killed, or through the known lease
-    # bug below (test_long_task_not_rerun_after_an_outage): nothing else may explain a second run.
-    unexplained = [x for x in report["long_tasks_run_twice_without_kill"] if x["cause"] not in LEASE_BUG]
-    assert not unexplained, unexplained
+    # Long tasks may run twice only when the process running them was killed (leases outlive outages).
+    assert not report["long_tasks_run_twice_without_kill"], report["long_tasks_run_twice_without_kill"]
     assert "other (unexplained)" not in report["duplicate_causes"], report["duplicate_causes"]
     assert verdicts["poison task dead-lettered after max_deliveries"], report["poison"]
     assert verdicts["SIGTERM hands back reserved tasks at once"], report["sigterm"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: lease deadlines keep running while no worker can reach Redis, so the first client back after an "
-    "outage longer than lease_timeout recovers tasks that live workers are still running"))
 def test_long_task_not_rerun_after_an_outage(tmp_path: Path) -> None:
     """Redis restarts (cleanly, nothing lost) while a 5 s task runs with lease_timeout=2; the worker sits
     behind the proxy, which stays cut until the first client back (this test, standing for another worker's
-    child that reconnects first) has made its recovery pass. See tests/chaos/repro_lease_outage.py."""
+    child that reconnects first) has made its recovery pass. See tests/chaos/repro_lease_outage.py: found by
+    the chaos run, fixed by the two-phase lease expiry (ff41a95)."""
     _require_redis()
     result = lease_outage(tmp_path)
     print(result)
