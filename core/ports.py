@@ -224,8 +224,9 @@ class Broker(Protocol):
 
 
 class BroadcastSubscription(Protocol):
-    def get(self, timeout: float) -> str | None:
-        """The next broadcast payload, or None after ``timeout`` seconds without one."""
+    def get(self, timeout: float) -> str | bytes | None:
+        """The next broadcast payload, or None after ``timeout`` seconds without one. Bytes only when
+        what was published is not UTF-8 text."""
         ...
 
     def close(self) -> None: ...

@@ -30,13 +30,19 @@ class RedisSubscription:
                     self._pubsub.close()
                     raise redis.exceptions.TimeoutError("no confirmation of SUBSCRIBE")
 
-    def get(self, timeout: float) -> str | None:
+    def get(self, timeout: float) -> str | bytes | None:
         deadline = time.monotonic() + timeout
         with translated(self._where):
             while True:
                 message = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
                 if message is not None and message["type"] == "message":
-                    return str(message["data"])
+                    data = message["data"]
+                    if isinstance(data, bytes):
+                        try:
+                            return data.decode()
+                        except UnicodeDecodeError:
+                            return data  # the codec reports it as malformed; the caller drops it
+                    return str(data)
                 if time.monotonic() >= deadline:
                     return None
 

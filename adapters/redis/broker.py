@@ -15,7 +15,7 @@ import redis.exceptions
 from redis.client import NEVER_DECODE
 
 from hexq.adapters.redis.broadcast import RedisSubscription
-from hexq.adapters.redis.client import ConnectionSettings, blocking_twin, clients_for, describe
+from hexq.adapters.redis.client import ConnectionSettings, blocking_twin, bytes_twin, clients_for, describe
 from hexq.adapters.redis.direct import DirectCommand
 from hexq.adapters.redis.errors import translated
 from hexq.adapters.redis.keys import Keys
@@ -253,7 +253,10 @@ class RedisBroker:
             return int(self._client.publish(self._keys.broadcast, payload))
 
     def subscribe_broadcast(self) -> RedisSubscription:
-        return RedisSubscription(self._client, self._keys.broadcast, self._where, self._confirm_timeout)
+        # Bytes, decoded by the subscription: a message that is not UTF-8 (anyone can PUBLISH) must be
+        # dropped, not break the connection's parser for every message after it.
+        return RedisSubscription(bytes_twin(self._client), self._keys.broadcast, self._where,
+                                 self._confirm_timeout)
 
     def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
         with self._translated():

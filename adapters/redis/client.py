@@ -73,6 +73,14 @@ def blocking_twin(client: RedisClient) -> RedisClient:
     return cast("RedisClient", redis.Redis(connection_pool=twin_pool))  # type: ignore[redundant-cast]
 
 
+def bytes_twin(client: RedisClient) -> RedisClient:
+    """A client like ``client`` that returns replies as bytes, for data that may not be UTF-8."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs, decode_responses=False)
+    return cast("RedisClient", redis.Redis(connection_pool=redis.ConnectionPool(  # type: ignore[redundant-cast]
+        connection_class=pool.connection_class, **kwargs)))
+
+
 def describe(client: RedisClient) -> str:
     """A URL for messages, built without the password."""
     kwargs = client.connection_pool.connection_kwargs

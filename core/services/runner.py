@@ -210,7 +210,7 @@ class TaskRunner:
             await result
 
     def _wrapped(self, task: TaskDef, message: TaskMessage) -> Any:
-        fn: Callable[..., Any] = task.fn
+        fn: Callable[..., Any] = task.fn if task.is_async else _outside_loop(task.fn)
         for wrapper in reversed(self.registry.hooks.wrappers):
             fn = _bind(wrapper, fn)
         return fn(*message.args, **message.kwargs)
@@ -280,6 +280,25 @@ class TaskRunner:
         self.pending_acks.append(task_id)
         if not self.defer_acks:
             self.flush_acks()
+
+
+def _outside_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Call a sync task as if no event loop were running in this thread.
+
+    The child's loop is running while a sync task executes inline, so a task that itself calls
+    ``asyncio.run()`` (or asgiref's ``async_to_sync``) would be refused. Nothing awaits during a sync call,
+    so hiding the running loop for its duration is safe.
+    """
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        running = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            asyncio.events._set_running_loop(running)
+
+    return call
 
 
 class _Escaped(Exception):

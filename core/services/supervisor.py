@@ -340,7 +340,8 @@ class Supervisor:
         # Every worker stores its own copy, so each copy needs its own storage id: acknowledging one
         # worker's copy must not delete another's.
         copy_id = f"{message.id}.{self.config.worker_id}"
-        if not self._safely(self.broker.enqueue, [OutgoingTask(copy_id, target, payload)]):
+        text = payload if isinstance(payload, str) else payload.decode()  # it decoded, so it is UTF-8
+        if not self._safely(self.broker.enqueue, [OutgoingTask(copy_id, target, text)]):
             log.error("could not queue broadcast %s %s: broker unavailable", message.id, message.name)
 
     def _close_subscription(self) -> None:
