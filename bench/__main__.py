@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     config = Config(n=args.n, proxy_n=args.proxy_n, cap=args.cap)
     systems = {name: SYSTEMS[name]() for name in args.names}
-    results: dict[str, Any] = {"command": "python -m bench " + " ".join(sys.argv[1:]), "systems": {}}
+    results: dict[str, Any] = {"command": " ".join(["python -m bench", *sys.argv[1:]]), "systems": {}}
     for name, system in systems.items():
         reason = system.missing()
         results["systems"][name] = {
