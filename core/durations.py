@@ -23,16 +23,27 @@ def to_seconds(value: float | int | timedelta | None, what: str) -> float | None
     return seconds
 
 
+MAX_ETA_SECONDS = 100 * 365 * 24 * 3600
+
+
 def eta_to_epoch(eta: object, now: float) -> float:
     """An eta given as a timedelta, a datetime (naive = UTC) or a number of seconds from now, as epoch
-    seconds. Past etas are allowed (the task runs at once); anything else raises ConfigError."""
+    seconds. Past etas are allowed (the task runs at once); more than 100 years ahead is refused as a
+    mistake (a timestamp passed where seconds from now belong, or nanoseconds for seconds)."""
     if isinstance(eta, timedelta):
-        return now + eta.total_seconds()
-    if isinstance(eta, datetime):
+        epoch = now + eta.total_seconds()
+    elif isinstance(eta, datetime):
         moment = eta if eta.tzinfo is not None else eta.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        epoch = moment.timestamp()
+    elif isinstance(eta, (int, float)) and not isinstance(eta, bool):
         if not math.isfinite(eta):
             raise ConfigError(f"eta must be a finite number of seconds, got {eta!r}")
-        return now + float(eta)
-    raise ConfigError(f"eta must be a timedelta, a datetime or seconds from now, got {eta!r}")
+        epoch = now + float(eta)
+    else:
+        raise ConfigError(f"eta must be a timedelta, a datetime or seconds from now, got {eta!r}")
+    if epoch - now > MAX_ETA_SECONDS:
+        raise ConfigError(
+            f"eta {eta!r} is more than 100 years away: a number eta means seconds from now (pass a "
+            "datetime for a point in time)"
+        )
+    return epoch

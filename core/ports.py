@@ -182,7 +182,8 @@ class Broker(Protocol):
         ...
 
     def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
-        """Record that a worker parent is alive (shown by ``info``)."""
+        """Record that a worker parent is alive (shown by ``info``). Heartbeats older than 10 minutes
+        (workers that died without ``forget_worker``) are dropped."""
         ...
 
     def forget_worker(self, worker_id: str) -> None:

@@ -51,6 +51,7 @@ class _Subscription:
 # renewed this long after a reservation first saw it expired, so an outage that stopped every renewal
 # does not hand live workers' tasks to others.
 EXPIRY_GRACE_MS = 3000
+STALE_WORKER_MS = 10 * 60 * 1000  # same as the Redis adapter
 
 
 class MemoryBroker:
@@ -260,6 +261,8 @@ class MemoryBroker:
     def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
         with self._lock:
             self._beats[worker_id] = WorkerBeat(worker_id, now_ms, info)
+            for stale in [w for w, b in self._beats.items() if b.last_beat_ms < now_ms - STALE_WORKER_MS]:
+                del self._beats[stale]  # a worker that died without a goodbye
 
     def forget_worker(self, worker_id: str) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 ENQUEUE_CHUNK_TASKS = 250  # bounds one script call, so a huge batch never blocks Redis for long
 ENQUEUE_CHUNK_BYTES = 4 << 20
 RECOVER_BATCH = 100
+STALE_WORKER_MS = 10 * 60 * 1000  # a heartbeat older than this is a dead worker's: forget it
 
 
 def _task_args(task: OutgoingTask) -> list[str]:
@@ -272,7 +273,13 @@ class RedisBroker:
             pipe = self._client.pipeline(transaction=True)
             pipe.zadd(self._keys.workers, {worker_id: now_ms})
             pipe.hset(self._keys.workerinfo, worker_id, info)
-            pipe.execute()
+            pipe.zrangebyscore(self._keys.workers, "-inf", f"({now_ms - STALE_WORKER_MS}")
+            stale = pipe.execute()[2]
+            if stale:  # workers that died without a goodbye (SIGKILL, lost machine)
+                pipe = self._client.pipeline(transaction=True)
+                pipe.zrem(self._keys.workers, *stale)
+                pipe.hdel(self._keys.workerinfo, *stale)
+                pipe.execute()
 
     def forget_worker(self, worker_id: str) -> None:
         with self._translated():

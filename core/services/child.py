@@ -109,7 +109,7 @@ class ChildLoop:
         """How long an idle child may block for new work: until the next eta falls due, at most
         ``idle_wait`` (which also bounds how late it notices a stop request)."""
         wait = self.config.idle_wait
-        if next_eta_ms is not None:
+        if next_eta_ms is not None and next_eta_ms > 0:  # a corrupt (negative) eta must not spin us
             wait = min(wait, max(0.0, next_eta_ms / 1000 - self.clock.now()))
         return wait
 

@@ -26,6 +26,7 @@ from hexq.core.message import Codec
 from hexq.core.ports import (
     BroadcastSubscription,
     Broker,
+    ChildExit,
     Clock,
     Metrics,
     NoMetrics,
@@ -60,6 +61,7 @@ class SupervisorConfig:
 # A child that dies this soon after starting, again and again, is crash-looping (a broken deploy, a
 # refused password): it is restarted after a growing pause instead of at once.
 FAST_DEATH_SECONDS = 2.0
+SIGTERM, SIGKILL = 15, 9  # POSIX signal numbers, as reported in ChildExit (the core does not import signal)
 RESPAWN_BACKOFF_MAX = 30.0
 
 
@@ -112,6 +114,9 @@ class Supervisor:
     _next_watch: float = 0.0
     _next_subscribe: float = 0.0
     _outage_logged: bool = False
+    _next_recovery: float = 0.0
+    _recovery_delay: float = 0.0
+    _recovery_failing: bool = False
     _beats: int = 0
 
     def request_stop(self) -> None:
@@ -190,11 +195,14 @@ class Supervisor:
                 self.unrecovered.append(DeadChild(child.consumer, crashed, hard))
                 del self.children[child.index]
             if not self.stopping:
-                self._replace(child, clean=exit_.code == 0)
+                self._replace(child, exit_)
 
-    def _replace(self, child: Child, clean: bool) -> None:
+    def _replace(self, child: Child, exit_: ChildExit) -> None:
         lived = self.clock.monotonic() - child.started_at
-        if clean or lived >= FAST_DEATH_SECONDS:
+        # Only a child that ends itself soon after starting is crash-looping (an import error, a refused
+        # password). One killed from outside (the OOM killer, an operator, a hard timeout) is replaced at once.
+        killed = exit_.signal in (SIGKILL, SIGTERM)
+        if exit_.code == 0 or killed or lived >= FAST_DEATH_SECONDS:
             self._fast_deaths.pop(child.index, None)
             self._spawn(child.index)
             return
@@ -220,7 +228,10 @@ class Supervisor:
         if count:
             log.warning("put %d task(s) of %s back in their queues", count, dead.consumer)
 
-    def _retry_recoveries(self) -> None:
+    def _retry_recoveries(self, force: bool = False) -> None:
+        now = self.clock.monotonic()
+        if not self.unrecovered or (now < self._next_recovery and not force):
+            return
         with self.lock:
             pending, self.unrecovered = self.unrecovered, []
         for index, dead in enumerate(pending):
@@ -228,10 +239,19 @@ class Supervisor:
                 self._settle(dead)
             except HexqError as exc:
                 # The consumer's lease is no longer renewed, so its tasks come back when it expires anyway.
-                log.warning("could not put back the tasks of %s yet (%s); will retry", dead.consumer, exc)
+                # Retry with a growing pause, and say so once per outage rather than on every attempt.
+                self._recovery_delay = min(self.config.heartbeat_interval, max(0.1, self._recovery_delay * 2))
+                self._next_recovery = now + self._recovery_delay
+                if not self._recovery_failing:
+                    log.warning("could not put back the tasks of %s yet (%s); retrying", dead.consumer, exc)
+                    self._recovery_failing = True
                 with self.lock:
                     self.unrecovered[:0] = pending[index:]
                 return
+        if self._recovery_failing:
+            log.info("put back the tasks of dead children after the broker came back")
+        self._recovery_failing = False
+        self._recovery_delay = 0.0
 
     def _enforce_hard_timeouts(self) -> None:
         assert self.board is not None
@@ -375,7 +395,7 @@ class Supervisor:
     def finish(self) -> None:
         """The broker half of shutdown, once every child is gone."""
         for _ in range(20):
-            self._retry_recoveries()
+            self._retry_recoveries(force=True)
             if not self.unrecovered:
                 break
             self.clock.sleep(0.5)

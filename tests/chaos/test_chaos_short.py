@@ -52,9 +52,6 @@ def test_long_task_not_rerun_after_an_outage(tmp_path: Path) -> None:
     assert result["runs"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: during an outage the worker parent retries putting a dead child's tasks back on every tick "
-    "(~16/s), logging a warning each time, instead of once per heartbeat"))
 def test_recovery_retried_at_heartbeat_pace_during_an_outage(tmp_path: Path) -> None:
     """A child is SIGKILLed while the network to Redis is cut for 3 s: the parent may retry and warn about
     once per heartbeat (0.5 s here), not on every tick. See tests/chaos/repro_recovery_retry.py."""

@@ -355,6 +355,14 @@ class BrokerContract:
         broker.forget_worker("unknown")
         assert [w.worker_id for w in broker.workers()] == ["w2"]
 
+    def test_a_heartbeat_drops_workers_silent_for_ten_minutes(self, broker: Broker) -> None:
+        broker.heartbeat("dead", "{}", T0)
+        broker.heartbeat("alive", "{}", T0 + 1000)
+        broker.heartbeat("alive", "{}", T0 + 10 * 60 * 1000 - 1)
+        assert [w.worker_id for w in broker.workers()] == ["alive", "dead"]
+        broker.heartbeat("alive", "{}", T0 + 10 * 60 * 1000 + 1)
+        assert [w.worker_id for w in broker.workers()] == ["alive"]
+
     # -- inspection and operations -----------------------------------------------------------------
     def test_queue_stats_in_the_order_given(self, broker: Broker) -> None:
         broker.enqueue([task("a"), task("b"), task("c"), task("e", eta_ms=T0 + 1000), task("h", "high")])

@@ -164,6 +164,7 @@ class DownBroker:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.up = False
+        self.refused: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         from hexq.core.errors import BrokerUnavailableError
@@ -174,6 +175,7 @@ class DownBroker:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if not self.up:
+                self.refused.append(name)
                 raise BrokerUnavailableError("connection refused")
             return attribute(*args, **kwargs)
 
@@ -205,6 +207,7 @@ def test_hard_timeouts_and_replacements_do_not_wait_for_an_unreachable_broker() 
     supervisor.chores()  # cannot settle yet
     assert len(supervisor.unrecovered) == 1
     down.up = True
+    clock.advance(1)  # past the retry pause
     supervisor.chores()
     assert supervisor.unrecovered == []
     (letter,) = broker.dead_letters()
@@ -218,7 +221,7 @@ def test_a_child_that_keeps_dying_at_start_is_restarted_after_growing_pauses() -
     for _ in range(5):
         pid = supervisor.children[0].pid
         starts.append(clock.monotonic())
-        processes.exit(pid, 1)
+        processes.exit(pid, 1)  # the child ended itself: an import error, a refused password...
         supervisor.watch()
         while 0 not in supervisor.children:
             clock.advance(0.1)
@@ -229,3 +232,35 @@ def test_a_child_that_keeps_dying_at_start_is_restarted_after_growing_pauses() -
     processes.exit(supervisor.children[0].pid, 1)
     supervisor.watch()
     assert 0 in supervisor.children
+
+
+def test_a_child_killed_from_outside_soon_after_starting_is_replaced_at_once() -> None:
+    app, broker, clock = make_app()
+    supervisor, processes = build(app, broker, clock, concurrency=1)
+    for _ in range(4):
+        processes.exit(supervisor.children[0].pid, None, 9)  # SIGKILL: the OOM killer, an operator
+        supervisor.watch()
+        assert 0 in supervisor.children
+
+
+def test_recovery_is_retried_with_a_pause_while_the_broker_is_down() -> None:
+    app, broker, clock = make_app()
+    down = DownBroker(broker)
+    processes = FakeProcessControl(mono=clock.monotonic)
+    supervisor = Supervisor(app.registry, app.codec, down, clock, processes,  # type: ignore[arg-type]
+                            SupervisorConfig(worker_id="w1", concurrency=1, slots=1, lease_ms=10_000, tick=0.001,
+                                             heartbeat_interval=0.5),
+                            lambda index, consumer: 0, random.random)
+    supervisor.board = processes.board(1, 1)
+    supervisor._spawn(0)
+    processes.exit(supervisor.children[0].pid, None, 9)
+    supervisor.watch()
+    for _ in range(300):  # three seconds of chores at 100 per second
+        supervisor.chores()
+        clock.advance(0.01)
+    attempts = down.refused.count("fetch_payload") + down.refused.count("recover_consumer")
+    assert 5 <= attempts <= 12  # backing off to the heartbeat pace, not 300 attempts
+    down.up = True
+    clock.advance(1)
+    supervisor.chores()
+    assert supervisor.unrecovered == []
