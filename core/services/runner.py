@@ -96,7 +96,8 @@ class TaskRunner:
         """Decode and vet a delivery; dead-letter it (and return None) when it cannot run."""
         if delivery.payload is None:
             # Its payload is gone: a consumer whose lease had expired acknowledged it after it was put back.
-            log.info("skipping task %s: already completed elsewhere", delivery.id)
+            log.info("skipping task %s: no stored payload (already completed elsewhere, or an entry hexq "
+                     "did not write)", delivery.id)
             self._ack(delivery.id)
             return None
         try:

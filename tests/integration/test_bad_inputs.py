@@ -267,7 +267,7 @@ def test_newer_envelope_version_is_dead_lettered(shared: Shared) -> None:
 def test_queue_entry_without_payload_is_skipped_and_acknowledged(shared: Shared) -> None:
     task_id = shared.cluster.push_raw(None)  # an id on the queue list, nothing in {p}:tasks
     shared.still_serving("after-no-payload")
-    wait_for(lambda: f"skipping task {task_id}: already completed elsewhere" in shared.worker.output(), 10,
+    wait_for(lambda: f"skipping task {task_id}: no stored payload" in shared.worker.output(), 10,
              "the skip log line")
     # Acknowledged, not redelivered and not dead-lettered: nothing of it is left anywhere.
     wait_for(lambda: shared.cluster.redis.hget(shared.cluster.key("inflight"), task_id) is None, 10, "its ack")
