@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import random
 from collections import Counter
@@ -289,7 +290,8 @@ class HexQ:
             return OutgoingTask(task_id, queue, payload)
         eta = eta_to_epoch(call.eta, now)
         message = TaskMessage(task_id, definition.name, queue, call.args, call.kwargs, 0, now, eta)
-        return OutgoingTask(task_id, queue, self.codec.encode(message), int(eta * 1000), message.fingerprint())
+        # Rounded up: a task due at 12.3456 s must not become visible at 12.345 s (eta is never early).
+        return OutgoingTask(task_id, queue, self.codec.encode(message), math.ceil(eta * 1000), message.fingerprint())
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         definition = self.registry.get(task.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -262,7 +263,7 @@ class TaskRunner:
         self.flush_acks()
         now = self.clock.now()
         retried = attrs.evolve(message, retries=retries, eta=now + delay if delay > 0 else None)
-        eta_ms = int((now + delay) * 1000) if delay > 0 else None
+        eta_ms = math.ceil((now + delay) * 1000) if delay > 0 else None
         self.broker.retry(self.consumer, OutgoingTask(task_id, message.queue, self.codec.encode(retried), eta_ms))
         self.stats.retried += 1
 

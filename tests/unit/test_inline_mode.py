@@ -680,3 +680,21 @@ def test_signed_app_round_trips_in_inline_mode() -> None:
 
     job.delay(datetime(2024, 1, 1, tzinfo=timezone.utc))
     assert ran == [datetime(2024, 1, 1, tzinfo=timezone.utc)]
+
+
+def test_an_eta_with_a_fraction_of_a_millisecond_is_not_visible_before_it() -> None:
+    clock = FakeClock(wall=1_700_000_000.0)
+    application = HexQ(url="memory://", clock=clock)
+    ran: list[float] = []
+
+    @application.task
+    def job() -> None:
+        ran.append(clock.now())
+
+    job.delay(eta=0.0105)  # due at ...000.0105 s
+    clock.advance(0.0101)  # now ...000.0101 s: the same millisecond (10), but still before the eta
+    application.run_pending()
+    assert ran == []
+    clock.advance(0.0009)  # ...000.0110 s: due (whole milliseconds: never early, at most 1 ms late)
+    application.run_pending()
+    assert len(ran) == 1 and ran[0] >= 1_700_000_000.0105
