@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from redis_server import INSTALL_HINT, RedisServer, redis_server_binary
+from workers import Cluster
 
 
 def _require_binary() -> None:
@@ -75,3 +76,13 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def cluster(redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Real `hexq worker`/`hexq scheduler` processes on the test's prefix, all killed at the end."""
+    running = Cluster(redis_url, hexq_prefix, tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,15 +12,6 @@ from redis_server import RedisServer
 from workers import Cluster, app_env, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(redis_url, hexq_prefix, tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def test_two_schedulers_fire_each_seconds_tick_exactly_once(cluster: Cluster) -> None:

@@ -6,22 +6,12 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from workers import Cluster, app_env, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(redis_url, hexq_prefix, tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture

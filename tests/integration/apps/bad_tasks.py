@@ -8,14 +8,12 @@ HEXQ_TEST_BAD_SCHEDULE=1 (a CronTask naming a task that does not exist).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import time
 
 import psutil
-import redis
 
-from hexq import CronTask, HexQ, current_attempt
+from hexq import CronTask, HexQ
+from tests.integration.apps.reporting import Reporter
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqbad")
@@ -38,22 +36,8 @@ app = HexQ(
 
 not_an_app = "a string where a HexQ app should be"  # for `--app=...:not_an_app`
 
-_client: redis.Redis | None = None
-
-
-def client() -> redis.Redis:
-    global _client
-    if _client is None or _client.connection_pool.pid != os.getpid():  # type: ignore[attr-defined]
-        _client = redis.Redis.from_url(URL)
-    return _client
-
-
-def report(**fields: object) -> None:
-    fields.setdefault("pid", os.getpid())
-    fields.setdefault("ppid", os.getppid())
-    fields.setdefault("at", time.time())
-    fields.setdefault("attempt", current_attempt.get())
-    client().rpush(RESULTS, json.dumps(fields))
+report = Reporter(URL, RESULTS)
+client = report.client
 
 
 @app.task

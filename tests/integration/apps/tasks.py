@@ -7,14 +7,12 @@ HEXQ_TEST_URL, HEXQ_TEST_PREFIX, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEX
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
 
-import redis
-
-from hexq import CronTask, HexQ, current_attempt
+from hexq import CronTask, HexQ
+from tests.integration.apps.reporting import Reporter
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqtest")
@@ -33,22 +31,8 @@ app = HexQ(
     schedules=[CronTask("* * * * * *", "record", args=["cron"])] if os.environ.get("HEXQ_TEST_SCHEDULES") else [],
 )
 
-_client: redis.Redis | None = None
-
-
-def client() -> redis.Redis:
-    global _client
-    if _client is None or _client.connection_pool.pid != os.getpid():  # type: ignore[attr-defined]
-        _client = redis.Redis.from_url(URL)
-    return _client
-
-
-def report(**fields: object) -> None:
-    fields.setdefault("pid", os.getpid())
-    fields.setdefault("ppid", os.getppid())
-    fields.setdefault("at", time.time())
-    fields.setdefault("attempt", current_attempt.get())
-    client().rpush(RESULTS, json.dumps(fields))
+report = Reporter(URL, RESULTS)
+client = report.client
 
 
 @app.task
