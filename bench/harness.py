@@ -94,7 +94,7 @@ class Harness:
         cells: Cells = {}
         tag = f"{system.name}-r{rep}"
         steps: list[tuple[str, tuple[str, ...], Callable[[System, Cells, str], None]]] = [
-            ("processing", ("enqueue", "proc", "proc_steady", "rss"), self.processing),
+            ("processing", ("enqueue", "proc", "proc_steady", "rss", "pss"), self.processing),
             ("latency+eta", ("lat_p50", "lat_p99", "eta_p50", "eta_p99", "eta_min"), self.latency),
         ]
         if system.has_batch:
@@ -126,6 +126,9 @@ class Harness:
             self.rates(cells, "proc", n, start, tree)
             time.sleep(0.2)
             cells["rss"] = tree.rss_bytes() / 2**20
+            pss = tree.pss_bytes()
+            if pss is not None:
+                cells["pss"] = pss / 2**20
         finally:
             tree.kill()
 

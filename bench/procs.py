@@ -79,6 +79,19 @@ class ProcessTree:
                 total += proc.memory_info().rss
         return total
 
+    def pss_bytes(self) -> int | None:
+        """Proportional set size: pages shared after fork are split between the processes sharing them,
+        so the sum is the memory the tree really uses (RSS counts a shared page once per process).
+        None where the OS does not report it."""
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                pss = getattr(proc.memory_full_info(), "pss", None)
+                if pss is None:
+                    return None
+                total += pss
+        return total
+
     def kill(self, grace: float = 3.0) -> None:
         """SIGTERM every process group, wait up to ``grace`` s, then SIGKILL groups and stray descendants."""
         self.processes()

@@ -22,6 +22,7 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("eta_p99", "eta lateness p99 (ms)", "ms", "zero"),
     ("eta_min", "eta lateness min (ms)", "ms", ""),
     ("rss", "worker RSS after processing (MiB) ↓", "mib", "low"),
+    ("pss", "worker PSS after processing (MiB, shared pages split) ↓", "mib", "low"),
     ("proxy", "processing via +1 ms proxy, start → done (tasks/s) ↑", "rate", "high"),
     ("proxy_steady", "processing via +1 ms proxy, steady (tasks/s) ↑", "rate", "high"),
     ("ceiling", "ceiling: raw redis-py LPUSH+BLPOP loop (tasks/s)", "rate", ""),
@@ -168,7 +169,8 @@ def notes(results: dict[str, Any]) -> list[str]:
         "completion; 'steady' is the rate between 10% and 90% of completions.",
         f"- `*`: the run was still going after the {results['config']['cap']:.0f} s cap; its rates are over "
         "the tasks completed by then (counts under Problems).",
-        "- RSS is the sum over the worker process tree (pages shared after fork are counted in every process).",
+        "- RSS is the sum over the worker process tree (pages shared after fork are counted in every process); "
+        "PSS splits each shared page between the processes sharing it, so its sum is the memory really used.",
         "- The ceiling is one redis-py client doing two round trips per task with no pipelining; systems that "
         "batch or run several processes can pass it.",
         "- Ratio: hexq divided by the best peer in that row (for ↓ rows below 1 is better; for eta, by distance "
