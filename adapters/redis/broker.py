@@ -107,6 +107,7 @@ class RedisBroker:
         self._reserve_sha: str = self._scripts.script("reserve").sha
         self._translator = translated(self._where)
         self._direct = DirectCommand(client.connection_pool)
+        self._blocking_direct = DirectCommand(self._blocking.connection_pool)
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._confirm_timeout = float(timeout) if timeout else 15.0
 
@@ -162,14 +163,14 @@ class RedisBroker:
         return Reservation(deliveries, next_eta)
 
     def _wait_then_reserve(self, wait: float, args: Sequence[str | int]) -> Any:
-        """BLPOP on the wake list and the reservation, pipelined on the blocking connection: Redis runs
-        the reservation the moment the wake-up arrives, so an idle worker gets a new task in one round
-        trip instead of two (wake, then reserve)."""
-        pipe = self._blocking.pipeline(transaction=False)
-        pipe.blpop([self._keys.wake], wait)
-        pipe.execute_command("EVALSHA", self._reserve_sha, 1, self._keys.tasks, *args,  # type: ignore[no-untyped-call]
-                             **{NEVER_DECODE: True})
-        _, reply = pipe.execute(raise_on_error=False)
+        """BLPOP on the wake list and the reservation, sent together on this thread's blocking
+        connection: Redis runs the reservation the moment the wake-up arrives, so an idle worker gets a
+        new task in one round trip instead of two (wake, then reserve)."""
+        _, reply = self._blocking_direct.pipelined(
+            ("BLPOP", self._keys.wake, wait),
+            ("EVALSHA", self._reserve_sha, 1, self._keys.tasks, *args),
+            raw=True,
+        )
         if isinstance(reply, redis.exceptions.NoScriptError):
             return self._raw_script("reserve", args)
         if isinstance(reply, Exception):
@@ -345,6 +346,7 @@ class RedisBroker:
 
     def close(self) -> None:
         self._direct.close()
+        self._blocking_direct.close()
         self._client.close()
         self._blocking.close()
         self._client.connection_pool.disconnect()

@@ -43,6 +43,25 @@ class DirectCommand:
                 raise
         raise AssertionError("unreachable")
 
+    def pipelined(self, *commands: tuple[Any, ...], raw: bool = False) -> list[Any]:
+        """Send several commands in one write and read their replies in order. An error reply is
+        returned in its place (the rest are still read, keeping the connection in step); a lost
+        connection raises, and nothing is retried: a blocking command may already have consumed data.
+        ``raw`` returns the replies undecoded (bytes)."""
+        connection = self._connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response(disable_decoding=raw))
+                except rx.ResponseError as error:
+                    replies.append(error)
+            return replies
+        except BaseException:
+            self._drop(connection)
+            raise
+
     def _connection(self) -> Any:
         local = self._local
         if getattr(local, "pid", None) != os.getpid() or local.connection is None:
