@@ -77,6 +77,7 @@ class TaskRunner:
     defer_acks: bool = True
     pending_acks: list[str] = attrs.field(factory=list)
     stats: RunStats = attrs.field(factory=RunStats)
+    _limits: dict[tuple[str, str], Limits] = attrs.field(factory=dict)
 
     def take_acks(self) -> list[str]:
         acks, self.pending_acks = self.pending_acks, []
@@ -117,12 +118,17 @@ class TaskRunner:
         return message, task
 
     def limits_for(self, message: TaskMessage, task: TaskDef) -> Limits:
-        try:
-            return self.registry.limits(task, message.queue)
-        except HexqError:
-            # A queue this app does not declare (a producer with another config): use the task's and the
-            # app's limits rather than refusing to run it.
-            return self.registry.limits(task, self.registry.queues.default.name)
+        key = (task.name, message.queue)
+        limits = self._limits.get(key)  # the registry does not change while a worker runs
+        if limits is None:
+            try:
+                limits = self.registry.limits(task, message.queue)
+            except HexqError:
+                # A queue this app does not declare (a producer with another config): use the task's and
+                # the app's limits rather than refusing to run it.
+                limits = self.registry.limits(task, self.registry.queues.default.name)
+            self._limits[key] = limits
+        return limits
 
     async def run(self, delivery: Delivery, slot: int = 0) -> None:
         prepared = self.prepare(delivery)
@@ -145,7 +151,8 @@ class TaskRunner:
         error: BaseException | None = None
         self.metrics.started(message.name, message.queue)
         try:
-            await self._call_hooks(self.registry.hooks.before_task_started)
+            if self.registry.hooks.before_task_started:
+                await self._call_hooks(self.registry.hooks.before_task_started)
             if task.is_async:
                 await self._run_async(task, message, limits)
             else:
@@ -161,7 +168,8 @@ class TaskRunner:
             self.reporter.finished(slot)
         duration = self.clock.monotonic() - started
         try:
-            await self._call_hooks(self.registry.hooks.after_task_finished)
+            if self.registry.hooks.after_task_finished:
+                await self._call_hooks(self.registry.hooks.after_task_finished)
         except Exception:
             log.exception("after_task_finished hook failed")
         try:
