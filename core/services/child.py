@@ -126,29 +126,21 @@ class ChildLoop:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             slot = self._free_slots.pop()
             if task.is_async:
-                job = asyncio.ensure_future(self._run_async(delivery, message, task, slot))
+                job = asyncio.ensure_future(self._run_one(delivery, message, task, slot))
                 self._running.add(job)
                 job.add_done_callback(self._running.discard)
             else:
-                started = self.clock.monotonic()
-                try:
-                    await self.runner.run_prepared(delivery, message, task, slot)
-                except BrokerError as exc:
-                    # The outcome could not be written; the task stays owned and is settled later (acks
-                    # are kept) or comes back when this child's lease ends.
-                    log.warning("could not record the outcome of task %s (%s)", delivery.id, exc)
-                finally:
-                    self._free_slots.append(slot)
-                self._measure(self.clock.monotonic() - started)
-                self.done += 1
+                await self._run_one(delivery, message, task, slot)
         if self._running:
             await asyncio.sleep(0)  # let async tasks make progress between batches
 
-    async def _run_async(self, delivery: Delivery, message: Any, task: Any, slot: int) -> None:
+    async def _run_one(self, delivery: Delivery, message: Any, task: Any, slot: int) -> None:
         started = self.clock.monotonic()
         try:
             await self.runner.run_prepared(delivery, message, task, slot)
         except BrokerError as exc:
+            # The outcome could not be written; the task stays owned and is settled later (acks are
+            # kept) or comes back when this child's lease ends.
             log.warning("could not record the outcome of task %s (%s)", delivery.id, exc)
         finally:
             self._free_slots.append(slot)
