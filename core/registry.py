@@ -27,9 +27,11 @@ class TaskDef:
     name: str
     fn: Callable[..., Any]
     options: TaskOptions
+    # Known once: asked several times per task run on the worker's hot path.
+    is_async: bool = attrs.field(init=False)
 
-    @property
-    def is_async(self) -> bool:
+    @is_async.default
+    def _is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
 
