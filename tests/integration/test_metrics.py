@@ -220,10 +220,17 @@ def test_recycled_children_keep_their_counts_and_leave_no_files_behind(cluster: 
     # Each child exits after one task: the dead ones are folded into one archive file per kind.
     directory = re.search(r"files in (\S+)\)", worker.output())
     assert directory is not None
-    files = sorted(p.name for p in Path(directory.group(1)).iterdir())
+    folder = Path(directory.group(1))
+
+    def listing() -> list[str]:
+        return sorted(p.name for p in folder.iterdir())
+
+    # A child that exits right now is being folded (archive written to *.new, then renamed): wait for a
+    # settled directory rather than race the fold.
+    wait_for(lambda: not [f for f in listing() if not f.endswith(".db")], 10, f"a settled folder: {listing()}")
+    files = listing()
     assert len(files) <= 8, files  # parent counter + gauge, 2 archives, 2 live children x (counter, histogram)
     assert "counter_archive.db" in files and "histogram_archive.db" in files, files
-    assert not [f for f in files if not f.endswith(".db")], files
 
 
 def test_a_hard_timeout_counts_as_failed_and_dead_lettered(cluster: MetricsCluster, tasks: Any) -> None:
