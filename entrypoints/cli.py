@@ -200,7 +200,7 @@ def _cmd_purge(app: HexQ, args: argparse.Namespace) -> int:
 
 
 def _cmd_enqueue(app: HexQ, args: argparse.Namespace) -> int:
-    from hexq.entrypoints.app import Call
+    from hexq.entrypoints.app import Call, Task
 
     definition = app.registry.get(args.task)
     try:
@@ -210,16 +210,10 @@ def _cmd_enqueue(app: HexQ, args: argparse.Namespace) -> int:
         raise ConfigError(f"arguments must be JSON values (quote strings: '\"text\"'): {exc}") from None
     if not isinstance(kwargs, dict):
         raise ConfigError("--kwargs must be a JSON object")
-    task = next(t for t in _tasks(app) if t.name == definition.name)
+    task: Task[Any, Any] = Task(app, definition)
     (task_id,) = app.enqueue_many([Call(task, tuple(positional), kwargs, args.queue, args.eta)])
     print(task_id)
     return EXIT_OK
-
-
-def _tasks(app: HexQ) -> list[Any]:
-    from hexq.entrypoints.app import Task
-
-    return [Task(app, definition) for definition in app.registry.tasks.values()]
 
 
 def _cmd_dead(app: HexQ, args: argparse.Namespace) -> int:

@@ -74,6 +74,17 @@ local function store(id, queue, payload, eta, dedup)
   redis.call("zadd", ek, eta, id)
 end
 
+-- An outgoing task as the client packs it: "id\nqueue\neta_ms or empty\ndedup_key or empty\npayload"
+-- (only the payload, last, may contain newlines).
+local function store_record(record)
+  local a = string.find(record, "\n", 1, true)
+  local b = string.find(record, "\n", a + 1, true)
+  local c = string.find(record, "\n", b + 1, true)
+  local d = string.find(record, "\n", c + 1, true)
+  store(string.sub(record, 1, a - 1), string.sub(record, a + 1, b - 1), string.sub(record, d + 1),
+        string.sub(record, b + 1, c - 1), string.sub(record, c + 1, d - 1))
+end
+
 -- Ends ownership of one task; true if the consumer owned it.
 local function disown(consumer, id)
   if redis.call("lrem", ownedkey(consumer), 1, id) > 0 then

@@ -39,11 +39,6 @@ RECOVER_BATCH = 100
 STALE_WORKER_MS = 10 * 60 * 1000  # a heartbeat older than this is a dead worker's: forget it
 
 
-def _task_args(task: OutgoingTask) -> list[str]:
-    eta = "" if task.eta_ms is None else str(task.eta_ms)
-    return [task.id, task.queue, task.payload, eta, task.dedup_key or ""]
-
-
 def _record(task: OutgoingTask) -> str:
     """One script argument per task: id, queue, eta, dedup key and payload joined by newlines. Packing one
     argument instead of five roughly halves the client's cost of a batch; only the payload (last) may
@@ -262,7 +257,7 @@ class RedisBroker:
 
     def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
         with self._translated():
-            return bool(self._scripts.run("claim_cron", [schedule_key, fire_ms, *_task_args(task)]))
+            return bool(self._scripts.run("claim_cron", [schedule_key, fire_ms, _record(task)]))
 
     def last_cron_tick(self, schedule_key: str) -> int | None:
         with self._translated():

@@ -8,7 +8,8 @@ Two halves that never wait on each other in production:
 - ``chores()`` does everything that talks to the broker (broadcast relay, heartbeats and lease renewal,
   recording hard timeouts, putting a dead child's tasks back), retrying through outages.
 
-The worker entrypoint runs ``chores`` on a thread of its own; ``step()`` runs both, for tests.
+The worker entrypoint (``hexq.entrypoints.worker``) runs ``watch`` on the main thread and ``chores`` on a
+thread of its own; ``step()`` runs both once, for tests.
 """
 
 from __future__ import annotations
@@ -129,15 +130,8 @@ class Supervisor:
             self._spawn(index)
         log.info("worker %s started %d children", self.config.worker_id, self.config.concurrency)
 
-    def run(self) -> int:
-        """Single-threaded: both halves on this thread (the worker entrypoint uses two threads)."""
-        self.start()
-        while not self.stopping:
-            self.step()
-        self.shutdown()
-        return 0
-
     def step(self) -> None:
+        """Both halves once, on one thread (tests; the worker entrypoint runs them on two threads)."""
         self.watch()
         self.chores()
 
