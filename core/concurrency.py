@@ -7,6 +7,7 @@ import operator
 from collections.abc import Callable
 
 from hexq.core.errors import ConfigError
+from hexq.core.validation import is_int
 
 _OPERATORS: dict[type[ast.operator], Callable[[int, int], float | int]] = {
     ast.Add: operator.add,
@@ -19,9 +20,7 @@ _OPERATORS: dict[type[ast.operator], Callable[[int, int], float | int]] = {
 
 def evaluate(expression: int | str, cores: int, what: str = "concurrency") -> int:
     """An int from an int or an arithmetic expression over ``cores``; ConfigError for anything else."""
-    if isinstance(expression, bool):
-        raise ConfigError(f"{what} must be an int or an expression like 'cores*4', got {expression!r}")
-    if isinstance(expression, int):
+    if is_int(expression):
         value: float | int = expression
     elif isinstance(expression, str):
         if len(expression) > 100:

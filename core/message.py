@@ -14,6 +14,9 @@ from hexq.core.errors import MalformedPayloadError, PayloadTooLargeError, Signat
 
 ENVELOPE_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# The longest task id, in UTF-8 bytes, a worker can run: the board that tells the worker parent which task
+# each child runs (adapters/posix/board.py) has room for this much and no more.
+MAX_TASK_ID_BYTES = 255
 
 
 @attrs.frozen

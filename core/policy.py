@@ -10,6 +10,7 @@ from typing import Literal
 
 import attrs
 
+from hexq.core.errors import ConfigError
 from hexq.core.queues import Queue, check_timeouts
 
 FailureKind = Literal["soft_timeout", "hard_timeout", "exception", "crash"]
@@ -27,6 +28,9 @@ class TaskOptions:
     backoff: float = 1.0
     backoff_max: float = 600.0
 
+    def __attrs_post_init__(self) -> None:
+        check_timeouts(self.soft_timeout, self.hard_timeout, "task options")
+
 
 @attrs.frozen
 class AppDefaults:
@@ -35,35 +39,85 @@ class AppDefaults:
     hard_timeout: float | None = None
     max_deliveries: int = 5
 
+    def __attrs_post_init__(self) -> None:
+        check_timeouts(self.soft_timeout, self.hard_timeout, "app defaults")
+
 
 @attrs.frozen
 class Limits:
-    """The resolved limits of one task run."""
+    """The resolved limits of one task run. ``conflict`` says why a soft timeout was dropped (see
+    ``resolve_limits``), for the worker to log; None when nothing was."""
 
     soft_timeout: float | None
     hard_timeout: float | None
     max_retries: int
+    conflict: str | None = None
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, "resolved limits")
 
 
-def _first(*values: float | int | None) -> float | int | None:
+@attrs.frozen
+class _Setting:
+    """A resolved timeout and the level it came from, to name it when it does not fit another."""
+
+    seconds: float | None
+    source: str
+
+
+def _first(*values: int | None) -> int | None:
     return next((v for v in values if v is not None), None)
 
 
+def _first_setting(task: float | None, queue: float | None, app: float | None, queue_name: str) -> _Setting:
+    levels = ((task, "the task"), (queue, f"queue {queue_name!r}"), (app, "the app"))
+    return next((_Setting(float(v), source) for v, source in levels if v is not None), _Setting(None, ""))
+
+
+def _timeouts(task: TaskOptions, queue: Queue, app: AppDefaults) -> tuple[_Setting, _Setting]:
+    return (_first_setting(task.soft_timeout, queue.soft_timeout, app.soft_timeout, queue.name),
+            _first_setting(task.hard_timeout, queue.hard_timeout, app.hard_timeout, queue.name))
+
+
+def _conflict(soft: _Setting, hard: _Setting) -> str | None:
+    if soft.seconds is None or hard.seconds is None or soft.seconds < hard.seconds:
+        return None
+    return (f"soft_timeout {soft.seconds:g}s (from {soft.source}) is not below "
+            f"hard_timeout {hard.seconds:g}s (from {hard.source})")
+
+
+def timeout_conflict(task: TaskOptions, queue: Queue, app: AppDefaults) -> str | None:
+    """Why the soft and hard timeouts resolved for ``task`` on ``queue`` cannot work together, or None."""
+    return _conflict(*_timeouts(task, queue, app))
+
+
+def check_limits(task: TaskOptions, queue: Queue, app: AppDefaults, owner: str) -> None:
+    """Refuse, when a task is declared, timeouts that combine across levels so that the soft one never fires."""
+    conflict = timeout_conflict(task, queue, app)
+    if conflict is not None:
+        raise ConfigError(f"{owner}: {conflict}, so the soft timeout would never fire; lower soft_timeout, "
+                          "raise hard_timeout, or pass soft_timeout=None")
+
+
 def resolve_limits(task: TaskOptions, queue: Queue, app: AppDefaults) -> Limits:
-    soft = _first(task.soft_timeout, queue.soft_timeout, app.soft_timeout)
-    hard = _first(task.hard_timeout, queue.hard_timeout, app.hard_timeout)
-    if soft is not None and hard is not None and hard <= soft:
-        # The levels may each be valid and still combine badly (a task soft timeout above the app's hard
-        # timeout): the hard limit must win, so the soft one is dropped rather than never firing.
-        soft = None
+    """The limits of one run of ``task`` on ``queue``: each one from the task, else the queue, else the app.
+
+    The rule for timeouts: None is the only "no timeout" (0 is refused where it is declared, by
+    ``check_timeouts``), and a soft timeout must be below the hard one, or the hard timeout would always kill
+    the task first. Each level is checked on its own when it is declared (``check_timeouts``); a combination
+    of levels (a task soft timeout against its queue's or the app's hard timeout) is refused by
+    ``check_limits`` when the task is declared, for the queue it goes to by default. A combination only met
+    here, at run time (a producer with another config, a task sent to another queue), can no longer be
+    refused: the soft timeout is dropped, so the hard limit still holds, and ``Limits.conflict`` says why.
+    """
+    soft, hard = _timeouts(task, queue, app)
+    conflict = _conflict(soft, hard)
     retries = _first(task.max_retries, queue.max_retries, app.max_retries)
     return Limits(
-        soft_timeout=None if soft is None else float(soft),
-        hard_timeout=None if hard is None else float(hard),
+        soft_timeout=None if conflict is not None else soft.seconds,
+        hard_timeout=hard.seconds,
         max_retries=int(retries or 0),
+        conflict=conflict,
     )
 
 

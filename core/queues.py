@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -10,31 +9,26 @@ import attrs
 
 from hexq.core.durations import to_seconds
 from hexq.core.errors import ConfigError, UnknownQueueError
+from hexq.core.validation import check_name, optional_whole_number, whole_number
 
-# Queue names become parts of Redis keys and CLI arguments: keep them printable and free of the
-# characters that would be confusing in a key or a shell (':' separates key parts, '{}' are hash tags).
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+QUEUE_NAME_MAX_LENGTH = 200
 
 
 def check_queue_name(name: object) -> str:
-    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
-        raise ConfigError(
-            f"invalid queue name {name!r}: use 1-200 characters from letters, digits, '_', '.', '-'"
-        )
-    return name
+    return check_name(name, "queue name", QUEUE_NAME_MAX_LENGTH)
 
 
 def check_timeouts(soft: float | None, hard: float | None, owner: str) -> None:
+    """Refuse the timeouts of one level (the app, a queue or a task) that cannot mean what they say.
+
+    None is the only "no timeout": 0 reads as "no time at all" to some and as "off" to others (WakaQ users
+    omit the option instead), so it is refused rather than guessed.
+    """
+    for label, value in (("soft_timeout", soft), ("hard_timeout", hard)):
+        if value == 0:
+            raise ConfigError(f"{owner}: {label} of 0 is not a timeout; use None for no timeout")
     if soft is not None and hard is not None and hard <= soft:
         raise ConfigError(f"{owner}: hard_timeout ({hard}s) must be greater than soft_timeout ({soft}s)")
-
-
-def _optional_retries(value: object, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{what} must be a non-negative int, got {value!r}")
-    return value
 
 
 def _soft(value: Any) -> float | None:
@@ -46,13 +40,12 @@ def _hard(value: Any) -> float | None:
 
 
 def _retries(value: Any) -> int | None:
-    return _optional_retries(value, "queue max_retries")
+    return optional_whole_number(value, "queue max_retries")
 
 
 def _priority(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"queue priority must be an int, got {value!r}")
-    return value
+    # Any int: -1 is "unset" (see Queue) and other negative numbers are treated the same way.
+    return whole_number(value, "queue priority", minimum=None)
 
 
 @attrs.frozen

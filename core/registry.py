@@ -11,7 +11,7 @@ import attrs
 
 from hexq.core.errors import ConfigError, UnknownTaskError
 from hexq.core.message import TaskMessage
-from hexq.core.policy import AppDefaults, Limits, TaskOptions, resolve_limits
+from hexq.core.policy import AppDefaults, Limits, TaskOptions, check_limits, resolve_limits
 from hexq.core.queues import QueueSet
 
 # The task a worker is running right now; per asyncio task, so async concurrency never mixes them up.
@@ -63,8 +63,10 @@ class Registry:
                 f"duplicate task name {task.name!r}: already registered by "
                 f"{existing.fn.__module__}.{existing.fn.__qualname__}; pass @app.task(name=...) to rename"
             )
-        if task.options.queue is not None:
-            self.queues.get(task.options.queue)
+        queue = self.queues.get(task.options.queue or self.queues.default.name)
+        # A task soft timeout at or above the hard one that applies (its queue's or the app's) would never
+        # fire: refuse it now rather than drop it at run time.
+        check_limits(task.options, queue, self.defaults, f"task {task.name!r}")
         self.tasks[task.name] = task
 
     def get(self, name: str) -> TaskDef:

@@ -1,21 +1,94 @@
-"""The composition root: builds real adapters from an app's settings unless a test passed its own."""
+"""The composition root: the one place that chooses adapters and builds the services from an app's settings.
+
+Everything that runs is built here: the sender behind ``.delay()`` (or the in-process runner, for
+``memory://``), the scheduler, a worker parent with its driver, and a worker child. Tests pass fakes through
+the very same functions (``HexQ(broker=..., clock=...)``, ``processes=``). Nothing here runs at import time,
+and nothing changes the user's HexQ object after a fork: a child builds its own broker, sender and random
+generator, and tasks that send tasks from inside it reach that child's sender through a context variable.
+"""
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from hexq.core.ports import Broker
+from hexq.adapters.system.entropy import PROCESS
+from hexq.core.outgoing import TaskFactory, TaskIds
+from hexq.core.ports import Broker, Clock, Metrics
+from hexq.core.rules import LeaseRules
+from hexq.core.services.runner import TaskRunner
+from hexq.core.services.scheduler import Scheduler
+from hexq.core.services.sender import InlineSender, Sender
 
 if TYPE_CHECKING:
     from hexq.entrypoints.app import HexQ
+    from hexq.entrypoints.inline import InlineRunner
+
+RULES = LeaseRules()
+
+# Inside a worker child: (the app, the child's own sender). Tasks that call ``.delay()`` run in this
+# context, so they send through the child's connections and metrics, not the parent's.
+_child_sender: contextvars.ContextVar[tuple[HexQ, Sender] | None] = contextvars.ContextVar(
+    "hexq_child_sender", default=None
+)
 
 
 def make_broker(app: HexQ) -> Broker:
-    """A new broker for the app's URL. Nothing connects until the first command is sent."""
-    if app.connection.scheme == "memory":
+    """A new broker for the app's settings. Nothing connects until the first command is sent. The in-process
+    mode (``memory://``) is chosen here and only here."""
+    connection = app.connection
+    if connection.scheme == "memory":
         from hexq.adapters.memory.broker import MemoryBroker
 
-        return MemoryBroker()
+        return MemoryBroker(rules=RULES)
     from hexq.adapters.redis.broker import RedisBroker
 
-    return RedisBroker.from_connection(app.connection, app.prefix)
+    return RedisBroker.from_connection(connection, app.prefix, rules=RULES)
+
+
+def task_factory(app: HexQ, clock: Clock) -> TaskFactory:
+    return TaskFactory(app.codec, TaskIds(clock, PROCESS.node))
+
+
+def process_random() -> Callable[[], float]:
+    """This process's own random source (a forked child gets a new one)."""
+    return PROCESS.random
+
+
+def sender_for(app: HexQ) -> Sender:
+    """The sender ``.delay()`` uses in this process: a worker child's own, or the app's."""
+    active = _child_sender.get()
+    if active is not None and active[0] is app:
+        return active[1]
+    return app._own_sender()
+
+
+def build_sender(app: HexQ, broker: Broker, metrics: Metrics) -> Sender:
+    factory = task_factory(app, app.clock)
+    if app.is_inline:
+        return InlineSender(app.registry, factory, broker, app.clock, metrics,
+                            run_pending=lambda: inline_runner(app).run_pending())
+    return Sender(app.registry, factory, broker, app.clock, metrics)
+
+
+def inline_runner(app: HexQ) -> InlineRunner:
+    """The in-process runner of a ``memory://`` app (one per app, built on first use)."""
+    from hexq.entrypoints.inline import CONSUMER, InlineRunner
+
+    existing: InlineRunner | None = app._inline
+    if existing is None:
+        runner = TaskRunner(app.registry, app.codec, app.broker, app.clock, CONSUMER, process_random(),
+                            metrics=app.metrics, defer_acks=False)
+        existing = InlineRunner(app.queues.names, app.broker, app.clock, runner, lease_ms=int(app.lease_timeout * 1000))
+        app._inline = existing
+    return existing
+
+
+def scheduler(app: HexQ) -> Scheduler:
+    return Scheduler(app.registry, task_factory(app, app.clock), app.broker, app.clock, app.schedules)
+
+
+def enter_child(app: HexQ, sender: Sender) -> contextvars.Token[tuple[HexQ, Sender] | None]:
+    """Make ``sender`` the one tasks of ``app`` use in this (child) process."""
+    return _child_sender.set((app, sender))

@@ -115,10 +115,10 @@ def _cmd_worker(app: HexQ, args: argparse.Namespace) -> int:
 def _cmd_scheduler(app: HexQ, args: argparse.Namespace) -> int:
     import signal
 
-    from hexq.core.services.scheduler import Scheduler
+    from hexq.entrypoints import bootstrap
 
     setup_logging(args.log_level or app.scheduler_log_level, args.log_file or app.scheduler_log_file)
-    scheduler = Scheduler(app.registry, app.codec, app.broker, app.clock, app.schedules)
+    scheduler = bootstrap.scheduler(app)
     scheduler.check()
     if not app.schedules:
         print("hexq: warning: the app has no schedules; the scheduler will idle", file=sys.stderr)
@@ -131,12 +131,12 @@ def _snapshot(app: HexQ) -> dict[str, Any]:
     broker = app.broker
     now_ms = int(app.clock.now() * 1000)
     stats = broker.queue_stats(app.queues.names)
-    dead = broker.dead_letters(limit=10_000)
     return {
         "broker": app.connection.redacted,
         "queues": [{"name": s.name, "priority": app.queues.get(s.name).priority, "pending": s.pending,
                     "eta": s.eta, "in_flight": s.in_flight} for s in stats],
-        "dead": len(dead),
+        # Counted by the broker: fetching the letters would move every payload, and a fetch limit caps the count.
+        "dead": broker.dead_count(),
         "in_flight": [{"id": f.id, "queue": f.queue, "consumer": f.consumer,
                        "age_seconds": round((now_ms - f.since_ms) / 1000, 3)} for f in broker.in_flight(100)],
         "workers": [{"worker": w.worker_id, "heartbeat_age_seconds": round((now_ms - w.last_beat_ms) / 1000, 3),

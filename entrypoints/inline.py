@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
+from hexq.core.ports import Clock, Consumer
 from hexq.core.services.runner import TaskRunner
 
-if TYPE_CHECKING:
-    from hexq.entrypoints.app import HexQ
-
 CONSUMER = "inline"
-BROADCAST_QUEUE = "@broadcast.inline"
 
 
 class InlineRunner:
-    def __init__(self, app: HexQ) -> None:
-        self.app = app
-        self.runner = TaskRunner(app.registry, app.codec, app.broker, app.clock, CONSUMER, app.random,
-                                 metrics=app.metrics, defer_acks=False)
+    def __init__(self, queues: Sequence[str], broker: Consumer, clock: Clock, runner: TaskRunner,
+                 lease_ms: int) -> None:
+        self._queues = list(queues)
+        self._broker = broker
+        self._clock = clock
+        self._runner = runner
+        self._lease_ms = lease_ms
         self._running = False
 
     def run_pending(self) -> int:
+        """Run every task that is due now (including eta tasks whose time has come); returns how many."""
         # A task that enqueues another task re-enters here: the outer loop will pick the new one up.
         if self._running:
             return 0
@@ -60,13 +61,11 @@ class InlineRunner:
 
     async def _drain(self) -> int:
         ran = 0
-        queues = [*self.app.queues.names, BROADCAST_QUEUE]
-        lease_ms = int(self.app.lease_timeout * 1000)
         while True:
-            now_ms = int(self.app.clock.now() * 1000)
-            reservation = self.app.broker.reserve(CONSUMER, queues, 1, now_ms, lease_ms)
+            now_ms = int(self._clock.now() * 1000)
+            reservation = self._broker.reserve(CONSUMER, self._queues, 1, now_ms, self._lease_ms)
             if not reservation.deliveries:
                 return ran
             for delivery in reservation.deliveries:
-                await self.runner.run(delivery)
+                await self._runner.run(delivery)
                 ran += 1

@@ -1,4 +1,9 @@
-"""Composition of a production worker: Supervisor + PosixProcessControl + the app's broker + children."""
+"""Composing a production worker: the parent (state machine + driver + fork server) and each child.
+
+Order matters in the parent: the running board and the metrics directory are made first, then the fork
+server is forked while this process still has a single thread; only after that do threads start (the
+metrics HTTP server, the driver's broker thread) and connections open.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,25 @@ import logging
 import os
 import signal
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from hexq.adapters.posix.alarm import SignalAlarm
 from hexq.adapters.posix.board import ChildReporter, SharedBoard
 from hexq.adapters.posix.processes import PosixProcessControl
 from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
-from hexq.core.ports import ChildExit
+from hexq.core.ports import Broker, Delivery, Metrics, NoMetrics
 from hexq.core.services.child import ChildConfig, ChildLoop
+from hexq.core.services.parent import ParentConfig, WorkerParent
+from hexq.core.services.parent_events import broadcast_queue
 from hexq.core.services.runner import TaskRunner
-from hexq.core.services.supervisor import Supervisor, SupervisorConfig, served_queues
+from hexq.entrypoints import bootstrap
 from hexq.entrypoints.app import HexQ
-from hexq.entrypoints.bootstrap import make_broker
+from hexq.entrypoints.parent_driver import ParentDriver
 
 if TYPE_CHECKING:
     from hexq.adapters.prometheus.exporter import MultiprocessExporter
@@ -32,105 +39,104 @@ log = logging.getLogger("hexq.worker")
 
 # With async_concurrency=0 ("no limit", as in WakaQ) a child still needs a bound for its board.
 UNLIMITED_ASYNC_SLOTS = 256
-# How often the parent checks hard deadlines and child exits: hard timeouts fire within about this much.
-WATCH_INTERVAL = 0.02
+
+
+@attrs.frozen
+class WorkerPlan:
+    """What every process of one worker agrees on, fixed before the first fork."""
+
+    worker_id: str
+    served: tuple[str, ...]  # the app's queues this worker serves, highest priority first
+    concurrency: int
+    slots: int  # tasks one child runs at once: 1, or 1 + async concurrency
+
+    @property
+    def child_queues(self) -> tuple[str, ...]:
+        """What a child reserves from: its worker's broadcasts first, then the served queues."""
+        return (broadcast_queue(self.worker_id), *self.served)
 
 
 def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence[str] = (),
                concurrency: int | None = None, metrics_port: int | None = None,
                metrics_host: str = "0.0.0.0") -> int:
-    served = app.queues.select(queues, [*app.exclude_queues, *exclude])
-    _probe(app, served)
+    plan = _plan(app, queues, exclude, concurrency)
     port = metrics_port if metrics_port is not None else app.metrics_port
-    exporter = _start_exporter(port, metrics_host) if port is not None else None
-    if exporter is not None:
-        # Tasks that enqueue tasks count too: the children inherit the app.
-        app.metrics = exporter.metrics
-        log.info("serving metrics on http://%s:%d/metrics (files in %s)", metrics_host, exporter.port,
-                 exporter.directory)
+    exporter = _prepare_exporter() if port is not None else None
+    metrics = exporter.metrics if exporter is not None else app.metrics
+    board = SharedBoard(plan.concurrency, plan.slots)
+
+    def child_main(index: int, consumer: str) -> int:
+        return run_child(app, plan, board, metrics, index, consumer)
+
+    processes = PosixProcessControl.start(child_main, exporter.process_dead if exporter is not None else None)
+    broker = bootstrap.make_broker(app)
     try:
-        return _supervise(app, served, concurrency, exporter)
+        if exporter is not None and port is not None:
+            exporter.serve(port, metrics_host)
+            log.info("serving metrics on http://%s:%d/metrics (files in %s)", metrics_host, exporter.port,
+                     exporter.directory)
+        _probe(broker, plan.served)
+        driver = _driver(app, plan, board, processes, broker, metrics)
+        _on_stop_signals(driver.request_stop)
+        log.info("worker %s serving %s with %d children", plan.worker_id, list(plan.served), plan.concurrency)
+        return driver.run()
     finally:
+        processes.close()
+        broker.close()
         if exporter is not None:
             exporter.close()
 
 
-def _supervise(app: HexQ, served: list[str], concurrency: int | None,
-               exporter: MultiprocessExporter | None) -> int:
+def _plan(app: HexQ, queues: Sequence[str] | None, exclude: Sequence[str], concurrency: int | None) -> WorkerPlan:
+    served = app.queues.select(queues, [*app.exclude_queues, *exclude])
     worker_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-    slots = 1 + (app.async_concurrency or UNLIMITED_ASYNC_SLOTS) if _has_async(app) else 1
-    count = concurrency or app.concurrency
-    config = SupervisorConfig(
-        worker_id=worker_id,
-        concurrency=count,
-        slots=slots,
-        lease_ms=int(app.lease_timeout * 1000),
-        max_mem_percent=app.max_mem_percent,
-        shutdown_timeout=app.shutdown_timeout,
-        heartbeat_interval=min(1.0, app.lease_timeout / 4),
-        info={"host": socket.gethostname(), "pid": os.getpid(), "queues": served, "concurrency": count,
-              "broker": app.connection.redacted},
+    has_async = any(task.is_async for task in app.registry.tasks.values())
+    slots = 1 + (app.async_concurrency or UNLIMITED_ASYNC_SLOTS) if has_async else 1
+    return WorkerPlan(worker_id, tuple(served), concurrency or app.concurrency, slots)
+
+
+def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixProcessControl, broker: Broker,
+            metrics: Metrics) -> ParentDriver:
+    info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(plan.served),
+                            "concurrency": plan.concurrency, "broker": app.connection.redacted}
+    config = ParentConfig(
+        worker_id=plan.worker_id, concurrency=plan.concurrency, lease_ms=int(app.lease_timeout * 1000),
+        max_mem_percent=app.max_mem_percent, shutdown_timeout=app.shutdown_timeout,
+        heartbeat_interval=min(1.0, app.lease_timeout / 4), info=info,
+        report_depths=not isinstance(metrics, NoMetrics),
     )
-    processes = PosixProcessControl() if exporter is None else _ReportingProcessControl(exporter.process_dead)
+    machine = WorkerParent(config, app.codec, bootstrap.task_factory(app, app.clock))
+    # One runner records every hard timeout, each on behalf of the dead child's consumer.
+    recorder = TaskRunner(app.registry, app.codec, broker, app.clock, plan.worker_id, bootstrap.process_random(),
+                          metrics=metrics)
 
-    def child_main(index: int, consumer: str) -> int:
-        if exporter is not None:
-            exporter.in_child()
-        board = supervisor.board
-        assert isinstance(board, SharedBoard)
-        return _run_child(app, board, index, consumer, served_queues(worker_id, served), slots)
+    def record_hard_timeout(delivery: Delivery, consumer: str) -> None:
+        recorder.fail_outside(delivery, "hard_timeout", consumer=consumer)
 
-    supervisor = Supervisor(app.registry, app.codec, app.broker, app.clock, processes, config, child_main,
-                            app.random, metrics=app.metrics, served=tuple(served), lock=threading.Lock())
+    return ParentDriver(machine, processes, board, broker, app.clock, record_hard_timeout, metrics, plan.served)
 
+
+def _on_stop_signals(request_stop: Callable[[], None]) -> None:
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing in-flight tasks, then exiting", signal.Signals(signum).name)
-        supervisor.request_stop()
+        request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("worker %s serving %s with %d children", worker_id, served, count)
-    return _run_supervisor(supervisor)
 
 
-def _run_supervisor(supervisor: Supervisor) -> int:
-    """Processes on the main thread (signals, forks, hard deadlines), broker chores on a second thread,
-    so that a slow or unreachable Redis never delays a hard timeout or the replacement of a child."""
-    supervisor.start()
-    children_gone = threading.Event()
-
-    def chores() -> None:
-        while not children_gone.is_set():
-            try:
-                supervisor.chores()
-            except Exception:  # this thread must outlive any single failure
-                log.exception("worker chores failed; retrying")
-                time.sleep(1.0)
-
-    thread = threading.Thread(target=chores, name="hexq-chores", daemon=True)
-    thread.start()
-    while not supervisor.stopping:
-        supervisor.watch()
-        time.sleep(WATCH_INTERVAL)
-    supervisor.stop_children()  # the chores thread keeps leases alive meanwhile
-    children_gone.set()
-    thread.join(timeout=30)
-    supervisor.finish()
-    return 0
-
-
-def _probe(app: HexQ, served: list[str]) -> None:
+def _probe(broker: Broker, served: Sequence[str]) -> None:
     """Refuse to start with credentials Redis rejects (restarting would not fix them); start anyway when
     Redis is merely unreachable, since it may come back."""
     try:
-        app.broker.queue_stats(served)
+        broker.queue_stats(list(served))
     except BrokerAuthError:
         raise
     except BrokerError as exc:
         log.warning("broker not usable at start-up (%s); starting anyway and retrying", exc)
 
 
-def _start_exporter(port: int, host: str) -> MultiprocessExporter:
+def _prepare_exporter() -> MultiprocessExporter:
     try:
         from hexq.adapters.prometheus.exporter import MultiprocessExporter
     except ModuleNotFoundError as exc:
@@ -138,38 +144,17 @@ def _start_exporter(port: int, host: str) -> MultiprocessExporter:
             raise
         raise ConfigError("--metrics-port needs prometheus_client, which is not installed: "
                           "pip install 'hexq[prometheus]'") from None
-    return MultiprocessExporter.start(port, host)
+    return MultiprocessExporter.prepare()
 
 
-class _ReportingProcessControl(PosixProcessControl):
-    """Tells the metrics exporter about each child that exited, so it can tidy that child's files."""
-
-    def __init__(self, on_exit: Callable[[int], None]) -> None:
-        super().__init__()
-        self._on_exit = on_exit
-
-    def reap(self) -> list[ChildExit]:
-        exits = super().reap()
-        for exit_ in exits:
-            self._on_exit(exit_.pid)
-        return exits
-
-
-def _has_async(app: HexQ) -> bool:
-    return any(task.is_async for task in app.registry.tasks.values())
-
-
-def _run_child(app: HexQ, board: SharedBoard, index: int, consumer: str, queues: tuple[str, ...],
-               slots: int) -> int:
-    # Our own connections: sockets inherited from the parent must never be shared across processes.
-    app._broker = None
-    broker = make_broker(app)
-    app._broker = broker
-    runner = TaskRunner(app.registry, app.codec, broker, app.clock, consumer, app.random,
-                        alarm=SignalAlarm(), reporter=ChildReporter(board, index),
-                        monotonic=PosixProcessControl().monotonic, metrics=app.metrics)
-    config = ChildConfig(consumer=consumer, queues=queues, slots=slots, lease_ms=int(app.lease_timeout * 1000),
-                         max_tasks=app.max_tasks_per_worker)
+def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics, index: int, consumer: str) -> int:
+    """The body of one worker child, in its own process: its own connections, sender and randomness."""
+    broker = bootstrap.make_broker(app)  # sockets inherited from the parent must never be shared
+    bootstrap.enter_child(app, bootstrap.build_sender(app, broker, metrics))
+    runner = TaskRunner(app.registry, app.codec, broker, app.clock, consumer, bootstrap.process_random(),
+                        alarm=SignalAlarm(), reporter=ChildReporter(board, index), metrics=metrics)
+    config = ChildConfig(consumer=consumer, queues=plan.child_queues, slots=plan.slots,
+                         lease_ms=int(app.lease_timeout * 1000), max_tasks=app.max_tasks_per_worker)
     loop = ChildLoop(runner, broker, app.clock, config, on_started=list(app.registry.hooks.after_worker_started))
 
     def stop(signum: int, frame: FrameType | None) -> None:

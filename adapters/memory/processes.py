@@ -1,8 +1,6 @@
-"""A ProcessControl that starts nothing: it records what the supervisor asked, for unit tests."""
+"""A ProcessControl that starts nothing and a board kept in a dict, for tests of the worker parent."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import attrs
 
@@ -13,15 +11,15 @@ from hexq.core.ports import ChildExit
 class MemoryBoard:
     """The RunningBoard kept in a dict: enough when parent and children share one process."""
 
-    slots: dict[tuple[int, int], tuple[str, float, float]] = attrs.field(factory=dict)
+    slots: dict[tuple[int, int], tuple[str, float]] = attrs.field(factory=dict)
 
-    def started(self, child: int, slot: int, task_id: str, soft_deadline: float, hard_deadline: float) -> None:
-        self.slots[(child, slot)] = (task_id, soft_deadline, hard_deadline)
+    def started(self, child: int, slot: int, task_id: str, hard_deadline: float) -> None:
+        self.slots[(child, slot)] = (task_id, hard_deadline)
 
     def finished(self, child: int, slot: int) -> None:
         self.slots.pop((child, slot), None)
 
-    def running(self, child: int) -> list[tuple[str, float, float]]:
+    def running(self, child: int) -> list[tuple[str, float]]:
         return [v for (c, _), v in sorted(self.slots.items()) if c == child]
 
     def reset(self, child: int) -> None:
@@ -34,54 +32,39 @@ class FakeProcessControl:
     """Children are recorded, never run; tests end them with ``exit(pid, ...)`` and set memory figures."""
 
     next_pid: int = 100
-    targets: dict[int, Callable[[], int]] = attrs.field(factory=dict)
+    started: dict[int, tuple[int, str]] = attrs.field(factory=dict)  # pid -> (index, consumer)
     alive: set[int] = attrs.field(factory=set)
     terminated: list[int] = attrs.field(factory=list)
-    interrupted: list[int] = attrs.field(factory=list)
     killed: list[int] = attrs.field(factory=list)
     exits: list[ChildExit] = attrs.field(factory=list)
     memory: float = 10.0
     rss_by_pid: dict[int, int] = attrs.field(factory=dict)
-    mono: Callable[[], float] = lambda: 0.0
-    the_board: MemoryBoard | None = None
 
-    def board(self, children: int, slots: int) -> MemoryBoard:
-        self.the_board = MemoryBoard()
-        return self.the_board
-
-    def start_child(self, target: Callable[[], int]) -> int:
+    def start_child(self, index: int, consumer: str) -> int:
         self.next_pid += 1
-        self.targets[self.next_pid] = target
+        self.started[self.next_pid] = (index, consumer)
         self.alive.add(self.next_pid)
         return self.next_pid
 
     def exit(self, pid: int, code: int | None = 0, signal: int | None = None) -> None:
-        self.alive.discard(pid)
-        self.exits.append(ChildExit(pid, code, signal))
+        """The child ``pid`` ends (as a test decides); the next ``reap`` reports it."""
+        if pid in self.alive:
+            self.alive.discard(pid)
+            self.exits.append(ChildExit(pid, code, signal))
 
     def terminate(self, pid: int) -> None:
         self.terminated.append(pid)
 
-    def interrupt_task(self, pid: int) -> None:
-        self.interrupted.append(pid)
-
     def kill(self, pid: int) -> None:
         self.killed.append(pid)
-        if pid in self.alive:
-            self.exit(pid, None, 9)
+        self.exit(pid, None, 9)
 
     def reap(self) -> list[ChildExit]:
         exits, self.exits = self.exits, []
         return exits
-
-    def is_alive(self, pid: int) -> bool:
-        return pid in self.alive
 
     def memory_percent(self) -> float:
         return self.memory
 
     def rss(self, pid: int) -> int:
         return self.rss_by_pid.get(pid, 0) if pid in self.alive else 0
-
-    def monotonic(self) -> float:
-        return self.mono()

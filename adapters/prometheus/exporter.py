@@ -68,57 +68,48 @@ class _Files(Collector):
 
 
 class MultiprocessExporter:
-    """Create with ``start()`` in the worker parent before it forks any child; ``metrics`` is then shared
-    by the parent (Supervisor) and, through fork, every child (TaskRunner)."""
+    """``prepare()`` in the worker parent before any child (or the fork server) is forked, so that they all
+    inherit the multiprocess directory and ``metrics``; then ``serve()``, which starts the HTTP thread."""
 
-    def __init__(self, files: _Files, metrics: PrometheusMetrics, server: WSGIServer,
-                 thread: threading.Thread, previous: tuple[str | None, Any]) -> None:
+    def __init__(self, files: _Files, metrics: PrometheusMetrics, previous: tuple[str | None, Any]) -> None:
         self.directory = files.directory
         self.metrics = metrics
-        self.port: int = server.server_port
+        self.port: int | None = None
         self._files = files
-        self._server = server
-        self._thread = thread
         self._previous = previous
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     @classmethod
-    def start(cls, port: int, host: str = "0.0.0.0") -> MultiprocessExporter:
+    def prepare(cls) -> MultiprocessExporter:
         directory = tempfile.mkdtemp(prefix="hexq-metrics-")
         previous = (os.environ.get(ENV), values.ValueClass)
         # Children inherit the variable; prometheus_client reads it whenever a process opens its files.
         os.environ[ENV] = directory
+        # prometheus_client picks its value class when first imported, and the app may have imported it
+        # before the variable was set: switch to per-process files explicitly.
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        return cls(_Files(directory), PrometheusMetrics(registry=None), previous)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        registry = CollectorRegistry()
+        registry.register(self._files)
         try:
-            # prometheus_client picks its value class when first imported, and the app may have imported it
-            # before the variable was set: switch to per-process files explicitly.
-            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-            metrics = PrometheusMetrics(registry=None)
-            files = _Files(directory)
-            registry = CollectorRegistry()
-            registry.register(files)
-            try:
-                server, thread = start_http_server(port, host, registry)
-            except OSError as exc:
-                raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
-        except BaseException:
-            _restore(*previous)
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        return cls(files, metrics, server, thread, previous)
+            self._server, self._thread = start_http_server(port, host, registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+        self.port = self._server.server_port
 
     def process_dead(self, pid: int) -> None:
         """Bookkeeping for a child that exited: its totals are kept (folded into the archive), its live
         gauges dropped."""
         self._files.process_dead(pid)
 
-    def in_child(self) -> None:
-        """Close the listening socket a forked child inherited: only the parent answers scrapes, and the
-        port must be free once the parent is gone."""
-        self._server.socket.close()
-
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._server is not None and self._thread is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
         _restore(*self._previous)
         shutil.rmtree(self.directory, ignore_errors=True)
 

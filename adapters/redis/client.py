@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from hexq.adapters.redis.settings import RedisSettings
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -17,48 +19,26 @@ if TYPE_CHECKING:
 HEALTH_CHECK_INTERVAL = 25  # seconds idle before redis-py PINGs a pooled connection before using it
 
 
-class ConnectionSettings(Protocol):
-    """What ``RedisBroker.from_connection`` reads; ``hexq.entrypoints.settings.Connection`` fits it
-    (adapters may not import entrypoints)."""
-
-    @property
-    def url(self) -> str: ...
-    @property
-    def scheme(self) -> str: ...
-    @property
-    def redacted(self) -> str: ...
-    @property
-    def socket_timeout(self) -> float | None: ...
-    @property
-    def socket_connect_timeout(self) -> float | None: ...
-    @property
-    def ssl_ca_certs(self) -> str | None: ...
-    @property
-    def ssl_certfile(self) -> str | None: ...
-    @property
-    def ssl_keyfile(self) -> str | None: ...
-
-
 def _retry() -> Retry:
     # One quick retry replaces a pooled connection that died with a restarted server. Timeouts are not
     # retried: the command may have run, and the caller decides.
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,))
 
 
-def clients_for(connection: ConnectionSettings) -> tuple[RedisClient, RedisClient]:
+def clients_for(settings: RedisSettings) -> tuple[RedisClient, RedisClient]:
     """A client for commands, and one for blocking waits whose reads never time out (a BLPOP may wait
     longer than ``socket_timeout``; TCP keepalive, on by default, still notices a dead peer)."""
     options: dict[str, Any] = {
-        "socket_connect_timeout": connection.socket_connect_timeout,
+        "socket_connect_timeout": settings.socket_connect_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         "decode_responses": True,
         "retry": _retry(),
     }
-    if connection.scheme == "rediss":
-        options.update(ssl_ca_certs=connection.ssl_ca_certs, ssl_certfile=connection.ssl_certfile,
-                       ssl_keyfile=connection.ssl_keyfile)
-    client = redis.Redis.from_url(connection.url, socket_timeout=connection.socket_timeout, **options)
-    blocking = redis.Redis.from_url(connection.url, socket_timeout=None, **options)
+    if settings.scheme == "rediss":
+        options.update(ssl_ca_certs=settings.ssl_ca_certs, ssl_certfile=settings.ssl_certfile,
+                       ssl_keyfile=settings.ssl_keyfile)
+    client = redis.Redis.from_url(settings.url, socket_timeout=settings.socket_timeout, **options)
+    blocking = redis.Redis.from_url(settings.url, socket_timeout=None, **options)
     return client, blocking
 
 

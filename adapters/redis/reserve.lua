@@ -1,16 +1,40 @@
--- ARGV: consumer, limit, now_ms, lease_ms, n_queues, queue..., ack id...
+-- ARGV: consumer, limit, now_ms, lease_ms, grace_ms, n_queues, queue..., ack id...
+-- grace_ms is LeaseRules.expiry_grace_ms, passed by the caller: policy is not written in the scripts.
 -- Returns {next_eta_ms or nil, served queue or nil, id, payload or nil, crashes, id, ...}.
 local consumer, now = ARGV[1], ARGV[3]
 local limit = math.min(tonumber(ARGV[2]), CHUNK)
-local nq = tonumber(ARGV[5])
+local grace = tonumber(ARGV[5])
+local nq = tonumber(ARGV[6])
 local queues = {}
-for i = 1, nq do queues[i] = ARGV[5 + i] end
+for i = 1, nq do queues[i] = ARGV[6 + i] end
 local acks = {}
-for i = 6 + nq, #ARGV do acks[#acks + 1] = ARGV[i] end
+for i = 7 + nq, #ARGV do acks[#acks + 1] = ARGV[i] end
+-- Each reservation recovers at most this many expired consumers, so one call never holds Redis for long;
+-- the next reservations recover the rest.
+local RECOVER_PER_RESERVE = 10
+
+-- An expired lease is first only suspected; its consumer is recovered by a reservation at least grace_ms
+-- later, unless renew_leases cleared the suspicion meanwhile (see hexq.core.rules for why).
+local function recover_expired()
+  local t = tonumber(now)
+  local expired = redis.call("zrangebyscore", LEASES, "-inf", "(" .. t, "LIMIT", 0, RECOVER_PER_RESERVE * 10)
+  local recovered = 0
+  for _, suspect in ipairs(expired) do
+    if recovered >= RECOVER_PER_RESERVE then return end
+    local seen = redis.call("hget", SUSPECTS, suspect)
+    if not seen then
+      redis.call("hset", SUSPECTS, suspect, t)
+    elseif t - tonumber(seen) >= grace then
+      -- Nobody knows which of an expired consumer's tasks had started: count a crash for each.
+      recover(suspect, true)
+      recovered = recovered + 1
+    end
+  end
+end
 
 ack(consumer, acks)
 for _, queue in ipairs(queues) do promote(queue, now) end
-recover_expired(now, 10)
+recover_expired()
 
 local taken, served = {}, false
 if limit > 0 then

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import Script
 
+from hexq.adapters.redis.keys import lua_preamble
+
 if TYPE_CHECKING:
     from hexq.adapters.redis.client import RedisClient
 
@@ -19,7 +21,6 @@ NAMES = (
     "dead_letter",
     "release",
     "recover_consumer",
-    "recover_expired",
     "claim_cron",
     "requeue_dead",
     "purge_queue",
@@ -28,8 +29,9 @@ NAMES = (
 
 @cache
 def source(name: str) -> str:
+    """The script as sent to Redis: the key names (from ``keys.py``), the shared helpers, the script."""
     package = files("hexq.adapters.redis")
-    return package.joinpath("_lib.lua").read_text() + package.joinpath(f"{name}.lua").read_text()
+    return lua_preamble() + package.joinpath("_lib.lua").read_text() + package.joinpath(f"{name}.lua").read_text()
 
 
 class Scripts:

@@ -2,8 +2,10 @@
 
 One asyncio loop per child. Sync tasks run inline on it (SIGALRM enforces their soft timeout); async
 tasks run concurrently up to ``slots``. Reservations are batched to save round trips, but a batch is
-sized so that it takes about ``target_batch_seconds`` to run: a higher-priority task enqueued meanwhile
-waits at most that long, so priorities stay strict in practice while fast tasks are amortised.
+sized by its tasks' measured duration so that it takes about ``preemptible_batch_seconds`` (1 ms) to run
+when it comes from a queue below another one, ``target_batch_seconds`` (5 ms) when nothing can preempt
+it: a higher-priority task enqueued meanwhile waits at most about that long, so priorities stay strict in
+practice while fast tasks are amortised.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from hexq.core.errors import BrokerError, BrokerUnavailableError, HexqError
-from hexq.core.ports import Broker, Clock, Delivery
+from hexq.core.errors import BrokerError, HexqError
+from hexq.core.ports import Clock, Consumer, Delivery
+from hexq.core.services.outage import OutageLog
 from hexq.core.services.runner import TaskRunner
 
 log = logging.getLogger("hexq.worker")
@@ -32,6 +35,8 @@ class ChildConfig:
     max_tasks: int | None = None
     prefetch_max: int = 64
     target_batch_seconds: float = 0.005
+    # The budget of a batch expected from a queue that a higher one can preempt (see _batch_size).
+    preemptible_batch_seconds: float = 0.001
     idle_wait: float = 1.0
     backoff_max: float = 5.0
 
@@ -39,15 +44,18 @@ class ChildConfig:
 @attrs.define
 class ChildLoop:
     runner: TaskRunner
-    broker: Broker
+    broker: Consumer
     clock: Clock
     config: ChildConfig
     on_started: Sequence[Callable[[], Any]] = ()
     stopping: bool = False
     done: int = 0
     _ewma: float = 0.0
+    _limit: int = 0  # the limit of the last reservation
+    _preemptible: bool = False  # whether the next batch is expected from a preemptible queue
     _free_slots: list[int] = attrs.field(factory=list)
     _running: set[asyncio.Task[None]] = attrs.field(factory=set)
+    _outage: OutageLog = attrs.field(factory=lambda: OutageLog(log))
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -71,16 +79,16 @@ class ChildLoop:
                     int(self.clock.now() * 1000), self.config.lease_ms, acks, wait,
                 )
             except BrokerError as exc:
-                # Unreachable, refusing our credentials, or out of memory: wait it out, never crash-loop.
+                # Unreachable, refusing our credentials, or out of memory: wait it out, never crash-loop, and
+                # say so once per outage, not once per retry.
                 self.runner.pending_acks[:0] = acks
                 failures += 1
-                delay = min(self.config.backoff_max, 0.1 * 2 ** min(failures, 6))
-                what = "broker unavailable" if isinstance(exc, BrokerUnavailableError) else "broker error"
-                log.warning("%s (%s); retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
+                self._outage.failed(self.clock.monotonic(), exc)
+                await asyncio.sleep(min(self.config.backoff_max, 0.1 * 2 ** min(failures, 6)))
                 wait = 0.0
                 continue
             failures = 0
+            self._outage.succeeded(self.clock.monotonic())
             if not reservation.deliveries:
                 wait = self._idle_wait(reservation.next_eta_ms)
                 continue
@@ -95,7 +103,12 @@ class ChildLoop:
     def _batch_size(self) -> int:
         size = self.config.prefetch_max
         if self._ewma > 0:
-            size = int(self.config.target_batch_seconds / self._ewma)
+            # A batch from a queue with a higher one above it is what a new higher-priority task waits
+            # behind, so it gets a small budget; a batch that nothing can preempt gets the large one.
+            budget = self.config.target_batch_seconds
+            if self._preemptible:
+                budget = self.config.preemptible_batch_seconds
+            size = int(budget / self._ewma)
         elif self.done == 0:
             size = 1  # nothing measured yet: do not grab a batch of possibly long tasks
         # Free slots bound how many tasks run at once, not how many are reserved: sync tasks run one
@@ -103,7 +116,19 @@ class ChildLoop:
         size = max(1, min(size, self.config.prefetch_max))
         if self.config.max_tasks is not None:
             size = max(1, min(size, self.config.max_tasks - self.done - len(self._running)))
+        self._limit = size
         return size
+
+    def _expect_next(self, deliveries: Sequence[Delivery]) -> None:
+        """Guess where the next batch comes from, as a reservation only says where it came from: from
+        the same queue if this batch filled its limit (there is probably more), else from a lower one.
+        Preemptible: some app queue ranks above it ('@' queues, the worker's broadcasts, do not count)."""
+        if not deliveries:
+            return
+        queues = self.config.queues
+        rank = queues.index(deliveries[0].queue) if deliveries[0].queue in queues else 0
+        above = any(not queue.startswith("@") for queue in queues[:rank])
+        self._preemptible = above or len(deliveries) < self._limit
 
     def _idle_wait(self, next_eta_ms: int | None) -> float:
         """How long an idle child may block for new work: until the next eta falls due, at most
@@ -114,6 +139,7 @@ class ChildLoop:
         return wait
 
     async def _run_batch(self, deliveries: Sequence[Delivery]) -> None:
+        self._expect_next(deliveries)
         for index, delivery in enumerate(deliveries):
             if self.stopping:
                 await self._release(deliveries[index:])

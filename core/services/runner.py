@@ -3,63 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
-from hexq.core.message import Codec, TaskMessage
+from hexq.core.message import MAX_TASK_ID_BYTES, Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
 from hexq.core.ports import Broker, Clock, Delivery, Metrics, NoMetrics, OutgoingTask
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
+from hexq.core.services.cancellation import TaskCancelled, run_task_body
+from hexq.core.services.invoke import call_hooks, call_task
+from hexq.core.services.soft_timeout import NoAlarm, SoftAlarm, run_async, run_sync
+
+__all__ = ["NoAlarm", "NoReporter", "RunReporter", "SoftAlarm", "TaskRunner"]
 
 log = logging.getLogger("hexq.worker")
 
-
-class SoftAlarm(Protocol):
-    """Interrupts a running sync task with SoftTimeout after a delay (SIGALRM in a worker child)."""
-
-    def arm(self, seconds: float) -> None: ...
-
-    def disarm(self) -> None: ...
-
-
-class NoAlarm:
-    """Used where a sync task cannot be interrupted (in-process runs): the soft timeout is not enforced."""
-
-    def arm(self, seconds: float) -> None:
-        return None
-
-    def disarm(self) -> None:
-        return None
+# How a run failed, and with what (None when seen from outside the run, as a hard timeout is).
+Failure = tuple[FailureKind, BaseException | None]
 
 
 class RunReporter(Protocol):
     """Tells the worker parent which task runs in which slot, and until when (the RunningBoard)."""
 
-    def started(self, slot: int, task_id: str, soft_deadline: float, hard_deadline: float) -> None: ...
+    def started(self, slot: int, task_id: str, hard_deadline: float) -> None: ...
 
     def finished(self, slot: int) -> None: ...
 
 
 class NoReporter:
-    def started(self, slot: int, task_id: str, soft_deadline: float, hard_deadline: float) -> None:
+    def started(self, slot: int, task_id: str, hard_deadline: float) -> None:
         return None
 
     def finished(self, slot: int) -> None:
         return None
-
-
-@attrs.define
-class RunStats:
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead: int = 0
 
 
 @attrs.define
@@ -76,7 +57,6 @@ class TaskRunner:
     metrics: Metrics = attrs.field(factory=NoMetrics)
     defer_acks: bool = True
     pending_acks: list[str] = attrs.field(factory=list)
-    stats: RunStats = attrs.field(factory=RunStats)
     _limits: dict[tuple[str, str], Limits] = attrs.field(factory=dict)
 
     def take_acks(self) -> list[str]:
@@ -102,32 +82,52 @@ class TaskRunner:
                      "did not write)", delivery.id)
             self._ack(delivery.id)
             return None
+        too_long = _untrackable_id(delivery.id)
+        if too_long is not None:
+            self._reject(delivery, too_long)
+            return None
+        prepared = self._decode(delivery, delivery.payload)
+        if prepared is None or not self._may_run_again(delivery, prepared[0]):
+            return None
+        return prepared
+
+    def _decode(self, delivery: Delivery, payload: str | bytes) -> tuple[TaskMessage, TaskDef] | None:
         try:
-            message = self.codec.decode(delivery.payload)
-            task = self.registry.get(message.name)
+            message = self.codec.decode(payload)
+            return message, self.registry.get(message.name)
         except (MalformedPayloadError, UnknownTaskError) as exc:
             self._reject(delivery, f"{type(exc).__name__}: {exc}")
             return None
-        if delivery.crashes:
-            verdict = on_redelivery(delivery.crashes, self.registry.defaults.max_deliveries)
-            if not verdict.run:
-                self._reject(delivery, verdict.reason)
-                return None
-            log.warning("task %s %s[%s]: running again after %d worker crash(es)", message.id,
-                        message.name, message.queue, delivery.crashes)
-        return message, task
+
+    def _may_run_again(self, delivery: Delivery, message: TaskMessage) -> bool:
+        if not delivery.crashes:
+            return True
+        verdict = on_redelivery(delivery.crashes, self.registry.defaults.max_deliveries)
+        if not verdict.run:
+            self._reject(delivery, verdict.reason)
+            return False
+        log.warning("task %s %s[%s]: running again after %d worker crash(es)", message.id, message.name,
+                    message.queue, delivery.crashes)
+        return True
 
     def limits_for(self, message: TaskMessage, task: TaskDef) -> Limits:
         key = (task.name, message.queue)
         limits = self._limits.get(key)  # the registry does not change while a worker runs
         if limits is None:
-            try:
-                limits = self.registry.limits(task, message.queue)
-            except HexqError:
-                # A queue this app does not declare (a producer with another config): use the task's and
-                # the app's limits rather than refusing to run it.
-                limits = self.registry.limits(task, self.registry.queues.default.name)
-            self._limits[key] = limits
+            limits = self._limits[key] = self._resolve_limits(task, message.queue)
+        return limits
+
+    def _resolve_limits(self, task: TaskDef, queue: str) -> Limits:
+        try:
+            limits = self.registry.limits(task, queue)
+        except HexqError:
+            # A queue this app does not declare (a producer with another config): use the task's and the
+            # app's limits rather than refusing to run it.
+            limits = self.registry.limits(task, self.registry.queues.default.name)
+        if limits.conflict is not None:
+            # Resolved once per task and queue, so this is said once rather than on every run.
+            log.warning("task %s on queue %s: %s; running it without a soft timeout", task.name, queue,
+                        limits.conflict)
         return limits
 
     async def run(self, delivery: Delivery, slot: int = 0) -> None:
@@ -136,104 +136,85 @@ class TaskRunner:
             await self.run_prepared(delivery, prepared[0], prepared[1], slot)
 
     async def run_prepared(self, delivery: Delivery, message: TaskMessage, task: TaskDef, slot: int) -> None:
+        """Run a prepared delivery in ``slot`` and record how it went.
+
+        When the asyncio task running this is cancelled (a shutdown), the CancelledError goes on up and
+        nothing is recorded: the task is still owned, and comes back as it would after a crash.
+        """
         limits = self.limits_for(message, task)
-        token = current_task.set(message)
+        message_token = current_task.set(message)
         attempt_token = current_attempt.set(message.retries + delivery.crashes + 1)
-        started = self.clock.monotonic()
-        now = self.monotonic() if self.monotonic else started
-        self.reporter.started(
-            slot,
-            delivery.id,
-            now + limits.soft_timeout if limits.soft_timeout else 0.0,
-            now + limits.hard_timeout if limits.hard_timeout else 0.0,
-        )
-        failure: FailureKind | None = None
-        error: BaseException | None = None
-        self.metrics.started(message.name, message.queue)
         try:
-            if self.registry.hooks.before_task_started:
-                await self._call_hooks(self.registry.hooks.before_task_started)
-            if task.is_async:
-                await self._run_async(task, message, limits)
-            else:
-                await self._run_sync(task, message, limits)
-        except SoftTimeout as exc:
-            failure, error = "soft_timeout", exc
-        except asyncio.CancelledError as exc:
-            # Only our own soft timeout cancels a task coroutine; a shutdown cancels the loop, not tasks.
-            failure, error = "soft_timeout", exc
-        except BaseException as exc:
-            failure, error = "exception", exc
+            started = self.clock.monotonic()
+            failure = await self._execute(delivery, message, task, limits, slot, started)
+            duration = self.clock.monotonic() - started
+            await self._after_task_finished()
+            self._record(delivery, message, task, limits, failure, duration)
         finally:
-            self.reporter.finished(slot)
-        duration = self.clock.monotonic() - started
-        try:
-            if self.registry.hooks.after_task_finished:
-                await self._call_hooks(self.registry.hooks.after_task_finished)
-        except Exception:
-            log.exception("after_task_finished hook failed")
-        try:
-            if failure is None:
-                self.stats.succeeded += 1
-                self.metrics.finished(message.name, message.queue, "succeeded", duration)
-                log.debug("task %s %s[%s] succeeded in %.4fs", message.id, message.name, message.queue,
-                          duration)
-                self._ack(delivery.id)
-            else:
-                try:
-                    self._failed(delivery, message, task, limits, failure, error, duration)
-                except HexqError:
-                    raise  # the broker is unreachable: the task stays owned and comes back with the lease
-                except Exception as exc:
-                    # Recording the failure failed (say, the retry cannot be re-encoded): never let that
-                    # kill the worker and bring the task back in a loop; dead-letter it with the reason.
-                    log.exception("could not record the failure of task %s", message.id)
-                    self._dead(delivery.id, message.queue, delivery.payload,
-                               f"failed, and its failure could not be recorded: {safe_str(exc)}")
-        finally:
-            current_task.reset(token)
+            current_task.reset(message_token)
             current_attempt.reset(attempt_token)
 
-    async def _run_sync(self, task: TaskDef, message: TaskMessage, limits: Limits) -> None:
-        if limits.soft_timeout:
-            self.alarm.arm(limits.soft_timeout)
+    async def _execute(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits, slot: int,
+                       started: float) -> Failure | None:
+        self._report_started(slot, delivery.id, limits, started)
+        self.metrics.started(message.name, message.queue)
         try:
-            result = self._wrapped(task, message)
-            if inspect.isawaitable(result):
-                await result
+            await run_task_body(self._body(task, message, limits))
+        except SoftTimeout as exc:
+            return "soft_timeout", exc
+        except TaskCancelled as cancelled:
+            return "exception", cancelled.original
+        except asyncio.CancelledError:
+            raise  # the asyncio task running this is being cancelled: the run has no outcome
+        except BaseException as exc:
+            return "exception", exc
         finally:
-            if limits.soft_timeout:
-                self.alarm.disarm()
+            self.reporter.finished(slot)
+        return None
 
-    async def _run_async(self, task: TaskDef, message: TaskMessage, limits: Limits) -> None:
-        result = self._wrapped(task, message)
-        if not inspect.isawaitable(result):
-            return
-        if limits.soft_timeout:
-            try:
-                await asyncio.wait_for(_contained(result), limits.soft_timeout)
-            except asyncio.TimeoutError:
-                raise SoftTimeout(f"ran past its soft timeout of {limits.soft_timeout}s") from None
-            except _Escaped as escaped:
-                raise escaped.original from None
+    def _report_started(self, slot: int, task_id: str, limits: Limits, started: float) -> None:
+        now = self.monotonic() if self.monotonic is not None else started
+        hard_deadline = now + limits.hard_timeout if limits.hard_timeout is not None else 0.0  # 0.0: none
+        self.reporter.started(slot, task_id, hard_deadline)
+
+    async def _body(self, task: TaskDef, message: TaskMessage, limits: Limits) -> None:
+        hooks = self.registry.hooks
+        if hooks.before_task_started:
+            await call_hooks(hooks.before_task_started)
+        if task.is_async:
+            await run_async(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout)
         else:
-            await result
+            await run_sync(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout, self.alarm)
 
-    def _wrapped(self, task: TaskDef, message: TaskMessage) -> Any:
-        fn: Callable[..., Any] = task.fn if task.is_async else _outside_loop(task.fn)
-        for wrapper in reversed(self.registry.hooks.wrappers):
-            fn = _bind(wrapper, fn)
-        return fn(*message.args, **message.kwargs)
+    async def _after_task_finished(self) -> None:
+        hooks = self.registry.hooks.after_task_finished
+        if hooks:
+            try:
+                await run_task_body(call_hooks(hooks))
+            except Exception:  # TaskCancelled too: a hook's own CancelledError is its failure, not a shutdown
+                log.exception("after_task_finished hook failed")
 
-    async def _call_hooks(self, hooks: list[Callable[[], Any]]) -> None:
-        for hook in hooks:
-            result = hook()
-            if inspect.isawaitable(result):
-                await result
+    def _record(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,
+                failure: Failure | None, duration: float) -> None:
+        if failure is None:
+            self.metrics.finished(message.name, message.queue, "succeeded", duration)
+            log.debug("task %s %s[%s] succeeded in %.4fs", message.id, message.name, message.queue, duration)
+            self._ack(delivery.id)
+            return
+        try:
+            self._failed(delivery, message, task, limits, *failure, duration)
+        except HexqError:
+            raise  # the broker is unreachable: the task stays owned and comes back with the lease
+        except Exception as exc:
+            # Recording the failure failed (say, the retry cannot be re-encoded): never let that kill the
+            # worker and bring the task back in a loop; dead-letter it with the reason.
+            log.exception("could not record the failure of task %s", message.id)
+            self._dead(delivery.id, message.queue, delivery.payload,
+                       f"failed, and its failure could not be recorded: {safe_str(exc)}")
 
     def _failed(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,
                 kind: FailureKind, error: BaseException | None, duration: float) -> None:
-        self.stats.failed += 1
+        # Each crash was an attempt too: the task ran, and its worker died under it.
         retries_used = message.retries + delivery.crashes
         decision = after_failure(kind, limits, task.options, retries_used, error, self.rand())
         if kind == "exception" and error is not None:
@@ -252,19 +233,22 @@ class TaskRunner:
         log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
                  decision.delay, decision.reason)
 
-    def fail_outside(self, task_id: str, payload: str | bytes | None, kind: FailureKind) -> None:
-        """Record a failure seen from outside the run (the parent killed the child at its hard timeout)."""
-        delivery = Delivery(task_id, "?", payload)
-        if payload is None:
+    def fail_outside(self, delivery: Delivery, kind: FailureKind, *, consumer: str | None = None) -> None:
+        """Record a failure seen from outside the run: the worker parent killed the child at its hard timeout.
+
+        ``delivery`` is the task as the broker holds it now, its crash count included, so the attempt is
+        counted as a run inside the child counts it. ``consumer`` is the one that owns it (the dead child's),
+        for whom it is retried or dead-lettered; this runner's own by default.
+        """
+        if consumer is not None and consumer != self.consumer:
+            attrs.evolve(self, consumer=consumer, pending_acks=[]).fail_outside(delivery, kind)
             return
-        try:
-            message = self.codec.decode(payload)
-            task = self.registry.get(message.name)
-        except (MalformedPayloadError, UnknownTaskError) as exc:
-            self._reject(delivery, f"{type(exc).__name__}: {exc}")
-            return
-        delivery = attrs.evolve(delivery, queue=message.queue)
-        self._failed(delivery, message, task, self.limits_for(message, task), kind, None, 0.0)
+        if delivery.payload is None:
+            return  # settled meanwhile: acknowledged late by a consumer whose lease had expired
+        prepared = self._decode(delivery, delivery.payload)
+        if prepared is not None:
+            message, task = prepared
+            self._failed(delivery, message, task, self.limits_for(message, task), kind, None, 0.0)
 
     def retry(self, task_id: str, message: TaskMessage, retries: int, delay: float) -> None:
         """Replace the owned task ``task_id`` by the next attempt of ``message``."""
@@ -273,7 +257,6 @@ class TaskRunner:
         retried = attrs.evolve(message, retries=retries, eta=now + delay if delay > 0 else None)
         eta_ms = math.ceil((now + delay) * 1000) if delay > 0 else None
         self.broker.retry(self.consumer, OutgoingTask(task_id, message.queue, self.codec.encode(retried), eta_ms))
-        self.stats.retried += 1
 
     def _reject(self, delivery: Delivery, reason: str) -> None:
         log.error("task %s from queue %s sent to the dead-letter list: %s", delivery.id, delivery.queue, reason)
@@ -284,7 +267,6 @@ class TaskRunner:
         if isinstance(payload, bytes):  # kept for the operator, readable, with the bad bytes escaped
             payload = payload.decode("utf-8", "backslashreplace")
         self.broker.dead_letter(self.consumer, task_id, queue, payload, reason, int(self.clock.now() * 1000))
-        self.stats.dead += 1
 
     def _ack(self, task_id: str) -> None:
         self.pending_acks.append(task_id)
@@ -292,50 +274,11 @@ class TaskRunner:
             self.flush_acks()
 
 
-def _outside_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Call a sync task as if no event loop were running in this thread.
-
-    The child's loop is running while a sync task executes inline, so a task that itself calls
-    ``asyncio.run()`` (or asgiref's ``async_to_sync``) would be refused. Nothing awaits during a sync call,
-    so hiding the running loop for its duration is safe.
-    """
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        running = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(None)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            asyncio.events._set_running_loop(running)
-
-    return call
-
-
-class _Escaped(Exception):
-    """Carries SystemExit/KeyboardInterrupt out of a wait_for, which would otherwise re-raise them into the
-    event loop itself and stop the worker child."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(repr(original))
-        self.original = original
-
-
-async def _contained(awaitable: Any) -> Any:
-    try:
-        return await awaitable
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise _Escaped(exc) from None
-
-
-def _bind(wrapper: Callable[..., Any], inner: Callable[..., Any]) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return wrapper(inner, args, kwargs)
-
-    # Keep the coroutine-ness visible so an outer wrapper written like WakaQ's example awaits us.
-    if inspect.iscoroutinefunction(wrapper) or inspect.iscoroutinefunction(inner):
-        async def acall(*args: Any, **kwargs: Any) -> Any:
-            result = wrapper(inner, args, kwargs)
-            return await result if inspect.isawaitable(result) else result
-
-        return acall
-    return call
+def _untrackable_id(task_id: str) -> str | None:
+    """Why the worker parent could not be told that this task runs (its id does not fit the board), or None."""
+    if len(task_id) * 4 <= MAX_TASK_ID_BYTES:  # a character takes at most 4 bytes: most ids need no encoding
+        return None
+    size = len(task_id.encode("utf-8", "surrogatepass"))
+    if size <= MAX_TASK_ID_BYTES:
+        return None
+    return f"task id is {size} bytes long in UTF-8, over the {MAX_TASK_ID_BYTES} a worker can track"

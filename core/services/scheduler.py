@@ -7,7 +7,6 @@ last fired tick, so only the first scheduler to claim a tick enqueues it.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
@@ -15,9 +14,10 @@ import attrs
 
 from hexq.core.cron import CronTask, plan_tick
 from hexq.core.errors import HexqError
-from hexq.core.message import Codec, TaskMessage
-from hexq.core.ports import Broker, Clock, OutgoingTask
+from hexq.core.outgoing import TaskFactory
+from hexq.core.ports import Clock, CronStore
 from hexq.core.registry import Registry
+from hexq.core.services.outage import OutageLog
 
 log = logging.getLogger("hexq.scheduler")
 
@@ -29,14 +29,15 @@ def _utc(epoch: float) -> datetime:
 @attrs.define
 class Scheduler:
     registry: Registry
-    codec: Codec
-    broker: Broker
+    factory: TaskFactory
+    broker: CronStore
     clock: Clock
     schedules: Sequence[CronTask]
     max_sleep: float = 1.0
     stopping: bool = False
     fired: int = 0
     _watched_since: dict[str, datetime] = attrs.field(factory=dict)
+    _outage: OutageLog = attrs.field(factory=lambda: OutageLog(log))
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -48,10 +49,11 @@ class Scheduler:
             try:
                 wait = self.tick()
                 failures = 0
+                self._outage.succeeded(self.clock.monotonic())
             except HexqError as exc:
                 failures += 1
                 wait = min(5.0, 0.2 * 2 ** min(failures, 5))
-                log.warning("scheduler cannot reach the broker (%s); retrying in %.1fs", exc, wait)
+                self._outage.failed(self.clock.monotonic(), exc)
             self.clock.sleep(min(wait, self.max_sleep))
         log.info("scheduler stopped")
         return 0
@@ -88,9 +90,8 @@ class Scheduler:
         task = self.registry.get(cron.task_name)
         queue = self.registry.queue_for(task, cron.queue)
         now = self.clock.now()
-        message = TaskMessage(uuid.uuid4().hex, task.name, queue, cron.args, cron.kwargs, 0, now)
         fire_ms = round(fire.timestamp() * 1000)
-        outgoing = OutgoingTask(message.id, queue, self.codec.encode(message))
+        outgoing = self.factory.new(task.name, queue, cron.args, cron.kwargs, now)
         if self.broker.claim_cron_tick(cron.key, fire_ms, outgoing):
             self.fired += 1
             log.info("fired %s for %s (%.0f ms late)", cron.task_name, fire.isoformat(),

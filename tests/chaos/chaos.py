@@ -50,6 +50,12 @@ if str(ROOT) not in sys.path:
 
 from tests.chaos.proxy import ProxyProcess, free_port  # noqa: E402
 
+from hexq.adapters.system.clock import SystemClock  # noqa: E402
+from hexq.adapters.system.entropy import PROCESS  # noqa: E402
+from hexq.core.outgoing import TaskIds  # noqa: E402
+
+new_task_id = TaskIds(SystemClock(), PROCESS.node).new  # ids for the tasks this run writes by hand
+
 HOST = "127.0.0.1"
 APP = "tests.chaos.app:app"
 QUEUE = "default"
@@ -141,8 +147,10 @@ class Worker:
         return self.handle.poll() is None
 
     def children(self) -> list[psutil.Process]:
+        """The worker's children: the processes its fork server (its one direct child) forked."""
         try:
-            return [c for c in psutil.Process(self.pid).children() if c.status() != psutil.STATUS_ZOMBIE]
+            return [c for server in psutil.Process(self.pid).children() for c in server.children()
+                    if c.status() != psutil.STATUS_ZOMBIE]
         except psutil.Error:
             return []
 
@@ -153,7 +161,7 @@ class Worker:
             parent = psutil.Process(self.pid)
             times = parent.cpu_times()
             total += times.user + times.system + times.children_user + times.children_system
-            for child in parent.children():
+            for child in parent.children(recursive=True):  # the fork server and the children it forked
                 with contextlib.suppress(psutil.Error):
                     ct = child.cpu_times()
                     total += ct.user + ct.system
@@ -163,7 +171,10 @@ class Worker:
 
     def kill_group(self) -> list[int]:
         """SIGKILL the parent and every child at once; returns the pids killed."""
-        pids = [self.pid, *(c.pid for c in self.children())]
+        try:
+            pids = [self.pid, *(c.pid for c in psutil.Process(self.pid).children(recursive=True))]
+        except psutil.Error:
+            pids = [self.pid]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -338,7 +349,6 @@ class Chaos:
 
     def outgoing(self, n: int, ms: float, task_id: str | None = None) -> Any:
         from hexq.core.ports import OutgoingTask
-        from hexq.entrypoints.ids import new_task_id
 
         app = self.producer_app()
         task_id = task_id or new_task_id()
@@ -796,7 +806,6 @@ class Chaos:
     def poison_scenario(self, max_deliveries: int = 3) -> dict[str, Any]:
         """A task that SIGKILLs its own child every time is dead-lettered after max_deliveries runs."""
         from hexq.core.ports import OutgoingTask
-        from hexq.entrypoints.ids import new_task_id
 
         prefix = f"{self.prefix}-poison"
         app = self.producer_app()
@@ -843,7 +852,6 @@ class Chaos:
         the queue (at its head, in order) as soon as the worker has exited; the lease (30 s) never expires."""
         from hexq.adapters.redis.broker import RedisBroker
         from hexq.core.ports import OutgoingTask
-        from hexq.entrypoints.ids import new_task_id
 
         prefix = f"{self.prefix}-sigterm"
         app = self.producer_app()

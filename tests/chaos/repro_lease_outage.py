@@ -3,13 +3,14 @@ running in a live worker runs a second time after no worker could reach
 Redis for longer than ``lease_timeout`` (here a clean Redis restart: SIGTERM, nothing lost).
 
 While Redis is unreachable nobody can renew leases, but their deadlines keep passing. When it is back, the
-first ``reserve`` (or ``recover_expired``) of any client runs the expired-lease recovery before the running
-task's worker parent has renewed its lease (every ``min(1, lease/4)`` s, and only once it has reconnected):
-the task goes back to its queue and an idle child starts it again while the first run goes on.
+first ``reserve`` of any client runs the expired-lease recovery before the running task's worker parent has
+renewed its lease (every ``min(1, lease/4)`` s, and only once it has reconnected): the task goes back to its
+queue and an idle child starts it again while the first run goes on.
 
 In the chaos run this happens by chance (a sibling child's reserve wins the race against its parent's
 renewal). Here it is made certain: the worker reaches Redis through the chaos proxy, which stays cut until
-this script, standing for the first client back, has called ``recover_expired``.
+this script, standing for the first client back, has made a reservation (of nothing: it serves no queue,
+so only the recovery step runs).
 
 Run: ``python -m tests.chaos.repro_lease_outage``: prints how many times the long task started (1 is right,
 2 is the bug). ``tests/chaos/test_chaos_short.py::test_long_task_not_rerun_after_an_outage`` runs the same.
@@ -43,8 +44,11 @@ def lease_outage(workdir: Path, down: float = 2.5, long_ms: float = 5000.0) -> d
         time.sleep(down)
         chaos.broker_server.start()
         client = chaos.broker_server.client()
-        recovered = RedisBroker(client, chaos.prefix).recover_expired(int(time.time() * 1000))
-        client.close()
+        first_back = RedisBroker(client, chaos.prefix)
+        before = len(first_back.in_flight())
+        first_back.reserve("first-client-back", [], 0, int(time.time() * 1000), 0)
+        recovered = before - len(first_back.in_flight())
+        first_back.close()
         chaos.proxy.resume()
         wait_until(lambda: book.sismember(chaos.bkey("done"), "0"), long_ms / 1000 + 10, 0.05)
         time.sleep(1.0)

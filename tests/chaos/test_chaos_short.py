@@ -53,10 +53,12 @@ def test_long_task_not_rerun_after_an_outage(tmp_path: Path) -> None:
 
 
 def test_recovery_retried_at_heartbeat_pace_during_an_outage(tmp_path: Path) -> None:
-    """A child is SIGKILLed while the network to Redis is cut for 3 s: the parent may retry and warn about
-    once per heartbeat (0.5 s here), not on every tick. See tests/chaos/repro_recovery_retry.py."""
+    """A child is SIGKILLed while the network to Redis is cut for 3 s: the parent retries settling it with a
+    growing pause and says so once, not on every tick. See tests/chaos/repro_recovery_retry.py."""
     _require_redis()
     result = recovery_retries(tmp_path)
     print(result)
-    assert result["worker_alive"]
-    assert result["retries_logged"] <= 10
+    assert result["worker_alive"] and result["settled_after_cut"]
+    # The death of the child, and the outage once in each of the parent, the killed child (maybe) and its
+    # replacement: nothing per retry.
+    assert result["warnings_logged"] <= 5

@@ -519,7 +519,7 @@ def test_unreachable_redis_at_start_up(private_redis: Callable[..., RedisServer]
         assert sum(used) / 2.0 < 0.25, f"CPU seconds per second while Redis is down: {used}"
         assert worker.handle.poll() is None and worker_children(worker) == [processes[1].pid]  # no crash loop
         output = worker.output()
-        assert "broker unavailable (cannot use Redis at" in output and "retrying in" in output
+        assert "cannot use the broker (cannot use Redis at" in output and "retrying quietly" in output
         # Redis comes up: the same worker, with the same child, serves tasks.
         server = private_redis(port=port)
         cluster.redis = server.client()

@@ -14,25 +14,32 @@ from redis_server import RedisServer
 
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
-from hexq.core.ports import Broker, OutgoingTask
+from hexq.core.ports import OutgoingTask
+from hexq.core.rules import LeaseRules
 from hexq.entrypoints.settings import Connection
-from tests.unit.broker_contract import T0, BrokerContract, ids, take, task
+from tests.unit.broker_contract import LEASE, T0, BrokerContract, MakeBroker, broker_factory, ids, take, task
 
 pytestmark = pytest.mark.integration
 
 PrivateRedis = Callable[..., RedisServer]
 
 
-def broker_for(url: str, prefix: str = "it", **options: float | None) -> RedisBroker:
-    return RedisBroker.from_connection(Connection(url, **options), prefix)  # type: ignore[arg-type]
+def broker_for(url: str, prefix: str = "it", rules: LeaseRules = LeaseRules(),
+               **options: float | None) -> RedisBroker:
+    return RedisBroker.from_connection(Connection(url, **options), prefix, rules=rules)  # type: ignore[arg-type]
+
+
+def waiting_reserve(broker: RedisBroker, wait: float) -> tuple[list[str], float]:
+    """An idle worker's reservation: the ids it took and how long it took."""
+    started = time.monotonic()
+    got = broker.reserve("c1", ["default"], 10, T0, LEASE, (), wait).deliveries
+    return ids(list(got)), time.monotonic() - started
 
 
 class TestRedisBrokerContract(BrokerContract):
     @pytest.fixture
-    def broker(self, redis_url: str, key_prefix: str) -> Iterator[Broker]:
-        broker = broker_for(redis_url, key_prefix)
-        yield broker
-        broker.close()
+    def make_broker(self, redis_url: str, key_prefix: str) -> Iterator[MakeBroker]:
+        yield from broker_factory(lambda rules: broker_for(redis_url, key_prefix, rules))
 
 
 def test_lost_script_cache_is_reloaded_transparently(private_redis: PrivateRedis) -> None:
@@ -55,7 +62,7 @@ def test_unavailable_while_stopped_and_working_after_restart(private_redis: Priv
     calls: list[Callable[[], object]] = [
         lambda: broker.enqueue([task("b")]),
         lambda: broker.reserve("c1", ["default"], 10, T0, 1000),
-        lambda: broker.wait_for_work(0.2),
+        lambda: broker.reserve("c1", ["default"], 10, T0, 1000, wait=0.2),
         lambda: broker.queue_stats(["default"]),
         broker.subscribe_broadcast,
     ]
@@ -67,7 +74,9 @@ def test_unavailable_while_stopped_and_working_after_restart(private_redis: Priv
     server.start()  # same port, empty data set, no scripts loaded
     broker.enqueue([task("b")])
     assert ids(take(broker)) == ["b"]
-    assert broker.wait_for_work(1.0) is True
+    broker.enqueue([task("c")])
+    got, took = waiting_reserve(broker, 5.0)  # the blocking connection is back too
+    assert got == ["c"] and took < 2.0
     broker.close()
 
 
@@ -118,20 +127,15 @@ def test_unix_socket_url(private_redis: PrivateRedis) -> None:
     broker.close()
 
 
-def test_idle_worker_wakes_within_a_second_of_an_enqueue(redis_url: str, key_prefix: str) -> None:
+def test_idle_worker_takes_a_task_within_a_second_of_its_enqueue(redis_url: str, key_prefix: str) -> None:
     waiter, producer = broker_for(redis_url, key_prefix), broker_for(redis_url, key_prefix)
-    woken: list[tuple[bool, float]] = []
-
-    def wait() -> None:
-        started = time.monotonic()
-        woken.append((waiter.wait_for_work(10.0), time.monotonic() - started))
-
-    thread = threading.Thread(target=wait)
+    woken: list[tuple[list[str], float]] = []
+    thread = threading.Thread(target=lambda: woken.append(waiting_reserve(waiter, 10.0)))
     thread.start()
     time.sleep(0.2)
     producer.enqueue([task("a")])
     thread.join(5.0)
-    assert woken and woken[0][0] is True
+    assert woken and woken[0][0] == ["a"]
     assert woken[0][1] < 1.5
     waiter.close()
     producer.close()
@@ -139,9 +143,8 @@ def test_idle_worker_wakes_within_a_second_of_an_enqueue(redis_url: str, key_pre
 
 def test_waits_longer_than_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
     broker = broker_for(redis_url, key_prefix, socket_timeout=0.3)
-    started = time.monotonic()
-    assert broker.wait_for_work(0.8) is False
-    assert time.monotonic() - started >= 0.7
+    got, took = waiting_reserve(broker, 0.8)
+    assert got == [] and took >= 0.7
     subscription = broker.subscribe_broadcast()
     assert subscription.get(0.8) is None
     subscription.close()
@@ -152,9 +155,11 @@ def test_broker_on_a_plain_client_also_waits_beyond_its_socket_timeout(redis_ser
                                                                         key_prefix: str) -> None:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=0.3)
     broker = RedisBroker(client, key_prefix)
-    assert broker.wait_for_work(0.8) is False
+    got, took = waiting_reserve(broker, 0.8)
+    assert got == [] and took >= 0.7
     broker.enqueue([task("a")])
-    assert broker.wait_for_work(0.8) is True
+    got, took = waiting_reserve(broker, 0.8)
+    assert got == ["a"] and took < 0.5
     broker.close()
 
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 APP = "tests.integration.apps.tasks:app"
+FORK_WARNING = "use of fork() may lead to deadlocks"  # Python 3.12+ (see tests/conftest.py)
 
 
 class Proc:
@@ -34,10 +35,11 @@ class Proc:
         return self.handle.pid
 
     def children(self) -> list[int]:
+        """The worker's children: the processes its fork server (its one direct child) forked."""
         import psutil
 
         try:
-            return [c.pid for c in psutil.Process(self.pid).children()]
+            return [c.pid for server in psutil.Process(self.pid).children() for c in server.children()]
         except psutil.NoSuchProcess:
             return []
 
@@ -109,6 +111,8 @@ class Cluster:
     def close(self) -> None:
         for proc in self.procs:
             proc.kill_group()
+        forked = [p.log.name for p in self.procs if FORK_WARNING in p.output()]
+        assert not forked, f"a worker process forked while running threads: {forked}\n{self.logs()}"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -10,7 +10,9 @@ import pytest
 
 from hexq import ConfigError, CronTask, HexQ, Queue, UnknownQueueError
 from hexq.adapters.memory import FakeClock, MemoryBroker
+from hexq.adapters.redis.settings import RedisSettings
 from hexq.core.errors import CronError
+from hexq.entrypoints.settings import Connection, InProcess
 
 Q_HIGH = "a-high-priority-queue"
 Q_MED = "a-medium-priority-queue"
@@ -148,6 +150,22 @@ BAD_APPS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("prefix with space", {"prefix": "my app"}, ConfigError, "invalid prefix"),
     ("prefix with braces", {"prefix": "{x}"}, ConfigError, "invalid prefix"),
     ("prefix with newline", {"prefix": "x\n"}, ConfigError, "invalid prefix"),
+    ("prefix too long", {"prefix": "x" * 101}, ConfigError, "invalid prefix .*use 1-100 characters from letters"),
+    ("max_deliveries bool", {"max_deliveries": True}, ConfigError, "max_deliveries must be an int >= 1, got True"),
+    ("exclude a bare str", {"exclude_queues": "default"}, ConfigError, "exclude_queues must be a list of queue names"),
+    ("metrics port 0", {"metrics_port": 0}, ConfigError, "metrics_port .* from 1 to 65535 or None, got 0"),
+    ("metrics port too big", {"metrics_port": 65536}, ConfigError, "metrics_port"),
+    ("metrics port bool", {"metrics_port": True}, ConfigError, "metrics_port"),
+    ("unknown log level", {"worker_log_level": "verbose"}, ConfigError, "worker_log_level must be a logging level"),
+    ("log level bool", {"scheduler_log_level": True}, ConfigError, "scheduler_log_level"),
+    ("negative log level", {"worker_log_level": -1}, ConfigError, "worker_log_level"),
+    ("socket timeout 0", {"url": "redis://localhost", "socket_timeout": 0}, ConfigError,
+     "socket_timeout must be a finite number of seconds > 0, got 0"),
+    ("connect timeout str", {"url": "redis://localhost", "socket_connect_timeout": "5"}, ConfigError,
+     "socket_connect_timeout"),
+    ("password with memory url", {"password": "x"}, ConfigError, "need a redis:// or rediss:// URL, not memory://"),
+    ("password with unix url", {"url": "unix:///tmp/r.sock", "password": "x"}, ConfigError, r"\?password="),
+    ("credentials twice", {"url": "redis://u:p@h/0", "password": "x"}, ConfigError, "credentials given twice"),
     ("http url", {"url": "http://localhost:6379"}, ConfigError, "unsupported broker URL scheme 'http'"),
     ("no scheme", {"url": "localhost"}, ConfigError, "unsupported broker URL scheme ''"),
     ("typo scheme", {"url": "reddis://localhost"}, ConfigError, "redis://, rediss://"),
@@ -281,6 +299,9 @@ BAD_TASKS: list[tuple[str, dict[str, Any], str]] = [
     ("str max_retries", {"max_retries": "2"}, "max_retries"),
     ("retry_on not a class", {"retry_on": ["ValueError"]}, "retry_on takes exception classes"),
     ("retry_on not an exception", {"retry_on": [int]}, "retry_on takes exception classes"),
+    ("retry_on a str", {"retry_on": "ValueError"}, "retry_on takes exception classes, got 'ValueError'"),
+    ("retry_on not iterable", {"retry_on": 5}, "retry_on takes exception classes, got 5"),
+    ("infinite backoff_max", {"backoff_max": float("inf")}, "task 't' backoff_max must be a finite number"),
     ("unknown queue", {"queue": "nope"}, "unknown queue 'nope'"),
 ]
 
@@ -294,15 +315,21 @@ def test_bad_task_options_raise(label: str, options: dict[str, Any], message: st
     assert "t" not in application.registry.tasks
 
 
-def test_task_timeouts_may_exceed_app_timeouts() -> None:
+def test_a_task_soft_timeout_at_or_above_the_hard_timeout_that_applies_is_refused_at_declaration() -> None:
+    application = app(soft_timeout=30, hard_timeout=60)
+    with pytest.raises(ConfigError, match=r"soft_timeout 120.*from the task.*hard_timeout 60.*from the app"):
+        @application.task(soft_timeout=120)
+        def long() -> None: ...
+
+
+def test_a_task_may_raise_both_timeouts_above_the_apps() -> None:
     application = app(soft_timeout=30, hard_timeout=60)
 
-    @application.task(soft_timeout=120)
+    @application.task(soft_timeout=120, hard_timeout=180)
     def long() -> None: ...
 
-    # Each level is valid on its own; combined, the app's hard limit wins and the soft one is dropped.
     limits = application.registry.limits(application.registry.get("long"), "default")
-    assert (limits.soft_timeout, limits.hard_timeout) == (None, 60.0)
+    assert (limits.soft_timeout, limits.hard_timeout) == (120.0, 180.0)
 
 
 @pytest.mark.parametrize("options", [
@@ -366,3 +393,69 @@ def test_password_in_url_query_is_redacted() -> None:
 def test_signing_key_of_sixteen_characters_is_accepted() -> None:
     assert app(signing_key="0123456789abcdef").codec.signing_key == b"0123456789abcdef"
     assert app(signing_key=b"0123456789abcdef").codec.signing_key == b"0123456789abcdef"
+
+
+def test_task_messages_name_the_registered_name() -> None:
+    application = app()
+    with pytest.raises(ConfigError, match=r"^task 'reports.build' max_retries must be an int >= 0 or None, got -1$"):
+        @application.task(name="reports.build", max_retries=-1)
+        def build() -> None: ...
+
+
+# -- grouped options --------------------------------------------------------------------------------
+
+
+def test_flat_attributes_read_the_grouped_options() -> None:
+    application = app(concurrency=3, async_concurrency="cores*0", exclude_queues=("b",), queues=["a", "b"],
+                      max_mem_percent=90, max_tasks_per_worker=7, lease_timeout=timedelta(seconds=4),
+                      shutdown_timeout=None, worker_log_file="/tmp/w.log", worker_log_level=10,
+                      scheduler_log_level="debug", metrics_port=9100)
+    worker = application.worker_options
+    assert (application.concurrency, application.async_concurrency) == (worker.concurrency, 0) == (3, 0)
+    assert application.exclude_queues == ["b"] and worker.exclude_queues == ("b",)
+    assert (application.max_mem_percent, application.max_tasks_per_worker) == (90, 7)
+    assert (application.lease_timeout, application.shutdown_timeout) == (4.0, 0.0)
+    assert (application.worker_log_file, application.scheduler_log_file) == ("/tmp/w.log", None)
+    assert (application.worker_log_level, application.scheduler_log_level) == (10, "debug")
+    assert application.metrics_port == 9100
+    with pytest.raises(AttributeError):
+        application.concurrency = 5  # type: ignore[misc]
+
+
+def test_signing_key_stays_out_of_the_payload_options_repr() -> None:
+    application = app(signing_key=SECRET * 2)
+    assert application.payload_options.signing_key == (SECRET * 2).encode()
+    assert SECRET not in repr(application.payload_options)
+
+
+def test_prefix_accepts_dots_and_dashes() -> None:
+    assert app(prefix="my.app-v2_x").prefix == "my.app-v2_x"
+
+
+# -- connection -------------------------------------------------------------------------------------
+
+
+def test_memory_url_is_the_in_process_marker() -> None:
+    connection = HexQ(url="memory://").connection
+    assert isinstance(connection, InProcess)
+    assert (connection.scheme, connection.url, connection.redacted) == ("memory", "memory://", "memory://")
+
+
+def test_redis_options_reach_the_redis_settings() -> None:
+    connection = HexQ(url="rediss://cache:6380/1", socket_timeout=3, socket_connect_timeout=None,
+                      ssl_ca_certs="/ca.pem", ssl_certfile="/c.pem", ssl_keyfile="/k.pem").connection
+    assert connection == RedisSettings("rediss://cache:6380/1", 3, None, "/ca.pem", "/c.pem", "/k.pem")
+    assert connection.scheme == "rediss" and connection.url == "rediss://cache:6380/1"
+
+
+def test_redis_settings_repr_shows_options_but_not_the_password() -> None:
+    settings = RedisSettings(f"redis://app:{SECRET}@cache/0", socket_timeout=2.0, ssl_ca_certs="/ca.pem")
+    assert repr(settings) == ("RedisSettings('redis://app:***@cache/0', socket_timeout=2.0, "
+                              "socket_connect_timeout=5.0, ssl_ca_certs='/ca.pem')")
+    assert SECRET not in str(settings)
+
+
+def test_redis_settings_refuse_other_schemes() -> None:
+    with pytest.raises(ConfigError, match="unsupported Redis URL scheme 'memory'"):
+        RedisSettings("memory://")
+    assert Connection is RedisSettings  # the old name still builds them

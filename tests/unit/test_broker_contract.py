@@ -1,4 +1,5 @@
-"""The broker contract against the in-memory broker and against RedisBroker on fakeredis."""
+"""The broker contract against the in-memory broker and against RedisBroker on fakeredis; and ``hexq info``'s
+use of the Inspection role."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
-from broker_contract import BrokerContract
+from broker_contract import T0, BrokerContract, MakeBroker, broker_factory
 
-from hexq.adapters.memory import MemoryBroker
+from hexq.adapters.memory import FakeClock, MemoryBroker
 from hexq.adapters.redis.broker import RedisBroker
-from hexq.core.ports import Broker
+from hexq.core.ports import DeadLetter
+from hexq.entrypoints.app import HexQ
+from hexq.entrypoints.cli import _snapshot
 
 
 def require_lupa() -> None:
@@ -22,16 +25,28 @@ def require_lupa() -> None:
 
 class TestMemoryBroker(BrokerContract):
     @pytest.fixture
-    def broker(self) -> Iterator[Broker]:
-        broker = MemoryBroker()
-        yield broker
-        broker.close()
+    def make_broker(self) -> Iterator[MakeBroker]:
+        yield from broker_factory(lambda rules: MemoryBroker(rules=rules))
 
 
 class TestRedisBrokerOnFakeredis(BrokerContract):
     @pytest.fixture
-    def broker(self) -> Iterator[Broker]:
+    def make_broker(self) -> Iterator[MakeBroker]:
         require_lupa()
-        broker = RedisBroker(fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True), "test")
-        yield broker
-        broker.close()
+        yield from broker_factory(lambda rules: RedisBroker(
+            fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True), "test", rules=rules))
+
+
+class CountOnlyBroker(MemoryBroker):
+    """Refuses to list dead letters, so a caller that only needs their number must use ``dead_count``."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        raise AssertionError(f"dead_letters(limit={limit}) fetched the letters, payloads and all, to count them")
+
+
+def test_info_counts_dead_letters_without_fetching_them() -> None:
+    broker = CountOnlyBroker()
+    for i in range(3):
+        broker.dead_letter("c1", f"d{i}", "default", "p", "r", T0 + i)
+    app = HexQ(queues=["default"], url="memory://", broker=broker, clock=FakeClock())
+    assert _snapshot(app)["dead"] == 3

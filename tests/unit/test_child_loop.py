@@ -141,3 +141,49 @@ def test_max_tasks_makes_the_child_exit_after_that_many(max_tasks: int) -> None:
     assert loop.done == max_tasks
     stats = broker.queue_stats(["low"])[0]
     assert (stats.pending, stats.in_flight) == (10 - max_tasks, 0)
+
+
+class RecordingBroker:
+    """Delegates to a real MemoryBroker, noting each reservation's limit and the queue that served it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reservations: list[tuple[int, str | None]] = []
+
+    def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
+                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+        reservation: Reservation = self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks, wait)
+        served = reservation.deliveries[0].queue if reservation.deliveries else None
+        self.reservations.append((limit, served))
+        return reservation
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_batch_from_a_lower_queue_is_small_and_one_nothing_can_preempt_is_large() -> None:
+    app, broker, clock = make_app()
+
+    @app.task(queue="high")
+    def high() -> None:
+        clock.advance(0.002)  # every task takes 2 ms
+
+    @app.task(queue="low")
+    def low() -> None:
+        clock.advance(0.002)
+
+    for _ in range(6):
+        enqueue(app, high)
+    for _ in range(4):
+        enqueue(app, low)
+    recording = RecordingBroker(broker)
+    runner = TaskRunner(app.registry, app.codec, recording, clock, "c1", random.random)  # type: ignore[arg-type]
+    # As a worker child serves them: its broadcast queue first, then the app's queues by priority.
+    config = ChildConfig("c1", ("@broadcast.w1", "high", "low"), 1, 10_000, max_tasks=10, idle_wait=0.01)
+    asyncio.run(ChildLoop(runner, recording, clock, config).run())  # type: ignore[arg-type]
+    # The first batch is 1 task (nothing measured yet). "high" has only the broadcasts above it: 5 ms
+    # batches (2 tasks) while they come back full. The short one says "high" ran dry, so the next batch
+    # (from "low", below "high") gets 1 ms: a single 2 ms task, and a high-priority task sent meanwhile
+    # waits behind one low task, not two.
+    assert recording.reservations == [(1, "high"), (2, "high"), (2, "high"), (2, "high"),
+                                      (1, "low"), (1, "low"), (1, "low"), (1, "low")]

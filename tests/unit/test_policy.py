@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 import pytest
 
+from hexq import HexQ
+from hexq.adapters.memory import FakeClock, MemoryBroker
 from hexq.core.errors import ConfigError
 from hexq.core.policy import (
     AppDefaults,
@@ -12,10 +17,12 @@ from hexq.core.policy import (
     Retry,
     TaskOptions,
     after_failure,
+    check_limits,
     on_redelivery,
     resolve_limits,
+    timeout_conflict,
 )
-from hexq.core.queues import Queue
+from hexq.core.queues import Queue, check_timeouts
 
 N = None
 
@@ -36,14 +43,13 @@ PRECEDENCE = [
     ("queue soft above task hard: soft dropped", (N, 5, 1), (10, 20, N), (N, N, N), (N, 5.0, 1)),
     ("soft only", (N, N, N), (N, N, N), (30, N, N), (30.0, N, 0)),
     ("hard only", (N, N, N), (N, 90, N), (N, N, N), (N, 90.0, 0)),
-    ("zero soft timeout is a value", (0, N, N), (N, N, N), (30, N, N), (0.0, N, 0)),
 ]
 
 
 @pytest.mark.parametrize(("label", "task", "queue", "app", "expected"), PRECEDENCE,
                          ids=[p[0] for p in PRECEDENCE])
 def test_resolve_limits_precedence_task_then_queue_then_app(
-    label: str, task: tuple, queue: tuple, app: tuple, expected: tuple
+    label: str, task: tuple[Any, ...], queue: tuple[Any, ...], app: tuple[Any, ...], expected: tuple[Any, ...]
 ) -> None:
     limits = resolve_limits(
         TaskOptions(soft_timeout=task[0], hard_timeout=task[1], max_retries=task[2]),
@@ -51,6 +57,88 @@ def test_resolve_limits_precedence_task_then_queue_then_app(
         AppDefaults(soft_timeout=app[0], hard_timeout=app[1], max_retries=app[2]),
     )
     assert (limits.soft_timeout, limits.hard_timeout, limits.max_retries) == expected
+
+
+Timeouts = tuple[float | None, float | None]  # (soft, hard) at one level
+
+
+def levels(task: Timeouts, queue: Timeouts, app: Timeouts) -> tuple[TaskOptions, Queue, AppDefaults]:
+    return (TaskOptions(soft_timeout=task[0], hard_timeout=task[1]),
+            Queue("q", soft_timeout=queue[0], hard_timeout=queue[1]),
+            AppDefaults(soft_timeout=app[0], hard_timeout=app[1]))
+
+
+# (label, task (soft, hard), queue (soft, hard), app (soft, hard), the conflict named)
+CONFLICTS = [
+    ("task soft above app hard", (100, N), (N, N), (N, 60),
+     "soft_timeout 100s (from the task) is not below hard_timeout 60s (from the app)"),
+    ("task soft equal queue hard", (60, N), (N, 60), (N, N),
+     "soft_timeout 60s (from the task) is not below hard_timeout 60s (from queue 'q')"),
+    ("app soft above task hard", (N, 20), (N, N), (30, 60),
+     "soft_timeout 30s (from the app) is not below hard_timeout 20s (from the task)"),
+    ("queue soft above task hard", (N, 5), (10, 20), (N, N),
+     "soft_timeout 10s (from queue 'q') is not below hard_timeout 5s (from the task)"),
+    ("queue soft above app hard", (N, N), (90.5, N), (N, 60),
+     "soft_timeout 90.5s (from queue 'q') is not below hard_timeout 60s (from the app)"),
+]
+
+
+@pytest.mark.parametrize(("label", "task", "queue", "app", "conflict"), CONFLICTS, ids=[c[0] for c in CONFLICTS])
+def test_a_soft_timeout_not_below_the_hard_one_across_levels_is_refused_naming_both(
+    label: str, task: Timeouts, queue: Timeouts, app: Timeouts, conflict: str
+) -> None:
+    assert timeout_conflict(*levels(task, queue, app)) == conflict
+    with pytest.raises(ConfigError) as refused:
+        check_limits(*levels(task, queue, app), "task 'long'")
+    assert str(refused.value) == (f"task 'long': {conflict}, so the soft timeout would never fire; lower "
+                                  "soft_timeout, raise hard_timeout, or pass soft_timeout=None")
+
+
+@pytest.mark.parametrize(("label", "task", "queue", "app", "conflict"), CONFLICTS, ids=[c[0] for c in CONFLICTS])
+def test_at_run_time_a_conflict_drops_the_soft_timeout_and_says_why(
+    label: str, task: Timeouts, queue: Timeouts, app: Timeouts, conflict: str
+) -> None:
+    limits = resolve_limits(*levels(task, queue, app))
+    assert limits.soft_timeout is None and limits.conflict == conflict
+
+
+@pytest.mark.parametrize(("task", "queue", "app"), [
+    ((N, N), (N, N), (N, N)), ((10, N), (N, N), (N, 60)), ((N, N), (20, 30), (50, 60)), ((59.9, N), (N, 60), (N, N)),
+], ids=repr)
+def test_timeouts_that_work_together_are_accepted(task: Timeouts, queue: Timeouts, app: Timeouts) -> None:
+    check_limits(*levels(task, queue, app), "task 'fine'")
+    assert resolve_limits(*levels(task, queue, app)).conflict is None
+
+
+def hexq_app(**options: Any) -> HexQ:
+    return HexQ(url="memory://", broker=MemoryBroker(), clock=FakeClock(), **options)
+
+
+def declare_task(**options: Any) -> None:
+    def job() -> None: ...
+
+    hexq_app().task(**options)(job)
+
+
+ZERO_TIMEOUTS = [
+    ("check, soft", lambda: check_timeouts(0, None, "HexQ"), "HexQ: soft_timeout of 0"),
+    ("check, hard", lambda: check_timeouts(None, 0.0, "queue 'q'"), "queue 'q': hard_timeout of 0"),
+    ("task options", lambda: TaskOptions(soft_timeout=0), "task options: soft_timeout of 0"),
+    ("app defaults", lambda: AppDefaults(hard_timeout=0), "app defaults: hard_timeout of 0"),
+    ("resolved limits", lambda: Limits(0.0, None, 0), "resolved limits: soft_timeout of 0"),
+    ("queue", lambda: Queue("q", soft_timeout=0), "queue 'q': soft_timeout of 0"),
+    ("queue, timedelta", lambda: Queue("q", hard_timeout=timedelta(0)), "queue 'q': hard_timeout of 0"),
+    ("app", lambda: hexq_app(soft_timeout=0, hard_timeout=60), "HexQ: soft_timeout of 0"),
+    ("app, queue", lambda: hexq_app(queues=[Queue("q", hard_timeout=0)]), "queue 'q': hard_timeout of 0"),
+    ("task, soft", lambda: declare_task(soft_timeout=0), "task 'job': soft_timeout of 0"),
+    ("task, hard", lambda: declare_task(hard_timeout=timedelta(seconds=0)), "task 'job': hard_timeout of 0"),
+]
+
+
+@pytest.mark.parametrize(("label", "declare", "message"), ZERO_TIMEOUTS, ids=[z[0] for z in ZERO_TIMEOUTS])
+def test_a_timeout_of_zero_is_refused_where_it_is_declared(label: str, declare: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{message} is not a timeout; use None for no timeout$"):
+        declare()
 
 
 def test_resolved_limits_are_floats_and_int() -> None:

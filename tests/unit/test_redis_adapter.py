@@ -4,19 +4,22 @@ construction and error translation."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
 import redis.exceptions as rx
-from broker_contract import T0, ids, stats, take, task
+from broker_contract import GRACE, T0, ids, settle, stats, take, task
 
+from hexq.adapters.redis import keys as key_layout
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.redis.errors import translate
 from hexq.adapters.redis.scripts import NAMES, source
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError, ConfigError
+from hexq.core.ports import Delivery
 from hexq.entrypoints.settings import Connection
 
 P = "{app}:"
@@ -39,6 +42,71 @@ def broker(client: Any) -> Iterator[RedisBroker]:
 def test_every_script_compiles(client: Any) -> None:
     for name in NAMES:
         assert client.script_load(source(name))
+
+
+# The layout existing deployments hold (keys.py's docstring table): changing it needs a migration.
+DEPLOYED_LAYOUT = {
+    "{p}:q:<queue>": "list", "{p}:tasks": "hash", "{p}:eta:<queue>": "zset", "{p}:etakeys:<queue>": "hash",
+    "{p}:crashes": "hash", "{p}:owned:<consumer>": "list", "{p}:inflight": "hash", "{p}:leases": "zset",
+    "{p}:suspects": "hash", "{p}:dead": "list", "{p}:cron": "hash", "{p}:workers": "zset",
+    "{p}:workerinfo": "hash", "{p}:wake": "list", "{p}:broadcast": "pubsub",
+}
+
+
+def documented_layout() -> dict[str, str]:
+    """The table in keys.py's docstring: key pattern -> type."""
+    return dict(re.findall(r"^(\{p\}:\S+) +(\w+) ", key_layout.__doc__ or "", re.MULTILINE))
+
+
+def documented_row(key: str) -> str | None:
+    for pattern in documented_layout():
+        regex = re.escape(pattern.replace("{p}", "{app}")).replace("<queue>", ".+").replace("<consumer>", ".+")
+        if re.fullmatch(regex, key):
+            return pattern
+    return None
+
+
+def test_the_documented_layout_is_the_deployed_one() -> None:
+    assert documented_layout() == DEPLOYED_LAYOUT
+
+
+def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, client: Any) -> None:
+    later = T0 + 101 + GRACE
+    steps: list[Callable[[], object]] = [
+        lambda: broker.enqueue([task("a"), task("b"), task("e", eta_ms=T0 + 10_000, dedup_key="k"), task("l", "low")]),
+        lambda: take(broker, limit=2, lease_ms=100),
+        lambda: settle(broker, T0 + 101),  # c1's lease is suspected...
+        lambda: settle(broker, later),  # ...then recovered, a crash counted for each of its tasks
+        lambda: take(broker, consumer="c2", now_ms=later),
+        lambda: broker.ack("c2", ["a"]),
+        lambda: broker.dead_letter("c2", "b", "default", "p-b", "boom", later),
+        lambda: broker.renew_leases(["c2"], later + 30_000),
+        lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),
+        lambda: broker.heartbeat("w1", "{}", T0),
+    ]
+    seen: dict[str, str] = {}
+    for step in steps:
+        step()
+        seen.update({key: client.type(key) for key in client.keys("*")})
+    subscription = broker.subscribe_broadcast()
+    channels = client.pubsub_channels()
+    subscription.close()
+    rows = {key: documented_row(key) for key in seen}
+    assert None not in rows.values(), f"undocumented keys: {[k for k, row in rows.items() if row is None]}"
+    assert {row: seen[key] for key, row in rows.items()} | {"{p}:broadcast": "pubsub"} == DEPLOYED_LAYOUT
+    assert channels == ["{app}:broadcast"]
+
+
+def test_lua_and_python_name_keys_alike(client: Any) -> None:
+    keys = key_layout.Keys("app")
+    expected = {name: keys.base + suffix for name, suffix in key_layout.SINGLE_KEYS.items()}
+    expected |= {f'{function}("x")': keys.base + infix + "x" for function, infix in key_layout.FAMILIES.items()}
+    probe = key_layout.lua_preamble() + "return {" + ", ".join(expected) + "}"
+    assert client.eval(probe, 1, keys.tasks) == list(expected.values())
+    assert {name: getattr(keys, name.lower()) for name in key_layout.SINGLE_KEYS} == {
+        name: expected[name] for name in key_layout.SINGLE_KEYS}
+    assert [keys.queue("x"), keys.eta("x"), keys.owned("x")] == [
+        expected['qkey("x")'], expected['etakey("x")'], expected['ownedkey("x")']]
 
 
 def test_layout_of_queued_waiting_and_owned_tasks(broker: RedisBroker, client: Any) -> None:
@@ -112,11 +180,21 @@ def test_reserve_recovers_a_bounded_number_of_expired_consumers(broker: RedisBro
     broker.enqueue([task(str(i)) for i in range(25)])
     for i in range(25):
         take(broker, consumer=f"c{i}", limit=1, lease_ms=1)
-    take(broker, "other", now_ms=T0 + 10)  # marks all 25 as suspected, recovers none
+    settle(broker, T0 + 10)  # marks all 25 as suspected, recovers none
     assert stats(broker) == (0, 0, 25)
-    take(broker, "other", now_ms=T0 + 10 + 3000)
+    settle(broker, T0 + 10 + GRACE)
     assert stats(broker) == (10, 0, 15)
-    assert broker.recover_expired(T0 + 10 + 3000) == 15
+    settle(broker, T0 + 10 + GRACE)
+    settle(broker, T0 + 10 + GRACE)
+    assert stats(broker) == (25, 0, 0)
+
+
+def test_payloads_that_are_not_utf8_reach_the_caller_as_bytes(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task("a")])
+    client.hset(P + "tasks", "a", b"\xff\xfe")
+    assert broker.lookup("a") == Delivery("a", "", b"\xff\xfe", 0)
+    assert take(broker) == [Delivery("a", "default", b"\xff\xfe", 0)]
+    assert broker.lookup("a") == Delivery("a", "default", b"\xff\xfe", 0)
 
 
 def test_script_cache_loss_is_handled(broker: RedisBroker, client: Any) -> None:

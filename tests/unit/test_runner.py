@@ -17,6 +17,8 @@ from hexq.core.policy import AppDefaults, TaskOptions
 from hexq.core.ports import Delivery, OutgoingTask
 from hexq.core.queues import Queue, QueueSet
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
+from hexq.core.services import cancellation
+from hexq.core.services import runner as runner_module
 from hexq.core.services.runner import TaskRunner
 
 CONSUMER = "child-1"
@@ -27,8 +29,8 @@ LEASE_MS = 30_000
 class RecordingReporter:
     events: list[tuple[Any, ...]] = attrs.field(factory=list)
 
-    def started(self, slot: int, task_id: str, soft_deadline: float, hard_deadline: float) -> None:
-        self.events.append(("started", slot, task_id, soft_deadline, hard_deadline))
+    def started(self, slot: int, task_id: str, hard_deadline: float) -> None:
+        self.events.append(("started", slot, task_id, hard_deadline))
 
     def finished(self, slot: int) -> None:
         self.events.append(("finished", slot))
@@ -82,6 +84,12 @@ class World:
         [stats] = self.broker.queue_stats([queue])
         return stats.pending, stats.eta, stats.in_flight
 
+    def stored(self, task_id: str = "t1") -> TaskMessage:
+        """The task as the broker now holds it (after a retry: its next attempt)."""
+        delivery = self.broker.lookup(task_id)
+        assert delivery is not None and delivery.payload is not None
+        return self.codec.decode(delivery.payload)
+
     def dead_reasons(self) -> list[str]:
         return [d.reason for d in self.broker.dead_letters()]
 
@@ -126,7 +134,7 @@ def test_malformed_payload_is_dead_lettered_with_its_reason(label: str, payload:
     assert reason in letter.reason
     assert letter.failed_at_ms == world.now_ms()
     assert world.stats() == (0, 0, 0)
-    assert world.runner.stats.dead == 1 and world.calls == []
+    assert world.calls == []
 
 
 def test_unsigned_payload_for_a_signing_app_is_dead_lettered() -> None:
@@ -165,7 +173,6 @@ def test_delivery_without_payload_is_acknowledged_and_skipped() -> None:
     assert world.runner.pending_acks == ["t1"]
     world.runner.flush_acks()
     assert world.stats() == (0, 0, 0)
-    assert world.runner.stats == type(world.runner.stats)()
 
 
 # (crashes, max_deliveries, runs)
@@ -203,6 +210,7 @@ class CustomBase(BaseException):
 BASE_EXCEPTIONS = [SystemExit(3), KeyboardInterrupt("ctrl-c"), CustomBase("odd"), GeneratorExit()]
 
 
+@pytest.mark.usefixtures("strategy")
 @pytest.mark.parametrize("error", BASE_EXCEPTIONS, ids=repr)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_base_exceptions_from_a_task_are_failures_not_crashes(error: BaseException, kind: str) -> None:
@@ -218,10 +226,10 @@ def test_base_exceptions_from_a_task_are_failures_not_crashes(error: BaseExcepti
     world.send("boom")
     world.run()  # must not raise
     assert world.dead_reasons() == [f"raised {type(error).__name__}: {error}"]
-    assert world.runner.stats.failed == 1 and world.runner.stats.dead == 1
     assert world.stats() == (0, 0, 0)
 
 
+@pytest.mark.usefixtures("strategy")
 @pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt("ctrl-c")], ids=repr)
 def test_base_exceptions_from_an_async_task_with_soft_timeout_do_not_escape(error: BaseException) -> None:
     world = make_world()
@@ -248,10 +256,8 @@ def test_exception_with_retry_on_is_retried_later_with_backoff() -> None:
     world.send("flaky", 7, retries=1)
     world.run()
     assert world.stats() == (0, 1, 0)
-    assert world.runner.stats.retried == 1 and world.broker.dead_letters() == []
-    payload = world.broker.fetch_payload("t1")
-    assert payload is not None
-    retried = world.codec.decode(payload)
+    assert world.broker.dead_letters() == []
+    retried = world.stored()
     # retries_used=1: ceiling 4 * 2**1 = 8, times rand 0.5.
     assert (retried.retries, retried.eta, retried.args) == (2, world.clock.now() + 4.0, (7,))
     world.clock.advance(3.9)
@@ -385,8 +391,8 @@ def test_reporter_gets_deadlines_and_alarm_is_armed_for_sync_tasks() -> None:
     world.send("add", 1, 1, task_id="y")
     asyncio.run(world.runner.run(world.reserve(), slot=3))
     assert reporter.events == [
-        ("started", 0, "x", 502.0, 503.0), ("finished", 0),
-        ("started", 3, "y", 0.0, 0.0), ("finished", 3),
+        ("started", 0, "x", 503.0), ("finished", 0),
+        ("started", 3, "y", 0.0), ("finished", 3),
     ]
     assert alarm.events == [("arm", 2.0), "disarm"]
 
@@ -423,11 +429,251 @@ def test_fail_outside_retries_a_hard_timeout_then_dead_letters() -> None:
     world = make_world(max_retries=1)
     world.task("stuck", lambda: None, hard_timeout=10.0)
     world.send("stuck")
-    delivery = world.reserve()
-    world.runner.fail_outside("t1", delivery.payload, "hard_timeout")
+    world.runner.fail_outside(world.reserve(), "hard_timeout")
     assert world.stats() == (1, 0, 0)
     delivery = world.reserve()
     assert delivery.payload is not None and world.codec.decode(delivery.payload).retries == 1
-    world.runner.fail_outside("t1", delivery.payload, "hard_timeout")
+    world.runner.fail_outside(delivery, "hard_timeout")
     assert world.dead_reasons() == ["hard timeout; gave up after 1 retries (max_retries=1)"]
     assert world.stats() == (0, 0, 0)
+
+
+def crash_once_then_reserve(world: World) -> Delivery:
+    world.reserve()
+    world.broker.recover_consumer(CONSUMER, ["t1"])  # the worker running it died
+    delivery = world.reserve()
+    assert delivery.crashes == 1
+    return delivery
+
+
+def test_fail_outside_counts_earlier_crashes_as_attempts() -> None:
+    world = make_world(max_retries=2)
+    world.task("stuck", lambda: None, hard_timeout=10.0)
+    world.send("stuck")
+    world.runner.fail_outside(crash_once_then_reserve(world), "hard_timeout")
+    assert world.stored().retries == 2  # the crash and this timeout
+    world.runner.fail_outside(world.reserve(), "hard_timeout")
+    assert world.dead_reasons() == ["hard timeout; gave up after 2 retries (max_retries=2)"]
+
+
+def test_fail_outside_counts_attempts_as_a_run_in_the_child_does() -> None:
+    def retries_after_one_crash_and_a_timeout(inside: bool) -> int:
+        world = make_world(max_retries=5)
+
+        def slow() -> None:
+            raise SoftTimeout("alarm")
+
+        world.task("slow", slow, soft_timeout=1.0, hard_timeout=10.0)
+        world.send("slow")
+        delivery = crash_once_then_reserve(world)
+        if inside:
+            world.run(delivery)
+        else:
+            world.runner.fail_outside(delivery, "hard_timeout")
+        return world.stored().retries
+
+    assert retries_after_one_crash_and_a_timeout(True) == retries_after_one_crash_and_a_timeout(False) == 2
+
+
+def test_fail_outside_dead_letters_a_malformed_payload_on_its_queue() -> None:
+    world = make_world()
+    world.put("garbage", queue="high")
+    world.runner.fail_outside(world.reserve(), "hard_timeout")
+    [letter] = world.broker.dead_letters()
+    assert (letter.id, letter.queue, letter.payload) == ("t1", "high", "garbage")
+
+
+def test_fail_outside_acts_for_the_consumer_that_owns_the_task() -> None:
+    world = make_world(max_retries=1)
+    world.task("stuck", lambda: None, hard_timeout=10.0)
+    world.send("stuck")
+    [delivery] = world.broker.reserve("dead-child", ["default"], 1, world.now_ms(), LEASE_MS).deliveries
+    world.runner.fail_outside(delivery, "hard_timeout", consumer="dead-child")
+    assert world.stats() == (1, 0, 0)  # retried, and no longer owned by the dead child
+    assert world.stored().retries == 1
+
+
+def test_fail_outside_ignores_a_task_already_settled_elsewhere() -> None:
+    world = make_world()
+    world.runner.fail_outside(Delivery("t1", "default", None), "hard_timeout")
+    assert world.broker.dead_letters() == [] and world.stats() == (0, 0, 0)
+
+
+# -- task ids the running board cannot hold -----------------------------------------------------------
+
+
+def test_a_task_id_over_255_utf8_bytes_is_dead_lettered_before_it_is_reported() -> None:
+    reporter = RecordingReporter()
+    world = make_world(reporter=reporter)
+    long_id = "\u00e9" * 128  # 128 characters, 256 bytes in UTF-8
+    world.send("add", 1, 2, task_id=long_id)
+    world.run()
+    assert world.calls == [] and reporter.events == []
+    [letter] = world.broker.dead_letters()
+    assert letter.id == long_id
+    assert letter.reason == "task id is 256 bytes long in UTF-8, over the 255 a worker can track"
+    assert world.stats() == (0, 0, 0)
+
+
+def test_a_task_id_of_255_utf8_bytes_runs() -> None:
+    reporter = RecordingReporter()
+    world = make_world(reporter=reporter)
+    task_id = "\u00e9" * 127 + "x"
+    world.send("add", 1, 2, task_id=task_id)
+    world.run()
+    assert world.calls == [("add", 3, 1)]
+    assert reporter.events == [("started", 0, task_id, 0.0), ("finished", 0)]
+
+
+# -- timeouts that cannot work together ---------------------------------------------------------------
+
+
+def test_a_soft_timeout_not_below_the_hard_one_is_dropped_at_run_time_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alarm = RecordingAlarm()
+    world = make_world(alarm=alarm)
+    # Declared in another config (where it was valid): this worker's app has a hard timeout of 60s, the task
+    # a soft one of 100s.
+    world.task("long", lambda: None, soft_timeout=100.0)
+    world.registry.defaults = AppDefaults(hard_timeout=60.0)
+    for task_id in ("a", "b"):
+        world.send("long", task_id=task_id)
+        world.run()
+    assert alarm.events == []  # the hard timeout still holds; the soft one could never fire first
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["task long on queue default: soft_timeout 100s (from the task) is not below "
+                        "hard_timeout 60s (from the app); running it without a soft timeout"]
+
+
+# -- CancelledError: the task's own, or the worker's asyncio task being cancelled ---------------------
+
+# Every way the runner tells them apart on this Python (the fallback for 3.10 works everywhere).
+CANCELLATION_STRATEGIES = [s for s in (getattr(cancellation, "run_checking_cancelling", None),
+                                       cancellation.run_in_own_task) if s is not None]
+
+
+@pytest.fixture(params=CANCELLATION_STRATEGIES, ids=lambda s: s.__name__)
+def strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(runner_module, "run_task_body", request.param)
+    return request.param
+
+
+async def awaits_a_cancelled_future() -> None:
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+
+
+def raises_cancelled_error() -> None:
+    raise asyncio.CancelledError("from the task")
+
+
+CANCELLING_TASKS = [("async, no soft timeout", awaits_a_cancelled_future, None),
+                    ("async, soft timeout", awaits_a_cancelled_future, 5.0),
+                    ("sync", raises_cancelled_error, None),
+                    ("sync, soft timeout", raises_cancelled_error, 5.0)]
+
+
+@pytest.mark.usefixtures("strategy")
+@pytest.mark.parametrize(("label", "fn", "soft_timeout"), CANCELLING_TASKS, ids=[c[0] for c in CANCELLING_TASKS])
+def test_a_cancelled_error_from_the_task_is_an_exception_not_a_soft_timeout(
+    label: str, fn: Callable[[], Any], soft_timeout: float | None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = make_world(max_retries=3)
+    world.task("cancelled", fn, soft_timeout=soft_timeout)
+    world.send("cancelled")
+    world.run()
+    message = "from the task" if fn is raises_cancelled_error else ""
+    assert world.dead_reasons() == [f"raised CancelledError: {message}"]  # no retry_on: not retried
+    assert world.stats() == (0, 0, 0)
+    assert "soft timeout" not in caplog.text
+    assert "failed after" in caplog.text
+
+
+@pytest.mark.usefixtures("strategy")
+def test_a_cancelled_error_from_the_task_is_retried_with_backoff_when_retry_on_names_it() -> None:
+    world = make_world()
+    world.task("cancelled", awaits_a_cancelled_future, retry_on=(asyncio.CancelledError,), max_retries=1)
+    world.send("cancelled")
+    world.run()
+    assert world.stats() == (0, 1, 0)  # waits its backoff (1s * rand 0.5), unlike a timeout
+    world.clock.advance(0.5)
+    world.run()
+    assert world.dead_reasons() == ["raised CancelledError: ; gave up after 1 retries (max_retries=1)"]
+
+
+@pytest.mark.usefixtures("strategy")
+def test_a_cancelled_error_from_an_after_task_finished_hook_is_logged_and_the_task_acknowledged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = make_world()
+    world.registry.hooks.after_task_finished.append(awaits_a_cancelled_future)
+    world.send("add", 1, 2)
+    world.run()
+    assert world.calls == [("add", 3, 1)] and world.stats() == (0, 0, 0)
+    assert "after_task_finished hook failed" in caplog.text
+
+
+@pytest.mark.usefixtures("strategy")
+def test_hexq_soft_timeout_of_an_async_task_is_still_a_soft_timeout() -> None:
+    world = make_world(max_retries=0)
+
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    world.task("slow", slow, soft_timeout=0.01)
+    world.send("slow")
+    world.run()
+    assert world.dead_reasons() == ["soft timeout; gave up after 0 retries (max_retries=0)"]
+
+
+@pytest.mark.usefixtures("strategy")
+@pytest.mark.parametrize("error", [TimeoutError("socket"), asyncio.TimeoutError("inner wait_for")], ids=repr)
+def test_a_timeout_error_from_an_async_task_is_an_exception_not_its_soft_timeout(error: Exception) -> None:
+    world = make_world(max_retries=3)
+
+    async def times_out_on_its_own() -> None:
+        raise error
+
+    world.task("own", times_out_on_its_own, soft_timeout=5.0)
+    world.send("own")
+    world.run()
+    assert world.dead_reasons() == [f"raised {type(error).__name__}: {error}"]
+
+
+def test_the_default_strategy_is_the_cheapest_this_python_has() -> None:
+    assert cancellation.run_task_body is CANCELLATION_STRATEGIES[0]
+
+
+@pytest.mark.usefixtures("strategy")
+@pytest.mark.parametrize("soft_timeout", [None, 5.0])
+def test_cancelling_the_run_itself_propagates_and_records_nothing(soft_timeout: float | None) -> None:
+    reporter = RecordingReporter()
+    world = make_world(reporter=reporter, max_retries=3)
+    entered, unwound = asyncio.Event(), []
+
+    async def waits() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        finally:
+            unwound.append(True)
+
+    world.task("waits", waits, soft_timeout=soft_timeout)
+    world.send("waits")
+    delivery = world.reserve()
+
+    async def cancel_mid_run() -> None:
+        run = asyncio.ensure_future(world.runner.run(delivery))
+        await entered.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(cancel_mid_run())
+    assert unwound == [True]
+    assert world.stats() == (0, 0, 1)  # still owned: it comes back with the lease, as after a crash
+    assert world.broker.dead_letters() == []
+    assert reporter.events == [("started", 0, "t1", 0.0), ("finished", 0)]
+    assert current_task.get() is None

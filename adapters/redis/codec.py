@@ -1,0 +1,65 @@
+"""How the Redis adapter packs records into script arguments and reads stored values back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+
+from hexq.core.ports import DeadLetter, InFlight, OutgoingTask
+
+ENQUEUE_CHUNK_TASKS = 250  # bounds one script call, so a huge batch never blocks Redis for long
+ENQUEUE_CHUNK_BYTES = 4 << 20
+
+
+def packed(task: OutgoingTask) -> str:
+    """One script argument per task: id, queue, eta, dedup key and payload joined by newlines. Packing one
+    argument instead of five roughly halves the client's cost of a batch; only the payload (last) may
+    contain newlines."""
+    eta = "" if task.eta_ms is None else str(task.eta_ms)
+    return f"{task.id}\n{task.queue}\n{eta}\n{task.dedup_key or ''}\n{task.payload}"
+
+
+def chunks(tasks: Sequence[OutgoingTask]) -> Iterator[list[str]]:
+    args: list[str] = []
+    size = 0
+    for task in tasks:
+        args.append(packed(task))
+        size += len(task.payload)
+        if len(args) >= ENQUEUE_CHUNK_TASKS or size >= ENQUEUE_CHUNK_BYTES:
+            yield args
+            args, size = [], 0
+    if args:
+        yield args
+
+
+def text(raw: bytes | None) -> str | bytes | None:
+    """UTF-8 text, or the raw bytes when they are not UTF-8 (the codec reports those as malformed)."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def in_flight_record(task_id: str, record: str) -> InFlight | None:
+    """An ``inflight`` hash value, ``since_ms|queue|consumer``; None when hexq did not write it."""
+    since, sep, rest = record.partition("|")
+    queue, sep2, consumer = rest.partition("|")
+    if not (sep and sep2 and since.isdigit()):
+        return None
+    return InFlight(task_id, queue, consumer, int(since))
+
+
+def dead_letter_record(task_id: str, queue: str, payload: str | None, reason: str, now_ms: int) -> str:
+    return json.dumps({"id": task_id, "queue": queue, "payload": payload, "reason": reason, "failed_at_ms": now_ms})
+
+
+def dead_letter(raw: str) -> DeadLetter:
+    try:
+        data = json.loads(raw)
+        return DeadLetter(str(data["id"]), str(data["queue"]), data["payload"], str(data["reason"]),
+                          int(data["failed_at_ms"]))
+    except (ValueError, KeyError, TypeError):
+        # Not written by hexq: show it rather than hide it.
+        return DeadLetter("", "", raw, "malformed dead letter record", 0)

@@ -1,0 +1,127 @@
+"""The Broker port on SQLite: every multi-step change is one transaction running the rules of
+``statements.py`` (where the Redis adapter runs one Lua script), on a database file shared by the processes
+of one host, or on an in-memory database (``MemoryBroker``). See ``schema.py`` for the layout,
+``database.py`` for connections, transactions and the synchronous setting, ``waking.py`` for waiting.
+
+Per call: ``enqueue`` is one transaction whatever the batch size (one prepared INSERT run by
+``executemany``); ``reserve`` is one transaction with its acks; a waiting ``reserve`` applies its acks, waits
+without a transaction or a lock (``Database.wait``), then reserves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hexq.adapters.sqlite import statements
+from hexq.adapters.sqlite.broadcast import SqliteSubscription, publish
+from hexq.adapters.sqlite.database import Database, FileDatabase
+from hexq.adapters.sqlite.inspection import SqliteInspection
+from hexq.adapters.sqlite.settings import SqliteSettings
+from hexq.adapters.sqlite.statements import text
+from hexq.core.ports import Delivery, OutgoingTask, Reservation
+from hexq.core.rules import LeaseRules
+
+_DEFAULT_RULES = LeaseRules()
+
+
+class SqliteBroker(SqliteInspection):
+    """Nothing is opened before the first call (and then once per thread and process). ``rules`` (the
+    expiry grace, the stale-worker age) come from the composition root."""
+
+    def __init__(self, database: Database, *, rules: LeaseRules = _DEFAULT_RULES) -> None:
+        self._db = database
+        self._rules = rules
+        self._grace_ms = rules.expiry_grace_ms
+        self.where = database.where
+
+    @classmethod
+    def from_settings(cls, settings: SqliteSettings, *, rules: LeaseRules = _DEFAULT_RULES) -> SqliteBroker:
+        return cls(FileDatabase(settings), rules=rules)
+
+    @classmethod
+    def from_url(cls, url: str, *, rules: LeaseRules = _DEFAULT_RULES) -> SqliteBroker:
+        return cls.from_settings(SqliteSettings.from_url(url), rules=rules)
+
+    # -- producing ---------------------------------------------------------------------------------
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+        if tasks and self._db.write(statements.store, tasks):
+            self._db.wake_waiters()
+
+    def publish_broadcast(self, payload: str) -> int:
+        return publish(self._db, payload)
+
+    # -- consuming ---------------------------------------------------------------------------------
+    def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
+                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+        if wait > 0:
+            if acks:
+                self._db.write(statements.ack, consumer, acks)
+                acks = ()
+            self._db.wait(lambda conn: statements.has_work(conn, queues, now_ms), wait)
+        queue, rows, next_eta, back = self._db.write(
+            statements.reserve, consumer, queues, limit, now_ms, lease_ms, self._grace_ms, acks)
+        if back:
+            self._db.wake_waiters()  # expired consumers' tasks went back: other idle workers may take them
+        return Reservation(tuple([Delivery(task_id, queue, text(payload), crashes) for task_id, payload, crashes in rows]),
+                           next_eta)
+
+    def ack(self, consumer: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._db.write(statements.ack, consumer, ids)
+
+    def retry(self, consumer: str, task: OutgoingTask) -> None:
+        if self._db.write(statements.retry, task):
+            self._db.wake_waiters()
+
+    def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
+                    now_ms: int) -> None:
+        self._db.write(statements.dead_letter, consumer, task_id, queue, payload, reason, now_ms)
+
+    def release(self, consumer: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        back = self._db.write(statements.release, consumer, ids)
+        if back:
+            self._db.wake_waiters()
+        return back
+
+    # -- supervision -------------------------------------------------------------------------------
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
+        if consumers:
+            self._db.write(statements.renew_leases, consumers, until_ms)
+
+    def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
+        back = self._db.write(statements.recover, consumer, frozenset(crashed_ids))
+        if back:
+            self._db.wake_waiters()
+        return back
+
+    def lookup(self, task_id: str) -> Delivery | None:
+        found = self._db.read(statements.lookup, task_id)
+        if found is None:
+            return None
+        queue, payload, crashes = found
+        return Delivery(task_id, queue, text(payload), crashes)
+
+    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
+        self._db.write(statements.heartbeat, worker_id, info, now_ms, self._rules.stale_worker_ms)
+
+    def forget_worker(self, worker_id: str) -> None:
+        self._db.write(statements.forget_worker, worker_id)
+
+    def subscribe_broadcast(self) -> SqliteSubscription:
+        return SqliteSubscription(self._db)
+
+    # -- cron --------------------------------------------------------------------------------------
+    def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
+        claimed = self._db.write(statements.claim_cron, schedule_key, fire_ms, task)
+        if claimed and task.eta_ms is None:
+            self._db.wake_waiters()
+        return claimed
+
+    def last_cron_tick(self, schedule_key: str) -> int | None:
+        return self._db.read(statements.last_cron_tick, schedule_key)
+
+    def close(self) -> None:
+        self._db.close()
+

@@ -1,0 +1,262 @@
+"""Connections and transactions: a database file shared by processes (``FileDatabase``) or an in-memory
+database shared by the threads of one process (``MemoryDatabase``, behind ``memory://``). The broker's
+rules are written once, as SQL over a connection (``statements.py``), and run inside either.
+
+File databases:
+
+- **WAL**, so readers (inspection, waiting, lookups) never block the writer and the writer never blocks them;
+- **synchronous=NORMAL** by default: under WAL a commit is written to the WAL file but not fsync'ed; the WAL
+  is fsync'ed at checkpoints. A crash of any *process* loses nothing (the OS has the data); a power cut or
+  kernel crash may lose the last commits before the latest checkpoint, never corrupt the file. FULL would
+  fsync on every commit: each ``.delay()`` would then wait for the disk (milliseconds on most disks, so a few
+  hundred enqueues a second), for a guarantee the Redis broker does not give either (its default AOF fsync is
+  once a second). ``SqliteSettings(synchronous="FULL")`` or ``?synchronous=FULL`` chooses it;
+- every write is one ``BEGIN IMMEDIATE`` transaction: it takes the write lock at the start, so two writers
+  never both read and then deadlock upgrading; a writer waits for the lock up to the busy timeout, then the
+  call fails with BrokerUnavailableError;
+- connections are opened lazily, one per thread (``threading.local``) and per process: a connection found
+  in a forked child (``os.getpid()`` changed) is never used nor closed there, since SQLite forbids carrying
+  a connection across ``fork``; it is set aside and a new one opened. Each process logs the absolute path
+  at INFO the first time it opens the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
+
+from hexq.adapters.sqlite.errors import SqliteFileError, translate
+from hexq.adapters.sqlite.schema import MIN_SQLITE, ensure_schema
+from hexq.adapters.sqlite.settings import SqliteSettings
+from hexq.adapters.sqlite.waking import POLL_S, Listener, Waker
+
+log = logging.getLogger("hexq.sqlite")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Ready = Callable[[sqlite3.Connection], bool]
+
+# Connections inherited through fork: kept referenced so that garbage collection never closes them in
+# the child (closing one may release or disturb the parent's locks).
+_INHERITED: list[sqlite3.Connection] = []
+_ANNOUNCED: set[tuple[int, str]] = set()
+
+
+class Database(Protocol):
+    """What the broker needs of a database: transactions, waiting for commits, waking waiters."""
+
+    where: str  # for messages: the URL
+    path: str
+
+    def write(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args,
+              **kwargs: P.kwargs) -> T: ...
+
+    def read(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args,
+             **kwargs: P.kwargs) -> T: ...
+
+    def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None: ...
+
+    def wake_waiters(self) -> None: ...
+
+    def listener(self, kind: str) -> Listener | None: ...
+
+    def poke(self, path: str) -> bool:
+        """Wake the socket at ``path``; False only when nobody holds it any more."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite may already have rolled back (after SQLITE_FULL, for instance)
+
+
+def _transact(conn: sqlite3.Connection, begin: str, work: Callable[Concatenate[sqlite3.Connection, P], T],
+              *args: P.args, **kwargs: P.kwargs) -> T:
+    conn.execute(begin)
+    try:
+        result = work(conn, *args, **kwargs)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return result
+
+
+class FileDatabase:
+    def __init__(self, settings: SqliteSettings) -> None:
+        self.settings = settings
+        self.path = settings.path
+        self.where = settings.url
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        self._generation = 0
+        self._waker: Waker | None = None
+
+    # -- connections -------------------------------------------------------------------------------
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection in this process, opened on first use."""
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid() and local.generation == self._generation:
+            return conn
+        if conn is not None and local.pid != os.getpid():
+            _INHERITED.append(conn)
+        local.conn = None
+        conn = self._guarded(self._open)
+        local.conn, local.pid, local.generation = conn, os.getpid(), self._generation
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise SqliteFileError(f"hexq needs SQLite {'.'.join(map(str, MIN_SQLITE))} or later; this Python uses "
+                                  f"{sqlite3.sqlite_version}: use a Python built against a newer libsqlite3")
+        if os.path.isdir(self.path):
+            raise SqliteFileError(f"{self.path} is a folder, not a database file: add a file name to the URL")
+        conn = sqlite3.connect(self.path, timeout=self.settings.busy_timeout, isolation_level=None,
+                               check_same_thread=False, cached_statements=256)
+        try:
+            # The pragmas are per connection, except journal_mode=WAL, which the file keeps.
+            conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            ensure_schema(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._opened.append((os.getpid(), conn))
+            announce = (os.getpid(), self.path) not in _ANNOUNCED
+            _ANNOUNCED.add((os.getpid(), self.path))
+        if announce:
+            log.info("hexq broker: SQLite database %s (journal %s, synchronous %s)", self.path, mode,
+                     self.settings.synchronous)
+            if str(mode).lower() != "wal":
+                log.warning("%s is not in WAL mode (%s): readers and the writer block each other", self.path, mode)
+        return conn
+
+    def _guarded(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return work(*args, **kwargs)
+        except sqlite3.Error as exc:
+            mapped = translate(exc, self.path, self.settings.busy_timeout)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    # -- transactions ------------------------------------------------------------------------------
+    def write(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``work(conn, ...)`` in one BEGIN IMMEDIATE transaction: all of it is committed, or none."""
+        return self._guarded(_transact, self.connection(), "BEGIN IMMEDIATE", work, *args, **kwargs)
+
+    def read(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``work(conn, ...)`` on one snapshot (a deferred read transaction; WAL readers take no lock)."""
+        return self._guarded(_transact, self.connection(), "BEGIN", work, *args, **kwargs)
+
+    # -- waiting -----------------------------------------------------------------------------------
+    def waker(self) -> Waker:
+        if self._waker is None:
+            self._waker = Waker(self.path)
+        return self._waker
+
+    def wake_waiters(self) -> None:
+        """After a commit that made tasks runnable: wake the waiting reservations of every process."""
+        self.waker().wake_waiters()
+
+    def listener(self, kind: str) -> Listener:
+        return self.waker().listener(kind)
+
+    def poke(self, path: str) -> bool:
+        return self.waker().send(path)
+
+    def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None:
+        """Return once ``ready(conn)`` holds, checked at once and after each commit seen, or after
+        ``timeout`` seconds. A commit is seen through a datagram on ``listener`` (one is bound for this
+        call when none is given) or through ``PRAGMA data_version``, polled every ``POLL_S``."""
+        self._guarded(self._wait, ready, timeout, listener)
+
+    def _wait(self, ready: Ready, timeout: float, listener: Listener | None) -> None:
+        deadline = time.monotonic() + timeout
+        conn = self.connection()
+        mine = listener is None
+        heard = self.listener("t") if listener is None else listener  # bound first: no commit after it is missed
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if ready(conn):
+                return
+            while (left := deadline - time.monotonic()) > 0:
+                heard.wait(min(left, POLL_S))
+                seen = conn.execute("PRAGMA data_version").fetchone()[0]
+                if seen != version:
+                    version = seen
+                    if ready(conn):
+                        return
+        finally:
+            if mine:
+                heard.close()
+
+    def close(self) -> None:
+        with self._lock:
+            mine = [conn for pid, conn in self._opened if pid == os.getpid()]
+            self._opened = [(pid, conn) for pid, conn in self._opened if pid != os.getpid()]
+            self._generation += 1
+        for conn in mine:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+
+class MemoryDatabase:
+    """One in-memory database for one process: a single connection behind a condition variable, used by
+    any thread (``check_same_thread=False``); every transaction holds the lock throughout, and each commit
+    wakes the waiting calls."""
+
+    where = "memory://"
+    path = ":memory:"
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False,
+                                     cached_statements=256)
+        ensure_schema(self._conn, self.path)
+
+    def write(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._cond:
+            result = _transact(self._conn, "BEGIN IMMEDIATE", work, *args, **kwargs)
+            self._cond.notify_all()
+            return result
+
+    def read(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._cond:
+            return work(self._conn, *args, **kwargs)
+
+    def wake_waiters(self) -> None:
+        return None  # every commit already notified the condition
+
+    def listener(self, kind: str) -> None:
+        return None
+
+    def poke(self, path: str) -> bool:
+        return True
+
+    def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not ready(self._conn):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        return None  # the data lives as long as the broker object; closing would lose it under a live caller

@@ -1,0 +1,106 @@
+"""The SQLite layout of a hexq broker and its versioning. This module is the only place it is written.
+
+One row per stored task, whatever its state, so that every state change is an UPDATE of one row and
+enqueue is one INSERT. ``pos`` orders a queue: taking from the head is the smallest ``pos``; the tail gets
+the next value of the ``counters.tail`` sequence, the head the next (decreasing, negative) value of
+``counters.head``, so released and recovered tasks go in front in the order they are given. While a task is
+owned, ``pos`` holds a fresh tail value: the consumer's tasks sort in reservation order, which is the order
+recovery puts them back in.
+
+=============  =============================================================================================
+table          rows
+=============  =============================================================================================
+meta           ``schema_version`` (and any later key): refused when newer than this code's
+counters       one row: ``tail`` (up), ``head`` (down) and ``broadcast`` (the last broadcast's seq)
+tasks          id, queue, state (0 queued, 1 waiting for its eta, 2 owned), pos, payload (NULL after a late
+               ack), crashes, eta_ms and dedup_key (waiting), consumer and since_ms (owned)
+leases         consumer -> lease deadline ms, and when it was first seen expired (NULL: not suspected)
+dead           dead letters, ``seq`` ascending = oldest first
+cron           schedule key -> last fired tick ms
+workers        worker id -> last heartbeat ms and info JSON
+broadcasts     seq -> payload; the last ``BROADCASTS_KEPT`` are kept, each subscription reads past its seq
+subscribers    live broadcast subscriptions and their wake-up socket, counted by publish_broadcast
+=============  =============================================================================================
+
+Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
+``tasks_queued (queue, pos) WHERE state = 0`` (take from the head, count), ``tasks_waiting (queue, eta_ms,
+id) WHERE state = 1`` (due tasks in eta order, the next eta), ``tasks_dedup UNIQUE (queue, dedup_key) WHERE
+state = 1`` (one waiting task per key), ``tasks_owned (consumer, pos) WHERE state = 2`` (a consumer's tasks
+in reservation order); plus ``leases_until``, ``dead_id`` and ``workers_beat``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from hexq.adapters.sqlite.errors import SqliteSchemaError
+
+SCHEMA_VERSION = 1
+QUEUED, WAITING, OWNED = 0, 1, 2
+BROADCASTS_KEPT = 1000  # a subscription reads every 20 ms: no burst between two reads is this long
+MIN_SQLITE = (3, 35, 0)  # RETURNING and upserts with several ON CONFLICT clauses
+
+_DDL = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE counters (id INTEGER PRIMARY KEY CHECK (id = 0), tail INTEGER NOT NULL, head INTEGER NOT NULL,
+                       broadcast INTEGER NOT NULL);
+INSERT INTO counters VALUES (0, 0, 0, 0);
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    payload TEXT,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    eta_ms INTEGER,
+    dedup_key TEXT,
+    consumer TEXT,
+    since_ms INTEGER
+);
+CREATE INDEX tasks_queued ON tasks (queue, pos) WHERE state = {QUEUED};
+CREATE INDEX tasks_waiting ON tasks (queue, eta_ms, id) WHERE state = {WAITING};
+CREATE UNIQUE INDEX tasks_dedup ON tasks (queue, dedup_key) WHERE state = {WAITING} AND dedup_key IS NOT NULL;
+CREATE INDEX tasks_owned ON tasks (consumer, pos) WHERE state = {OWNED};
+CREATE TABLE leases (consumer TEXT PRIMARY KEY, until_ms INTEGER NOT NULL, suspected_ms INTEGER) WITHOUT ROWID;
+CREATE INDEX leases_until ON leases (until_ms);
+CREATE TABLE dead (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, queue TEXT NOT NULL, payload TEXT,
+                   reason TEXT NOT NULL, failed_at_ms INTEGER NOT NULL);
+CREATE INDEX dead_id ON dead (id);
+CREATE TABLE cron (schedule_key TEXT PRIMARY KEY, last_fire_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE workers (worker_id TEXT PRIMARY KEY, last_beat_ms INTEGER NOT NULL, info TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX workers_beat ON workers (last_beat_ms);
+CREATE TABLE broadcasts (seq INTEGER PRIMARY KEY, payload TEXT NOT NULL);
+CREATE TABLE subscribers (id TEXT PRIMARY KEY, wake_path TEXT) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION});
+"""
+
+
+def stored_version(conn: sqlite3.Connection) -> int | None:
+    """The schema version written in the database, or None for an empty database."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else int(row[0])
+
+
+def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Create the layout in an empty database, accept this version, refuse a newer one. Runs once per
+    connection; the creation is one transaction, so racing processes create it once."""
+    version = stored_version(conn)
+    if version is None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if stored_version(conn) is None:
+                for statement in _DDL.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = stored_version(conn)
+    if version is not None and version > SCHEMA_VERSION:
+        raise SqliteSchemaError(
+            f"the SQLite database {path} has schema version {version}, written by a newer hexq than this one "
+            f"(which knows version {SCHEMA_VERSION}): upgrade hexq in every process that uses it, or point this "
+            "one at another database file")

@@ -1,0 +1,243 @@
+"""The queue rules, written once as SQL over a connection: the SQLite broker runs each public function in
+one transaction (the job one Lua script does for Redis), on a database file or, for ``memory://``, on an
+in-memory database. See ``schema.py`` for the layout and ``hexq.core.ports.broker`` for the contract.
+
+Each function expects to run inside a transaction its caller opened; none commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Sequence
+from functools import lru_cache
+
+from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
+from hexq.core.ports import OutgoingTask
+
+CHUNK = 1000  # at most this many tasks taken or promoted per call, as the Redis scripts do
+# Each reservation recovers at most this many expired consumers, so one call never holds the write lock
+# for long; the next reservations recover the rest.
+RECOVER_PER_RESERVE = 10
+
+_TAIL = "UPDATE counters SET tail = tail + ? RETURNING tail"
+_HEAD = "UPDATE counters SET head = head - ? RETURNING head"
+_INSERT_QUEUED = f"INSERT OR REPLACE INTO tasks (id, queue, state, pos, payload) VALUES (?, ?, {QUEUED}, ?, ?)"
+# One waiting task per (queue, dedup key): a second one updates the first's eta and payload. An id stored
+# again replaces what was stored under it, as a runnable one does (INSERT OR REPLACE).
+_UPSERT_WAITING = f"""
+INSERT INTO tasks (id, queue, state, pos, payload, eta_ms, dedup_key) VALUES (?, ?, {WAITING}, 0, ?, ?, ?)
+ON CONFLICT (queue, dedup_key) WHERE state = {WAITING} AND dedup_key IS NOT NULL
+    DO UPDATE SET payload = excluded.payload, eta_ms = excluded.eta_ms
+ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, state = {WAITING}, pos = 0, payload = excluded.payload,
+    crashes = 0, eta_ms = excluded.eta_ms, dedup_key = excluded.dedup_key, consumer = NULL, since_ms = NULL"""
+_DELETE_OWNED = f"DELETE FROM tasks WHERE id = ? AND state = {OWNED} AND consumer = ?"
+_FORGET_PAYLOAD = "UPDATE tasks SET payload = NULL, crashes = 0 WHERE id = ?"
+_ETA_MIN = f"(SELECT min(eta_ms) FROM tasks WHERE state = {WAITING} AND queue = ?)"
+_DUE = f"SELECT rowid FROM tasks WHERE state = {WAITING} AND queue = ? AND eta_ms <= ? ORDER BY eta_ms, id LIMIT {CHUNK}"
+_PROMOTE = f"UPDATE tasks SET state = {QUEUED}, pos = ?, eta_ms = NULL, dedup_key = NULL WHERE rowid = ?"
+_EXPIRED = f"SELECT consumer, suspected_ms FROM leases WHERE until_ms < ? ORDER BY until_ms, consumer LIMIT {RECOVER_PER_RESERVE * 10}"
+_SUSPECT = "UPDATE leases SET suspected_ms = ? WHERE consumer = ?"
+_OWNED_BY = f"SELECT rowid, id FROM tasks WHERE state = {OWNED} AND consumer = ? ORDER BY pos"
+_OWNED_ONE = f"SELECT rowid FROM tasks WHERE id = ? AND state = {OWNED} AND consumer = ?"
+_PUT_BACK = f"UPDATE tasks SET state = {QUEUED}, pos = ?, consumer = NULL, since_ms = NULL, crashes = crashes + ? WHERE rowid = ?"
+_FIRST = f"SELECT rowid, id, CAST(payload AS BLOB), crashes FROM tasks WHERE state = {QUEUED} AND queue = ? ORDER BY pos LIMIT ?"
+_OWN = f"UPDATE tasks SET state = {OWNED}, pos = ?, consumer = ?, since_ms = ? WHERE rowid = ?"
+_LEASE = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
+          "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms")
+_RENEW = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
+          "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms, suspected_ms = NULL")
+_CLAIM = ("INSERT INTO cron (schedule_key, last_fire_ms) VALUES (?, ?) ON CONFLICT (schedule_key) "
+          "DO UPDATE SET last_fire_ms = excluded.last_fire_ms WHERE excluded.last_fire_ms > cron.last_fire_ms")
+
+Row = tuple[str, bytes | None, int]  # id, payload, crashes
+
+
+def text(raw: bytes | None) -> str | bytes | None:
+    """UTF-8 text, or the raw bytes when they are not UTF-8 (the codec reports those as malformed), so a
+    foreign row is dead-lettered instead of failing every reservation."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def _tail(conn: sqlite3.Connection, count: int) -> int:
+    """The first of ``count`` new positions at the tail of every queue."""
+    last: int = conn.execute(_TAIL, (count,)).fetchone()[0]
+    return last - count + 1
+
+
+def _head(conn: sqlite3.Connection, count: int) -> int:
+    """The first of ``count`` new positions in front of every queue (the first is the new head)."""
+    first: int = conn.execute(_HEAD, (count,)).fetchone()[0]
+    return first
+
+
+# -- producing -------------------------------------------------------------------------------------------
+def store(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> int:
+    """Runnable tasks to the tail of their queue in order, eta tasks to the waiting set (deduplicated by
+    key). Returns how many became runnable."""
+    runnable = [t for t in tasks if t.eta_ms is None]
+    if runnable:
+        first = _tail(conn, len(runnable))
+        conn.executemany(_INSERT_QUEUED, [(t.id, t.queue, first + i, t.payload) for i, t in enumerate(runnable)])
+    if len(runnable) < len(tasks):
+        conn.executemany(_UPSERT_WAITING, [(t.id, t.queue, t.payload, t.eta_ms, t.dedup_key)
+                                           for t in tasks if t.eta_ms is not None])
+    return len(runnable)
+
+
+def claim_cron(conn: sqlite3.Connection, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
+    """Compare-and-set of the schedule's last tick, and the tick's task, in one transaction."""
+    if conn.execute(_CLAIM, (schedule_key, fire_ms)).rowcount == 0:
+        return False
+    store(conn, [task])
+    return True
+
+
+def last_cron_tick(conn: sqlite3.Connection, schedule_key: str) -> int | None:
+    row = conn.execute("SELECT last_fire_ms FROM cron WHERE schedule_key = ?", (schedule_key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+# -- consuming -------------------------------------------------------------------------------------------
+def ack(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> None:
+    """Owned ids go with their row; for any other (acknowledged late, after its lease expired and the task
+    went back) only the payload and the crash count go, as the Redis scripts do."""
+    if not ids:
+        return
+    if conn.executemany(_DELETE_OWNED, [(i, consumer) for i in ids]).rowcount < len(ids):
+        conn.executemany(_FORGET_PAYLOAD, [(i,) for i in ids])
+
+
+def _promote(conn: sqlite3.Connection, queue: str, now_ms: int) -> int | None:
+    """Due eta tasks of ``queue`` to its tail, eta order; returns the queue's next eta afterwards."""
+    due = conn.execute(_DUE, (queue, now_ms)).fetchall()
+    first = _tail(conn, len(due))
+    conn.executemany(_PROMOTE, [(first + i, rowid) for i, (rowid,) in enumerate(due)])
+    following: int | None = conn.execute("SELECT " + _ETA_MIN, (queue,)).fetchone()[0]
+    return following
+
+
+@lru_cache(maxsize=64)
+def _eta_minima_sql(count: int) -> str:
+    return "SELECT " + ", ".join([_ETA_MIN] * count)
+
+
+def _recover_expired(conn: sqlite3.Connection, now_ms: int, grace_ms: int) -> int:
+    """Suspect expired leases; recover consumers suspected at least ``grace_ms`` ago. Returns how many
+    tasks went back."""
+    back = recovered = 0
+    for consumer, seen in conn.execute(_EXPIRED, (now_ms,)).fetchall():
+        if recovered >= RECOVER_PER_RESERVE:
+            break
+        if seen is None:
+            conn.execute(_SUSPECT, (now_ms, consumer))
+        elif now_ms - seen >= grace_ms:
+            # Nobody knows which of an expired consumer's tasks had started: count a crash for each.
+            back += recover(conn, consumer, None)
+            recovered += 1
+    return back
+
+
+def reserve(conn: sqlite3.Connection, consumer: str, queues: Sequence[str], limit: int, now_ms: int,
+            lease_ms: int, grace_ms: int, acks: Sequence[str]) -> tuple[str, list[Row], int | None, int]:
+    """Acks, eta promotion of the served queues, expiry, then up to ``limit`` tasks from the head of the
+    first non-empty queue. Returns (served queue, rows, next eta, tasks put back by expiry)."""
+    ack(conn, consumer, acks)
+    minima: list[int | None] = list(conn.execute(_eta_minima_sql(len(queues)), queues).fetchone()) if queues else []
+    for index, queue in enumerate(queues):
+        due = minima[index]
+        if due is not None and due <= now_ms:
+            minima[index] = _promote(conn, queue, now_ms)
+    back = _recover_expired(conn, now_ms, grace_ms)
+    next_eta = min((m for m in minima if m is not None), default=None)
+    limit = min(limit, CHUNK)
+    if limit <= 0:
+        return "", [], next_eta, back
+    for queue in queues:
+        rows = conn.execute(_FIRST, (queue, limit)).fetchall()
+        if rows:
+            first = _tail(conn, len(rows))  # owned tasks sort in reservation order
+            conn.executemany(_OWN, [(first + i, consumer, now_ms, row[0]) for i, row in enumerate(rows)])
+            conn.execute(_LEASE, (consumer, now_ms + lease_ms))
+            return queue, [row[1:] for row in rows], next_eta, back
+    return "", [], next_eta, back
+
+
+@lru_cache(maxsize=64)
+def _ready_sql(count: int) -> str:
+    marks = ", ".join("?" * count)
+    return (f"SELECT EXISTS (SELECT 1 FROM tasks WHERE state = {QUEUED} AND queue IN ({marks})) OR EXISTS "
+            f"(SELECT 1 FROM tasks WHERE state = {WAITING} AND queue IN ({marks}) AND eta_ms <= ?)")
+
+
+def has_work(conn: sqlite3.Connection, queues: Sequence[str], now_ms: int) -> bool:
+    """Read-only: would a reservation at ``now_ms`` find a task? What a waiting reservation checks after
+    each commit it sees, so that other writes (acks, heartbeats) do not take the write lock."""
+    if not queues:
+        return False
+    return bool(conn.execute(_ready_sql(len(queues)), (*queues, *queues, now_ms)).fetchone()[0])
+
+
+def retry(conn: sqlite3.Connection, task: OutgoingTask) -> int:
+    """The task replaces its stored row (ownership ends, crash count 0): queued at the tail, or waiting."""
+    return store(conn, [OutgoingTask(task.id, task.queue, task.payload, task.eta_ms)])
+
+
+def dead_letter(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, payload: str | None,
+                reason: str, now_ms: int) -> None:
+    ack(conn, consumer, [task_id])
+    conn.execute("INSERT INTO dead (id, queue, payload, reason, failed_at_ms) VALUES (?, ?, ?, ?, ?)",
+                 (task_id, queue, payload, reason, now_ms))
+
+
+def release(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> int:
+    """Owned ids back to the head of their queues, the first given in front; no crash counted."""
+    rowids: list[int] = []
+    for task_id in dict.fromkeys(ids):
+        found = conn.execute(_OWNED_ONE, (task_id, consumer)).fetchone()
+        if found is not None:
+            rowids.append(found[0])
+    if rowids:
+        first = _head(conn, len(rowids))
+        conn.executemany(_PUT_BACK, [(first + i, 0, rowid) for i, rowid in enumerate(rowids)])
+    return len(rowids)
+
+
+# -- supervision -----------------------------------------------------------------------------------------
+def recover(conn: sqlite3.Connection, consumer: str, crashed: Collection[str] | None) -> int:
+    """Everything ``consumer`` owned back to the head of its queue, in reservation order; a crash counted
+    for each id in ``crashed`` (None: for all). The lease and any suspicion go."""
+    rows = conn.execute(_OWNED_BY, (consumer,)).fetchall()
+    conn.execute("DELETE FROM leases WHERE consumer = ?", (consumer,))
+    if rows:
+        first = _head(conn, len(rows))
+        conn.executemany(_PUT_BACK, [(first + i, 1 if crashed is None or task_id in crashed else 0, rowid)
+                                     for i, (rowid, task_id) in enumerate(rows)])
+    return len(rows)
+
+
+def renew_leases(conn: sqlite3.Connection, consumers: Sequence[str], until_ms: int) -> None:
+    conn.executemany(_RENEW, [(c, until_ms) for c in consumers])
+
+
+def lookup(conn: sqlite3.Connection, task_id: str) -> tuple[str, bytes | None, int] | None:
+    """(queue it is owned from or "", payload, crashes), or None when it has neither payload nor owner."""
+    row = conn.execute("SELECT state, queue, CAST(payload AS BLOB), crashes FROM tasks WHERE id = ?",
+                       (task_id,)).fetchone()
+    if row is None or (row[2] is None and row[0] != OWNED):
+        return None
+    return (row[1] if row[0] == OWNED else "", row[2], row[3])
+
+
+def heartbeat(conn: sqlite3.Connection, worker_id: str, info: str, now_ms: int, stale_ms: int) -> None:
+    conn.execute("INSERT INTO workers (worker_id, last_beat_ms, info) VALUES (?, ?, ?) ON CONFLICT (worker_id) "
+                 "DO UPDATE SET last_beat_ms = excluded.last_beat_ms, info = excluded.info", (worker_id, now_ms, info))
+    conn.execute("DELETE FROM workers WHERE last_beat_ms < ?", (now_ms - stale_ms,))  # died without a goodbye
+
+
+def forget_worker(conn: sqlite3.Connection, worker_id: str) -> None:
+    conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))

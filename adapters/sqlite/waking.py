@@ -1,0 +1,146 @@
+"""Best-effort wake-ups between processes sharing one database file, over Unix datagram sockets.
+
+SQLite has no BLPOP. A waiting reservation polls ``PRAGMA data_version`` on its own connection (a read of
+the WAL index in shared memory: no transaction, no lock) every ``POLL_S``; that alone bounds how late a
+new task is noticed. To notice it at once, a waiting call binds a datagram socket ``t-<pid>-<n>`` in the
+folder ``<database>-wake`` for the length of its wait, and a producer that committed a runnable task sends
+one byte to each socket there. A broadcast subscription binds ``b-<...>`` for its whole life; publishers
+find those through the ``subscribers`` table and count the ones that answer (a socket nobody holds any more
+is refused: its process is gone).
+
+Everything here may fail (a read-only folder, a path longer than a socket address allows, another user's
+socket): failures are ignored, and waiting falls back to polling alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import select
+import socket
+import time
+
+log = logging.getLogger("hexq.sqlite")
+
+POLL_S = 0.004  # how often a waiting call checks data_version: the latency bound when no datagram arrives
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less the terminating NUL
+_RECENT_NS = 50_000_000  # a folder changed this recently may have changed again within its mtime granularity
+_counter = itertools.count()
+
+
+def wake_folder(database_path: str) -> str:
+    return database_path + "-wake"
+
+
+def gone(exc: OSError) -> bool:
+    """True when a send to a socket path shows that nobody holds the socket any more."""
+    return exc.errno in (errno.ECONNREFUSED, errno.ENOENT)
+
+
+class Listener:
+    """One bound datagram socket: ``wait`` returns when a byte arrives or after the timeout. Without a
+    socket (binding failed) it simply sleeps, and polling does the work."""
+
+    def __init__(self, folder: str | None, kind: str) -> None:
+        self.path: str | None = None
+        self._sock: socket.socket | None = None
+        self._poll: select.poll | None = None
+        if folder is None:
+            return
+        # The random part: a file left by a killed process of the same pid must never be taken for ours.
+        path = os.path.join(folder, f"{kind}-{os.getpid()}-{next(_counter)}-{os.urandom(3).hex()}")
+        if len(path.encode()) > _SUN_PATH_MAX:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            return
+        sock.setblocking(False)
+        self.path, self._sock = path, sock
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+
+    def wait(self, timeout: float) -> None:
+        if self._poll is None or self._sock is None:
+            time.sleep(timeout)
+            return
+        if self._poll.poll(timeout * 1000):
+            try:
+                while self._sock.recv(64):  # drain: one wake-up is as good as many
+                    pass
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = self._poll = None
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
+
+
+class Waker:
+    """The sending side, one per database per process. The listing of waiting sockets is cached and read
+    again when the folder's mtime changes (or changed too recently to trust its granularity), so a
+    producer pays one ``stat`` per commit when nobody waits."""
+
+    def __init__(self, database_path: str) -> None:
+        self.folder: str | None = wake_folder(database_path)
+        self._pid = -1
+        self._sock: socket.socket | None = None
+        self._mtime = -1
+        self._targets: list[str] = []
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as exc:
+            log.info("no wake-up folder for %s (%s): waiting reservations poll every %g ms",
+                     database_path, exc, POLL_S * 1000)
+            self.folder = None
+
+    def _sender(self) -> socket.socket:
+        if self._sock is None or self._pid != os.getpid():  # never share a socket with a forked parent
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+            self._pid = os.getpid()
+        return self._sock
+
+    def listener(self, kind: str = "t") -> Listener:
+        return Listener(self.folder, kind)
+
+    def wake_waiters(self) -> None:
+        """Send a byte to every waiting reservation (sockets ``t-*``); stale sockets are removed."""
+        folder = self.folder
+        if folder is None:
+            return
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+            if mtime != self._mtime or time.time_ns() - mtime < _RECENT_NS:
+                self._targets = [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("t-")]
+                self._mtime = mtime
+        except OSError:
+            return
+        for path in self._targets:
+            self.send(path, remove_stale=True)
+
+    def send(self, path: str, *, remove_stale: bool = False) -> bool:
+        """One byte to ``path``; False only when nobody holds that socket any more."""
+        try:
+            self._sender().sendto(b"\x01", path)
+        except OSError as exc:
+            if not gone(exc):
+                return True  # full (the owner is alive but not reading yet), or another user's socket
+            if remove_stale and exc.errno == errno.ECONNREFUSED:
+                try:
+                    os.unlink(path)  # left by a process that was killed while waiting
+                except OSError:
+                    pass
+            return False
+        return True

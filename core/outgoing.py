@@ -1,0 +1,59 @@
+"""Every outgoing task is built here: tasks sent by producers, cron ticks, and a worker's copies of
+broadcasts, all with one id scheme that sorts by creation time and takes its time from the Clock."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from hexq.core.message import Codec, TaskMessage
+from hexq.core.ports import Clock, OutgoingTask
+
+
+class TaskIds:
+    """Ids like UUIDv7: 16 hex digits of nanoseconds, then 8 hex digits naming the process and an 8-digit
+    counter, 32 in all.
+
+    Brokers order waiting tasks due in the same millisecond by id, so time-ordered ids keep them in the
+    order they were sent. ``node`` names the process (random, and new after a fork: the system adapter
+    provides it) so two processes never make the same id; the counter keeps one process's ids unique and
+    increasing even when the clock stands still or steps back.
+    """
+
+    def __init__(self, clock: Clock, node: Callable[[], str]) -> None:
+        self._clock = clock
+        self._node = node
+        self._counter = itertools.count()
+        self._last = 0
+
+    def new(self) -> str:
+        nanos = max(int(self._clock.now() * 1e9), self._last + 1)
+        self._last = nanos
+        return f"{nanos:016x}{self._node()}{next(self._counter) & 0xFFFFFFFF:08x}"
+
+
+@attrs.frozen
+class TaskFactory:
+    codec: Codec
+    ids: TaskIds
+
+    def new(self, name: str, queue: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], now: float,
+            eta: float | None = None, broadcast: bool = False) -> OutgoingTask:
+        """A first attempt of task ``name``; ``eta`` in epoch seconds (None: runnable now)."""
+        task_id = self.ids.new()
+        if eta is None:
+            payload = self.codec.encode_fields(task_id, name, queue, args, kwargs, 0, now, None, broadcast)
+            return OutgoingTask(task_id, queue, payload)
+        message = TaskMessage(task_id, name, queue, tuple(args), kwargs, 0, now, eta, broadcast)
+        # Rounded up: a task due at 12.3456 s must not become visible at 12.345 s (eta is never early).
+        return OutgoingTask(task_id, queue, self.codec.encode(message), math.ceil(eta * 1000),
+                            message.fingerprint())
+
+    def copy(self, payload: str, queue: str) -> OutgoingTask:
+        """Another stored copy of an encoded task (a worker's copy of a broadcast) under an id of its own:
+        acknowledging one copy must not delete another."""
+        return OutgoingTask(self.ids.new(), queue, payload)

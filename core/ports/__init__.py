@@ -1,0 +1,48 @@
+"""The ports: what the core needs from the outside world, as ``typing.Protocol``s, and the records that
+cross them. ``broker`` holds the broker's roles, ``runtime`` time, processes and metrics."""
+
+from hexq.core.ports.broker import (
+    Administration,
+    BroadcastSubscription,
+    Broker,
+    Consumer,
+    CronStore,
+    Inspection,
+    Producer,
+    Supervision,
+)
+from hexq.core.ports.records import (
+    ChildExit,
+    DeadLetter,
+    Delivery,
+    InFlight,
+    OutgoingTask,
+    QueueStats,
+    Reservation,
+    WorkerBeat,
+)
+from hexq.core.ports.runtime import Clock, Metrics, NoMetrics, ProcessControl, RunningBoard
+
+__all__ = [
+    "Administration",
+    "BroadcastSubscription",
+    "Broker",
+    "ChildExit",
+    "Clock",
+    "Consumer",
+    "CronStore",
+    "DeadLetter",
+    "Delivery",
+    "InFlight",
+    "Inspection",
+    "Metrics",
+    "NoMetrics",
+    "OutgoingTask",
+    "ProcessControl",
+    "Producer",
+    "QueueStats",
+    "Reservation",
+    "RunningBoard",
+    "Supervision",
+    "WorkerBeat",
+]

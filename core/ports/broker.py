@@ -1,0 +1,204 @@
+"""The broker, split by the roles its callers play: producing, consuming, supervising a worker's
+consumers, scheduling, inspecting and administering. One adapter class implements them all (``Broker``);
+each service depends only on the role it uses, and the contract suite is organised the same way.
+
+Every method states its contract; ``tests/unit/broker_contract.py`` checks each adapter against it. Times
+cross the boundary as integer milliseconds since the epoch, passed in by the caller, so adapters never read
+a clock of their own and tests control time. The rules that are policy rather than storage (how long an
+expired lease is only suspected, when a silent worker is forgotten) come from ``hexq.core.rules`` and are
+handed to the adapter by the composition root.
+
+Vocabulary: a *consumer* is one worker child; it *owns* the tasks it reserved until it acknowledges,
+retries, dead-letters or releases them. A consumer's lease is renewed by ``renew_leases``. An expired lease
+is first only *suspected* by the ``reserve`` call that sees it; a later reservation at least
+``LeaseRules.expiry_grace_ms`` (by the callers' ``now_ms``) after that puts the consumer's tasks back at the
+head of their queues, crash counted, unless the lease was renewed meanwhile. The grace exists because
+nobody can renew while the store is unreachable: after an outage longer than the lease, live workers get the
+chance to renew before their running tasks are handed to someone else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from hexq.core.ports.records import (
+    DeadLetter,
+    Delivery,
+    InFlight,
+    OutgoingTask,
+    QueueStats,
+    Reservation,
+    WorkerBeat,
+)
+
+
+class Producer(Protocol):
+    """What ``.delay()``, ``.broadcast()`` and a worker's broadcast relay need."""
+
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+        """Store tasks; each one is stored atomically (payload and queue entry together) and in order.
+
+        Runnable tasks go to the tail of their queue (FIFO); eta tasks to the queue's eta set. Several tasks
+        may be sent in one round trip. Raises BrokerFullError if the store refused the write for lack of
+        memory, BrokerUnavailableError if it cannot be reached; in both cases the caller may retry.
+        """
+        ...
+
+    def publish_broadcast(self, payload: str) -> int:
+        """Send a payload to every subscribed worker; returns how many received it."""
+        ...
+
+
+class Consumer(Protocol):
+    """What a worker child needs: take tasks by priority and settle each one."""
+
+    def reserve(
+        self,
+        consumer: str,
+        queues: Sequence[str],
+        limit: int,
+        now_ms: int,
+        lease_ms: int,
+        acks: Sequence[str] = (),
+        wait: float = 0.0,
+    ) -> Reservation:
+        """Atomically: acknowledge ``acks``; move eta tasks due at ``now_ms`` of ``queues`` to the tail of
+        their queue; suspect or put back the tasks of consumers whose lease has expired (see the module
+        docstring); then take up to ``limit`` tasks from the head of the first non-empty queue in
+        ``queues`` (strict priority: a lower queue is never served while a higher one has tasks), owned by
+        ``consumer`` with a lease until ``now_ms + lease_ms``. An empty result means every served queue was
+        empty. A lease has expired only once ``now_ms`` is past its deadline; an adapter may recover a
+        bounded number of expired consumers per call (later reservations recover the rest).
+
+        With ``wait`` > 0 (the caller's last reservation was empty) the acks are applied first, then the
+        call blocks up to ``wait`` seconds until a task may have been stored (wake-ups may be spurious; a
+        task stored just before the call is not missed), then reserves as above, so that an idle worker
+        takes a new task in one round trip. ``now_ms`` is not advanced by the wait: an eta task that falls
+        due during the wait is taken by the next call, never early."""
+        ...
+
+    def ack(self, consumer: str, ids: Sequence[str]) -> None:
+        """Forget finished tasks (payload and ownership). Unknown or already acknowledged ids are ignored."""
+        ...
+
+    def retry(self, consumer: str, task: OutgoingTask) -> None:
+        """Atomically replace the owned task ``task.id`` with ``task`` (new payload): to the eta set when
+        ``eta_ms`` is set, else to the tail of its queue; ownership ends and the crash count is reset."""
+        ...
+
+    def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
+                    now_ms: int) -> None:
+        """Atomically end ownership of ``task_id``, drop its stored payload and append a dead letter."""
+        ...
+
+    def release(self, consumer: str, ids: Sequence[str]) -> int:
+        """Hand back owned tasks that never started: to the head of their queues, order kept, no crash
+        counted. Returns how many were handed back."""
+        ...
+
+
+class Supervision(Protocol):
+    """What a worker parent needs to keep its children's consumers alive and clean up after dead ones."""
+
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
+        """Extend the leases of live consumers (and clear any suspicion of them)."""
+        ...
+
+    def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
+        """The consumer died: put every task it owned back at the head of its queue. The ids in
+        ``crashed_ids`` were running and get their crash count raised. Returns how many went back."""
+        ...
+
+    def lookup(self, task_id: str) -> Delivery | None:
+        """A stored task (queued, waiting or owned): its payload, its crash count, and the queue it is
+        owned from ("" when nobody owns it). An owned task whose payload is gone (acknowledged late by a
+        consumer whose lease had expired) has payload None; None is returned only when there is neither a
+        payload nor an owner. Not necessarily an atomic snapshot: a task settled meanwhile may show either
+        way, which is why callers act on it only through the atomic methods."""
+        ...
+
+    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
+        """Record that a worker parent is alive (shown by ``info``). Heartbeats older than
+        ``LeaseRules.stale_worker_ms`` (workers that died without ``forget_worker``) are dropped."""
+        ...
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker's heartbeat, on clean exit."""
+        ...
+
+    def subscribe_broadcast(self) -> BroadcastSubscription:
+        """Start receiving broadcasts; only payloads published after this returns are received."""
+        ...
+
+
+class CronStore(Protocol):
+    """What the scheduler needs: exactly-once claims of cron ticks."""
+
+    def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
+        """Atomically: if ``fire_ms`` is later than the last tick recorded for ``schedule_key``, record it
+        and enqueue ``task``; return True. Otherwise do nothing and return False. This makes each tick fire
+        exactly once however many schedulers race for it."""
+        ...
+
+    def last_cron_tick(self, schedule_key: str) -> int | None:
+        """The last tick recorded by ``claim_cron_tick`` for this schedule, in epoch milliseconds."""
+        ...
+
+
+class Inspection(Protocol):
+    """Read-only views for ``hexq info``, metrics and dashboards; none of them changes anything."""
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """Pending, waiting-eta and in-flight counts per queue, in the order given."""
+        ...
+
+    def in_flight(self, limit: int = 1000) -> list[InFlight]:
+        """Owned tasks with their consumer and reservation time, oldest first."""
+        ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters first."""
+        ...
+
+    def dead_count(self) -> int:
+        """How many dead letters there are, without fetching them."""
+        ...
+
+    def workers(self) -> list[WorkerBeat]:
+        """Every worker heartbeat recorded, newest first."""
+        ...
+
+
+class Administration(Protocol):
+    """Operator actions behind ``hexq purge`` and ``hexq dead``."""
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters (all, or those with these ids) back to the tail of their queue, with their
+        crash count reset. Dead letters without a payload are dropped. Returns how many were requeued."""
+        ...
+
+    def purge_dead(self) -> int:
+        """Delete every dead letter; returns how many."""
+        ...
+
+    def purge_queue(self, queue: str) -> tuple[int, int]:
+        """Delete a queue's pending tasks and its eta set; returns (pending deleted, eta deleted)."""
+        ...
+
+
+class BroadcastSubscription(Protocol):
+    def get(self, timeout: float) -> str | bytes | None:
+        """The next broadcast payload, or None after ``timeout`` seconds without one. Bytes only when
+        what was published is not UTF-8 text."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Broker(Producer, Consumer, Supervision, CronStore, Inspection, Administration, Protocol):
+    """Every role at once: what an adapter implements."""
+
+    def close(self) -> None:
+        """Release connections. The broker may not be used afterwards."""
+        ...

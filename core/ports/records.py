@@ -1,0 +1,78 @@
+"""The values that cross the ports: plain frozen records, no behaviour."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class OutgoingTask:
+    """An encoded task ready to be stored.
+
+    ``eta_ms`` None means "runnable now" (appended to the tail of ``queue``). With ``eta_ms`` set the task
+    waits in the queue's eta set; if ``dedup_key`` is set and a waiting eta task of the same queue has the
+    same key, that one is replaced (its eta and payload updated) instead of adding a second.
+    """
+
+    id: str
+    queue: str
+    payload: str
+    eta_ms: int | None = None
+    dedup_key: str | None = None
+
+
+@attrs.frozen
+class Delivery:
+    """A stored task as a consumer sees it. ``payload`` is None when the id had no stored payload (already
+    acknowledged by a consumer whose lease had expired, or an entry hexq did not write); ``crashes`` counts
+    how often a process died while running this task."""
+
+    id: str
+    queue: str
+    payload: str | bytes | None  # bytes only when what is stored is not UTF-8 text
+    crashes: int = 0
+
+
+@attrs.frozen
+class Reservation:
+    deliveries: tuple[Delivery, ...]
+    next_eta_ms: int | None  # earliest waiting eta among the served queues, to bound the idle wait
+
+
+@attrs.frozen
+class DeadLetter:
+    id: str
+    queue: str
+    payload: str | None
+    reason: str
+    failed_at_ms: int
+
+
+@attrs.frozen
+class InFlight:
+    id: str
+    queue: str
+    consumer: str
+    since_ms: int
+
+
+@attrs.frozen
+class QueueStats:
+    name: str
+    pending: int
+    eta: int
+    in_flight: int
+
+
+@attrs.frozen
+class WorkerBeat:
+    worker_id: str
+    last_beat_ms: int
+    info: str  # JSON text written by the worker (host, pid, queues, children)
+
+
+@attrs.frozen
+class ChildExit:
+    pid: int
+    code: int | None  # exit status, or None when killed by a signal
+    signal: int | None

@@ -1,0 +1,20 @@
+"""Delivery rules that are policy, not storage: every broker adapter is handed them by the composition
+root (as it is handed ``now_ms`` on each call), so the rules are written once, here."""
+
+from __future__ import annotations
+
+import attrs
+
+# An expired lease is first only suspected, and its tasks are put back only if it is still not renewed
+# this long after a reservation first saw it expired. Nobody can renew while the broker is unreachable:
+# without the grace, the first reservation after an outage longer than the lease would hand running tasks
+# to other workers.
+EXPIRY_GRACE_MS = 3000
+# A worker heartbeat older than this belongs to a worker that died without saying goodbye: forget it.
+STALE_WORKER_MS = 10 * 60 * 1000
+
+
+@attrs.frozen
+class LeaseRules:
+    expiry_grace_ms: int = EXPIRY_GRACE_MS
+    stale_worker_ms: int = STALE_WORKER_MS

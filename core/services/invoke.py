@@ -1,0 +1,84 @@
+"""Calling a task's function as a worker does: through the app's wrappers, with the event loop hidden from sync
+tasks, and with the task's own exceptions kept apart from those of the machinery around it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hexq.core.message import TaskMessage
+from hexq.core.registry import Hook, TaskDef, Wrapper
+
+
+def call_task(task: TaskDef, message: TaskMessage, wrappers: Sequence[Wrapper]) -> Any:
+    """Call ``task`` with the message's arguments inside ``wrappers`` (the first one outermost).
+
+    Returns what the call returns: for an async task, or a sync one inside an async wrapper, an awaitable that
+    is not awaited yet.
+    """
+    fn: Callable[..., Any] = task.fn if task.is_async else outside_loop(task.fn)
+    for wrapper in reversed(wrappers):
+        fn = bind(wrapper, fn)
+    return fn(*message.args, **message.kwargs)
+
+
+async def call_hooks(hooks: Sequence[Hook]) -> None:
+    for hook in hooks:
+        result = hook()
+        if inspect.isawaitable(result):
+            await result
+
+
+def outside_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Call a sync task as if no event loop were running in this thread.
+
+    The child's loop is running while a sync task executes inline, so a task that itself calls
+    ``asyncio.run()`` (or asgiref's ``async_to_sync``) would be refused. Nothing awaits during a sync call,
+    so hiding the running loop for its duration is safe.
+    """
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        running = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            asyncio.events._set_running_loop(running)
+
+    return call
+
+
+def bind(wrapper: Wrapper, inner: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return wrapper(inner, args, kwargs)
+
+    # Keep the coroutine-ness visible so an outer wrapper written like WakaQ's example awaits us.
+    if inspect.iscoroutinefunction(wrapper) or inspect.iscoroutinefunction(inner):
+        async def acall(*args: Any, **kwargs: Any) -> Any:
+            result = wrapper(inner, args, kwargs)
+            return await result if inspect.isawaitable(result) else result
+
+        return acall
+    return call
+
+
+class Escaped(Exception):
+    """Carries an exception raised by a task out of an asyncio task or ``wait_for`` unchanged.
+
+    SystemExit and KeyboardInterrupt would be re-raised by the asyncio task into the event loop itself,
+    stopping the worker child; a TimeoutError would be taken for ``wait_for``'s own timeout.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+async def contained(awaitable: Any) -> Any:
+    """Await ``awaitable``, wrapping in Escaped what must not pass through asyncio's machinery as is."""
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt, TimeoutError, asyncio.TimeoutError) as exc:
+        raise Escaped(exc) from None
