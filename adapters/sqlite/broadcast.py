@@ -24,8 +24,8 @@ _NEXT = "SELECT seq, CAST(payload AS BLOB) FROM broadcasts WHERE seq > ? ORDER B
 
 
 def _publish(conn: sqlite3.Connection, payload: str) -> list[tuple[str, str | None]]:
-    seq: int = conn.execute("UPDATE counters SET broadcast = broadcast + 1 RETURNING broadcast").fetchone()[0]
-    conn.execute("INSERT INTO broadcasts (seq, payload) VALUES (?, ?)", (seq, payload))
+    seq = conn.execute("INSERT INTO broadcasts (payload) VALUES (?)", (payload,)).lastrowid
+    assert seq is not None
     conn.execute("DELETE FROM broadcasts WHERE seq <= ?", (seq - BROADCASTS_KEPT,))
     return conn.execute("SELECT id, wake_path FROM subscribers").fetchall()
 
@@ -36,7 +36,7 @@ def _forget(conn: sqlite3.Connection, ids: list[str]) -> None:
 
 def _subscribe(conn: sqlite3.Connection, subscriber: str, wake_path: str | None) -> int:
     conn.execute("INSERT INTO subscribers (id, wake_path) VALUES (?, ?)", (subscriber, wake_path))
-    cursor: int = conn.execute("SELECT broadcast FROM counters").fetchone()[0]
+    cursor: int = conn.execute("SELECT coalesce(max(seq), 0) FROM broadcasts").fetchone()[0]
     return cursor
 
 

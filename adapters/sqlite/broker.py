@@ -44,7 +44,9 @@ class SqliteBroker(SqliteInspection):
 
     # -- producing ---------------------------------------------------------------------------------
     def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
-        if tasks and self._db.write(statements.store, tasks):
+        if not tasks:
+            return
+        if self._db.write(statements.store, tasks):
             self._db.wake_waiters()
 
     def publish_broadcast(self, payload: str) -> int:
@@ -62,8 +64,8 @@ class SqliteBroker(SqliteInspection):
             statements.reserve, consumer, queues, limit, now_ms, lease_ms, self._grace_ms, acks)
         if back:
             self._db.wake_waiters()  # expired consumers' tasks went back: other idle workers may take them
-        return Reservation(tuple([Delivery(task_id, queue, text(payload), crashes) for task_id, payload, crashes in rows]),
-                           next_eta)
+        deliveries = tuple([Delivery(task_id, queue, text(payload), crashes) for task_id, payload, crashes in rows])
+        return Reservation(deliveries, next_eta)
 
     def ack(self, consumer: str, ids: Sequence[str]) -> None:
         if ids:

@@ -2,31 +2,33 @@
 
 One row per stored task, whatever its state, so that every state change is an UPDATE of one row and
 enqueue is one INSERT. ``pos`` orders a queue: taking from the head is the smallest ``pos``; the tail gets
-the next value of the ``counters.tail`` sequence, the head the next (decreasing, negative) value of
-``counters.head``, so released and recovered tasks go in front in the order they are given. While a task is
-owned, ``pos`` holds a fresh tail value: the consumer's tasks sort in reservation order, which is the order
-recovery puts them back in.
+the queue's largest ``pos`` + 1, the head its smallest - 1 (read from the ``tasks_queued`` index, which the
+same statement writes anyway: no counter row to rewrite in every transaction). An owned task keeps its
+``pos``; a consumer's tasks sort by (``since_ms``, ``pos``), reservation order, which is the order recovery
+puts them back in. Every transaction writes as few pages as it can, since each page written is a WAL frame.
 
 =============  =============================================================================================
 table          rows
 =============  =============================================================================================
 meta           ``schema_version`` (and any later key): refused when newer than this code's
-counters       one row: ``tail`` (up), ``head`` (down) and ``broadcast`` (the last broadcast's seq)
 tasks          id, queue, state (0 queued, 1 waiting for its eta, 2 owned), pos, payload (NULL after a late
                ack), crashes, eta_ms and dedup_key (waiting), consumer and since_ms (owned)
-leases         consumer -> lease deadline ms, and when it was first seen expired (NULL: not suspected)
+leases         consumer -> lease deadline ms, and when it was first seen expired (NULL: not suspected);
+               no index on the deadline: a reservation scans the few leases (one per worker child) instead
+               of rewriting an index page each time it extends one
 dead           dead letters, ``seq`` ascending = oldest first
 cron           schedule key -> last fired tick ms
 workers        worker id -> last heartbeat ms and info JSON
-broadcasts     seq -> payload; the last ``BROADCASTS_KEPT`` are kept, each subscription reads past its seq
+broadcasts     seq -> payload; the last ``BROADCASTS_KEPT`` are kept (so the largest seq is never reused),
+               each subscription reads those past the largest seq when it subscribed
 subscribers    live broadcast subscriptions and their wake-up socket, counted by publish_broadcast
 =============  =============================================================================================
 
 Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
 ``tasks_queued (queue, pos) WHERE state = 0`` (take from the head, count), ``tasks_waiting (queue, eta_ms,
 id) WHERE state = 1`` (due tasks in eta order, the next eta), ``tasks_dedup UNIQUE (queue, dedup_key) WHERE
-state = 1`` (one waiting task per key), ``tasks_owned (consumer, pos) WHERE state = 2`` (a consumer's tasks
-in reservation order); plus ``leases_until``, ``dead_id`` and ``workers_beat``.
+state = 1`` (one waiting task per key), ``tasks_owned (consumer, since_ms, pos) WHERE state = 2`` (a consumer's tasks
+in reservation order); plus ``dead_id`` and ``workers_beat``.
 """
 
 from __future__ import annotations
@@ -38,13 +40,10 @@ from hexq.adapters.sqlite.errors import SqliteSchemaError
 SCHEMA_VERSION = 1
 QUEUED, WAITING, OWNED = 0, 1, 2
 BROADCASTS_KEPT = 1000  # a subscription reads every 20 ms: no burst between two reads is this long
-MIN_SQLITE = (3, 35, 0)  # RETURNING and upserts with several ON CONFLICT clauses
+MIN_SQLITE = (3, 35, 0)  # upserts with several ON CONFLICT clauses
 
 _DDL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE counters (id INTEGER PRIMARY KEY CHECK (id = 0), tail INTEGER NOT NULL, head INTEGER NOT NULL,
-                       broadcast INTEGER NOT NULL);
-INSERT INTO counters VALUES (0, 0, 0, 0);
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY,
     queue TEXT NOT NULL,
@@ -60,9 +59,8 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_queued ON tasks (queue, pos) WHERE state = {QUEUED};
 CREATE INDEX tasks_waiting ON tasks (queue, eta_ms, id) WHERE state = {WAITING};
 CREATE UNIQUE INDEX tasks_dedup ON tasks (queue, dedup_key) WHERE state = {WAITING} AND dedup_key IS NOT NULL;
-CREATE INDEX tasks_owned ON tasks (consumer, pos) WHERE state = {OWNED};
+CREATE INDEX tasks_owned ON tasks (consumer, since_ms, pos) WHERE state = {OWNED};
 CREATE TABLE leases (consumer TEXT PRIMARY KEY, until_ms INTEGER NOT NULL, suspected_ms INTEGER) WITHOUT ROWID;
-CREATE INDEX leases_until ON leases (until_ms);
 CREATE TABLE dead (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, queue TEXT NOT NULL, payload TEXT,
                    reason TEXT NOT NULL, failed_at_ms INTEGER NOT NULL);
 CREATE INDEX dead_id ON dead (id);

@@ -89,7 +89,8 @@ class SqliteSettings:
             try:
                 kwargs["busy_timeout"] = float(options["busy_timeout"])
             except ValueError:
-                raise ConfigError(f"busy_timeout must be a number of seconds, got {options['busy_timeout']!r}") from None
+                raise ConfigError(f"busy_timeout must be a number of seconds, got {options['busy_timeout']!r}"
+                                  ) from None
         if "synchronous" in options:
             kwargs["synchronous"] = options["synchronous"].upper()
         # Resolved once, here: forked children and a daemon that changes directory must open the same file.

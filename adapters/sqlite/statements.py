@@ -19,9 +19,13 @@ CHUNK = 1000  # at most this many tasks taken or promoted per call, as the Redis
 # for long; the next reservations recover the rest.
 RECOVER_PER_RESERVE = 10
 
-_TAIL = "UPDATE counters SET tail = tail + ? RETURNING tail"
-_HEAD = "UPDATE counters SET head = head - ? RETURNING head"
-_INSERT_QUEUED = f"INSERT OR REPLACE INTO tasks (id, queue, state, pos, payload) VALUES (?, ?, {QUEUED}, ?, ?)"
+# The tail and the head of a queue, read from the index the statement writes anyway. Inside executemany
+# each row sees the rows before it, so a batch keeps its order.
+_TAIL_OF = f"(SELECT coalesce(max(pos), 0) + 1 FROM tasks WHERE state = {QUEUED} AND queue = ?2)"
+_HEAD_OF_ROW = (f"(SELECT coalesce(min(h.pos), 1) - 1 FROM tasks AS h "
+                f"WHERE h.state = {QUEUED} AND h.queue = tasks.queue)")
+_INSERT_QUEUED = (f"INSERT OR REPLACE INTO tasks (id, queue, state, pos, payload) "
+                  f"VALUES (?1, ?2, {QUEUED}, {_TAIL_OF}, ?3)")
 # One waiting task per (queue, dedup key): a second one updates the first's eta and payload. An id stored
 # again replaces what was stored under it, as a runnable one does (INSERT OR REPLACE).
 _UPSERT_WAITING = f"""
@@ -33,15 +37,20 @@ ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, state = {WAITING}, pos = 
 _DELETE_OWNED = f"DELETE FROM tasks WHERE id = ? AND state = {OWNED} AND consumer = ?"
 _FORGET_PAYLOAD = "UPDATE tasks SET payload = NULL, crashes = 0 WHERE id = ?"
 _ETA_MIN = f"(SELECT min(eta_ms) FROM tasks WHERE state = {WAITING} AND queue = ?)"
-_DUE = f"SELECT rowid FROM tasks WHERE state = {WAITING} AND queue = ? AND eta_ms <= ? ORDER BY eta_ms, id LIMIT {CHUNK}"
-_PROMOTE = f"UPDATE tasks SET state = {QUEUED}, pos = ?, eta_ms = NULL, dedup_key = NULL WHERE rowid = ?"
-_EXPIRED = f"SELECT consumer, suspected_ms FROM leases WHERE until_ms < ? ORDER BY until_ms, consumer LIMIT {RECOVER_PER_RESERVE * 10}"
+_DUE = (f"SELECT rowid FROM tasks WHERE state = {WAITING} AND queue = ? AND eta_ms <= ? "
+        f"ORDER BY eta_ms, id LIMIT {CHUNK}")
+_PROMOTE = f"UPDATE tasks SET state = {QUEUED}, pos = {_TAIL_OF}, eta_ms = NULL, dedup_key = NULL WHERE rowid = ?1"
+_EXPIRED = ("SELECT consumer, suspected_ms FROM leases WHERE until_ms < ? "
+            f"ORDER BY until_ms, consumer LIMIT {RECOVER_PER_RESERVE * 10}")
 _SUSPECT = "UPDATE leases SET suspected_ms = ? WHERE consumer = ?"
-_OWNED_BY = f"SELECT rowid, id FROM tasks WHERE state = {OWNED} AND consumer = ? ORDER BY pos"
+_OWNED_BY = f"SELECT rowid, id FROM tasks WHERE state = {OWNED} AND consumer = ? ORDER BY since_ms, pos"
 _OWNED_ONE = f"SELECT rowid FROM tasks WHERE id = ? AND state = {OWNED} AND consumer = ?"
-_PUT_BACK = f"UPDATE tasks SET state = {QUEUED}, pos = ?, consumer = NULL, since_ms = NULL, crashes = crashes + ? WHERE rowid = ?"
-_FIRST = f"SELECT rowid, id, CAST(payload AS BLOB), crashes FROM tasks WHERE state = {QUEUED} AND queue = ? ORDER BY pos LIMIT ?"
-_OWN = f"UPDATE tasks SET state = {OWNED}, pos = ?, consumer = ?, since_ms = ? WHERE rowid = ?"
+# Run for the last task first: each goes in front of the one before, so the first given ends at the head.
+_PUT_BACK = (f"UPDATE tasks SET state = {QUEUED}, pos = {_HEAD_OF_ROW}, consumer = NULL, since_ms = NULL, "
+             "crashes = crashes + ? WHERE rowid = ?")
+_FIRST = (f"SELECT rowid, id, CAST(payload AS BLOB), crashes FROM tasks WHERE state = {QUEUED} AND queue = ? "
+          "ORDER BY pos LIMIT ?")
+_OWN = f"UPDATE tasks SET state = {OWNED}, consumer = ?, since_ms = ? WHERE rowid = ?"
 _LEASE = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
           "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms")
 _RENEW = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
@@ -63,26 +72,16 @@ def text(raw: bytes | None) -> str | bytes | None:
         return raw
 
 
-def _tail(conn: sqlite3.Connection, count: int) -> int:
-    """The first of ``count`` new positions at the tail of every queue."""
-    last: int = conn.execute(_TAIL, (count,)).fetchone()[0]
-    return last - count + 1
-
-
-def _head(conn: sqlite3.Connection, count: int) -> int:
-    """The first of ``count`` new positions in front of every queue (the first is the new head)."""
-    first: int = conn.execute(_HEAD, (count,)).fetchone()[0]
-    return first
-
-
 # -- producing -------------------------------------------------------------------------------------------
 def store(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> int:
     """Runnable tasks to the tail of their queue in order, eta tasks to the waiting set (deduplicated by
     key). Returns how many became runnable."""
     runnable = [t for t in tasks if t.eta_ms is None]
-    if runnable:
-        first = _tail(conn, len(runnable))
-        conn.executemany(_INSERT_QUEUED, [(t.id, t.queue, first + i, t.payload) for i, t in enumerate(runnable)])
+    if len(runnable) == 1:
+        task = runnable[0]
+        conn.execute(_INSERT_QUEUED, (task.id, task.queue, task.payload))
+    elif runnable:
+        conn.executemany(_INSERT_QUEUED, [(t.id, t.queue, t.payload) for t in runnable])
     if len(runnable) < len(tasks):
         conn.executemany(_UPSERT_WAITING, [(t.id, t.queue, t.payload, t.eta_ms, t.dedup_key)
                                            for t in tasks if t.eta_ms is not None])
@@ -114,9 +113,7 @@ def ack(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> None:
 
 def _promote(conn: sqlite3.Connection, queue: str, now_ms: int) -> int | None:
     """Due eta tasks of ``queue`` to its tail, eta order; returns the queue's next eta afterwards."""
-    due = conn.execute(_DUE, (queue, now_ms)).fetchall()
-    first = _tail(conn, len(due))
-    conn.executemany(_PROMOTE, [(first + i, rowid) for i, (rowid,) in enumerate(due)])
+    conn.executemany(_PROMOTE, [(rowid, queue) for (rowid,) in conn.execute(_DUE, (queue, now_ms)).fetchall()])
     following: int | None = conn.execute("SELECT " + _ETA_MIN, (queue,)).fetchone()[0]
     return following
 
@@ -160,8 +157,7 @@ def reserve(conn: sqlite3.Connection, consumer: str, queues: Sequence[str], limi
     for queue in queues:
         rows = conn.execute(_FIRST, (queue, limit)).fetchall()
         if rows:
-            first = _tail(conn, len(rows))  # owned tasks sort in reservation order
-            conn.executemany(_OWN, [(first + i, consumer, now_ms, row[0]) for i, row in enumerate(rows)])
+            conn.executemany(_OWN, [(consumer, now_ms, row[0]) for row in rows])
             conn.execute(_LEASE, (consumer, now_ms + lease_ms))
             return queue, [row[1:] for row in rows], next_eta, back
     return "", [], next_eta, back
@@ -201,9 +197,7 @@ def release(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> int:
         found = conn.execute(_OWNED_ONE, (task_id, consumer)).fetchone()
         if found is not None:
             rowids.append(found[0])
-    if rowids:
-        first = _head(conn, len(rowids))
-        conn.executemany(_PUT_BACK, [(first + i, 0, rowid) for i, rowid in enumerate(rowids)])
+    conn.executemany(_PUT_BACK, [(0, rowid) for rowid in reversed(rowids)])
     return len(rowids)
 
 
@@ -213,10 +207,8 @@ def recover(conn: sqlite3.Connection, consumer: str, crashed: Collection[str] | 
     for each id in ``crashed`` (None: for all). The lease and any suspicion go."""
     rows = conn.execute(_OWNED_BY, (consumer,)).fetchall()
     conn.execute("DELETE FROM leases WHERE consumer = ?", (consumer,))
-    if rows:
-        first = _head(conn, len(rows))
-        conn.executemany(_PUT_BACK, [(first + i, 1 if crashed is None or task_id in crashed else 0, rowid)
-                                     for i, (rowid, task_id) in enumerate(rows)])
+    conn.executemany(_PUT_BACK, [(1 if crashed is None or task_id in crashed else 0, rowid)
+                                 for rowid, task_id in reversed(rows)])
     return len(rows)
 
 

@@ -1,10 +1,11 @@
 """Best-effort wake-ups between processes sharing one database file, over Unix datagram sockets.
 
-SQLite has no BLPOP. A waiting reservation polls ``PRAGMA data_version`` on its own connection (a read of
-the WAL index in shared memory: no transaction, no lock) every ``POLL_S``; that alone bounds how late a
-new task is noticed. To notice it at once, a waiting call binds a datagram socket ``t-<pid>-<n>`` in the
-folder ``<database>-wake`` for the length of its wait, and a producer that committed a runnable task sends
-one byte to each socket there. A broadcast subscription binds ``b-<...>`` for its whole life; publishers
+SQLite has no BLPOP. A waiting call binds a datagram socket ``t-<pid>-<n>-<random>`` in the folder
+``<database>-wake`` for the length of its wait, and a producer that committed a runnable task sends one byte
+to each socket there, which wakes the waiter at once. Between bytes it polls ``PRAGMA data_version`` on its
+own connection (a read of the WAL index in shared memory, a few microseconds) every ``POLL_S``, or every
+``POLL_WITHOUT_SOCKET_S`` when it could not bind a socket; that bounds how late a new task is noticed if a
+wake-up is lost, and costs a timer wake-up each time, which is most of an idle worker's CPU. A broadcast subscription binds ``b-<...>`` for its whole life; publishers
 find those through the ``subscribers`` table and count the ones that answer (a socket nobody holds any more
 is refused: its process is gone).
 
@@ -24,7 +25,8 @@ import time
 
 log = logging.getLogger("hexq.sqlite")
 
-POLL_S = 0.004  # how often a waiting call checks data_version: the latency bound when no datagram arrives
+POLL_S = 0.008  # how often a waiting call checks data_version, with a socket: the bound if a datagram is lost
+POLL_WITHOUT_SOCKET_S = 0.004  # ... and without one: then polling is all there is
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less the terminating NUL
 _RECENT_NS = 50_000_000  # a folder changed this recently may have changed again within its mtime granularity
 _counter = itertools.count()
@@ -45,6 +47,7 @@ class Listener:
 
     def __init__(self, folder: str | None, kind: str) -> None:
         self.path: str | None = None
+        self.poll_s = POLL_WITHOUT_SOCKET_S
         self._sock: socket.socket | None = None
         self._poll: select.poll | None = None
         if folder is None:
@@ -60,7 +63,7 @@ class Listener:
             sock.close()
             return
         sock.setblocking(False)
-        self.path, self._sock = path, sock
+        self.path, self._sock, self.poll_s = path, sock, POLL_S
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
 
@@ -88,15 +91,17 @@ class Listener:
 
 
 class Waker:
-    """The sending side, one per database per process. The listing of waiting sockets is cached and read
-    again when the folder's mtime changes (or changed too recently to trust its granularity), so a
-    producer pays one ``stat`` per commit when nobody waits."""
+    """The sending side, one per database per process. The listing of waiting sockets is cached, and read
+    again when the folder's mtime differs from the cached one or when the cached listing was taken too soon
+    after that mtime to be trusted (a file system's mtime is coarse: a socket bound in the same tick, after
+    the listing, leaves it unchanged). So a producer pays one ``stat`` per commit when nobody waits."""
 
     def __init__(self, database_path: str) -> None:
         self.folder: str | None = wake_folder(database_path)
         self._pid = -1
         self._sock: socket.socket | None = None
         self._mtime = -1
+        self._listed_ns = 0
         self._targets: list[str] = []
         try:
             os.makedirs(self.folder, exist_ok=True)
@@ -122,9 +127,10 @@ class Waker:
             return
         try:
             mtime = os.stat(folder).st_mtime_ns
-            if mtime != self._mtime or time.time_ns() - mtime < _RECENT_NS:
+            if mtime != self._mtime or self._listed_ns - mtime < _RECENT_NS:
+                listed_ns = time.time_ns()
                 self._targets = [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("t-")]
-                self._mtime = mtime
+                self._mtime, self._listed_ns = mtime, listed_ns
         except OSError:
             return
         for path in self._targets:

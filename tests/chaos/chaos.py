@@ -48,11 +48,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.chaos.proxy import ProxyProcess, free_port  # noqa: E402
-
 from hexq.adapters.system.clock import SystemClock  # noqa: E402
 from hexq.adapters.system.entropy import PROCESS  # noqa: E402
 from hexq.core.outgoing import TaskIds  # noqa: E402
+from tests.chaos.proxy import ProxyProcess, free_port  # noqa: E402
 
 new_task_id = TaskIds(SystemClock(), PROCESS.node).new  # ids for the tasks this run writes by hand
 

@@ -433,7 +433,8 @@ def test_cron_task_naming_an_unknown_task_stops_the_scheduler(cluster: BadCluste
     assert scheduler.wait(20) == 2
     output = scheduler.output()
     assert output.startswith("hexq: error: unknown task 'no_such_task': no function with that name is registered")
-    assert "(registered: exit_process, " in output and "import the module that defines it" in output
+    assert "(registered: awaits_a_cancelled_future, exit_process, " in output
+    assert "import the module that defines it" in output
     assert "Traceback" not in output
     assert cluster.redis.hgetall(cluster.key("cron")) == {}  # nothing fired
 
@@ -460,6 +461,44 @@ def test_hard_timeout_not_above_soft_timeout() -> None:
     with pytest.raises(ConfigError, match=r"task 'job': hard_timeout \(1.0s\) must be greater"):
         @app.task(soft_timeout=timedelta(seconds=2), hard_timeout=1)
         def job() -> None: ...
+
+
+def test_a_timeout_of_zero_is_refused_at_every_level() -> None:
+    for make in (lambda: HexQ(url="memory://", soft_timeout=0),
+                 lambda: Queue("q", hard_timeout=timedelta(0))):
+        with pytest.raises(ConfigError, match="use None for no timeout"):
+            make()
+    app = HexQ(url="memory://")
+    with pytest.raises(ConfigError, match="use None for no timeout"):
+        @app.task(soft_timeout=0)
+        def job() -> None: ...
+
+
+def test_a_task_soft_timeout_not_below_the_hard_timeout_that_applies_is_refused() -> None:
+    app = HexQ(url="memory://", queues=[Queue("slow", hard_timeout=60), "default"])
+    with pytest.raises(ConfigError, match=r"task 'job': soft_timeout 90s \(from the task\) is not below "
+                                          r"hard_timeout 60s \(from queue 'slow'\)"):
+        @app.task(queue="slow", soft_timeout=90)
+        def job() -> None: ...
+
+
+def test_a_task_id_longer_than_a_worker_can_track_is_dead_lettered_unrun(shared: Shared) -> None:
+    long_id = "raw-" + "x" * 300
+    shared.cluster.redis.hset(shared.cluster.key("tasks"), long_id, json.dumps(envelope(args=["too-long-id"])))
+    shared.cluster.redis.rpush(shared.cluster.key("q:default"), long_id)
+    shared.still_serving("after-long-id")
+    letter = dead_with(shared.cluster, long_id)
+    assert letter["reason"] == "task id is 304 bytes long in UTF-8, over the 255 a worker can track"
+    assert "too-long-id" not in shared.cluster.tags()
+
+
+def test_an_async_tasks_own_cancelled_error_is_a_failure_not_a_soft_timeout(shared: Shared) -> None:
+    shared.tasks.awaits_a_cancelled_future.delay("own-cancel")
+    letter = dead_by_tag(shared.cluster, "own-cancel")
+    assert letter["reason"].startswith("raised CancelledError")
+    assert "soft timeout" not in letter["reason"]
+    assert shared.cluster.tags().count("own-cancel:start") == 1  # not retried: no retry_on
+    shared.still_serving("after-own-cancel")
 
 
 # -- the broker itself -------------------------------------------------------------------------------------

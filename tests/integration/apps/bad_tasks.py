@@ -122,3 +122,12 @@ async def _report_later(tag: str) -> None:
 def sync_calls_asyncio_run(tag: str) -> None:
     """Legitimate sync code that drives its own event loop (asyncio.run, asgiref's async_to_sync)."""
     asyncio.run(_report_later(tag))
+
+
+@app.task
+async def awaits_a_cancelled_future(tag: str) -> None:
+    """An async task whose own code meets a CancelledError (a cancelled future): an error, not a timeout."""
+    report(tag=f"{tag}:start")
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
