@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bench import report
-from bench.harness import Config, Harness
+from bench.harness import WORKLOADS, Config, Harness
 from bench.procs import REPO, kill_all
 from bench.proxy import Proxy
 from bench.redis_server import RedisServer
@@ -35,14 +35,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds a processing run may take; a slower system is measured on what it "
                              "completed by then (default 30)")
     parser.add_argument("--no-proxy", action="store_true", help="skip the +1 ms proxy runs")
+    parser.add_argument("--workloads", default="",
+                        help=f"comma-separated workloads to run (default all): {','.join(WORKLOADS)}; "
+                             "e.g. --workloads priority")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
     parser.add_argument("--markdown", type=Path, default=None,
-                        help="default bench/RESULTS.md; with --quick, bench/logs/RESULTS-quick.md")
+                        help="default bench/RESULTS.md; with --quick or --workloads, bench/logs/RESULTS-quick.md "
+                             "or bench/logs/RESULTS-partial.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.repeat = 200, 1
-    if args.markdown is None:
-        args.markdown = HERE / "logs" / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if any(w not in WORKLOADS for w in chosen):
+        parser.error(f"unknown workload(s) {', '.join(w for w in chosen if w not in WORKLOADS)}; "
+                     f"choose from {', '.join(WORKLOADS)}")
+    args.workload_names = tuple(w for w in WORKLOADS if w in chosen) if chosen else WORKLOADS
+    if args.markdown is None:  # only a full run replaces RESULTS.md
+        if args.quick:
+            args.markdown = HERE / "logs" / "RESULTS-quick.md"
+        elif chosen:
+            args.markdown = HERE / "logs" / "RESULTS-partial.md"
+        else:
+            args.markdown = HERE / "RESULTS.md"
     if args.proxy_n is None:
         args.proxy_n = max(200, args.n // 10)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()] or list(SYSTEMS)
@@ -70,7 +84,9 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    config = Config(n=args.n, proxy_n=args.proxy_n, cap=args.cap)
+    config = Config(n=args.n, proxy_n=args.proxy_n, cap=args.cap, workloads=args.workload_names)
+    if args.quick:  # a smoke run of the priority workload: ~0.5 s of low work, 20 high tasks
+        config.prio_low, config.prio_count = 500, 20
     systems = {name: SYSTEMS[name]() for name in args.names}
     results: dict[str, Any] = {"command": " ".join(["python -m bench", *sys.argv[1:]]), "systems": {}}
     for name, system in systems.items():
@@ -78,6 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["systems"][name] = {
             "version": system.version() if reason != "not installed" else "", "setup": system.setup,
             "command": system.command, "has_batch": system.has_batch, "reason": reason,
+            "has_priority": system.has_priority, "priority": system.priority,
+            "priority_command": system.priority_command,
             "status": reason.split(" (")[0] if reason else None, "reps": [], "errors": [], "median": {},
         }
         if reason:
@@ -86,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(logdir, ignore_errors=True)
     with RedisServer() as server:
         results["machine"] = report.machine(server.version())
-        proxy = None if args.no_proxy else Proxy(server.port).__enter__()
+        proxy = None if args.no_proxy or "proxy" not in config.workloads else Proxy(server.port).__enter__()
         try:
             if proxy is not None:
                 results["proxy_rtt_ms"] = proxy.added_rtt_ms(server.url)
@@ -95,7 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ceilings: list[float] = []
             proxied: list[float] = []
             for rep in range(1, args.repeat + 1):
-                ceilings.append(ceiling(server.url, args.n))
+                if "processing" in config.workloads:
+                    ceilings.append(ceiling(server.url, args.n))
                 if proxy is not None:
                     proxied.append(ceiling(proxy.url, args.proxy_n))
                 for name, system in systems.items():
@@ -105,10 +124,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     t0 = time.monotonic()
                     cells = harness.run(system, rep, entry["errors"])
                     entry["reps"].append(cells)
-                    shown = ", ".join(f"{k}={report.fmt(v, 'ms' if 'lat' in k or 'eta' in k else 'rate')}"
-                                      for k, v in cells.items())
-                    log(f"[{rep}/{args.repeat}] {name} ({time.monotonic() - t0:.0f} s): {shown}")
-            results["ceiling"] = median(ceilings)
+                    shown = ", ".join(f"{k}={report.fmt(v, report.kind_of(k))}" for k, v in cells.items())
+                    log(f"[{rep}/{args.repeat}] {name} ({time.monotonic() - t0:.0f} s): "
+                        f"{shown or 'none of the workloads applies'}")
+            results["ceiling"] = median(ceilings) if ceilings else None
             results["ceiling_proxy"] = median(proxied) if proxied else None
         finally:
             if proxy is not None:
@@ -117,7 +136,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["median"] = summarize(entry["reps"])
     results["config"] = {"n": args.n, "proxy_n": args.proxy_n, "repeat": args.repeat,
                          "latency_count": config.latency_count, "latency_interval": config.latency_interval,
-                         "eta_count": config.eta_count, "eta_delay": config.eta_delay, "cap": config.cap}
+                         "eta_count": config.eta_count, "eta_delay": config.eta_delay, "cap": config.cap,
+                         "prio_low": config.prio_low, "prio_count": config.prio_count,
+                         "prio_interval": config.prio_interval, "prio_margin": config.prio_margin,
+                         "workloads": list(config.workloads)}
     results["seconds"] = time.monotonic() - started
     results["machine"]["load_end"] = round(os.getloadavg()[0], 2)
     return results

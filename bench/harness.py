@@ -12,12 +12,13 @@ from typing import Any
 import attrs
 import redis
 
-from bench.apps.common import DONE_KEY, STAMPS_KEY
+from bench.apps.common import DONE_KEY, LOW_KEY, STAMPS_KEY
 from bench.procs import REPO, ProcessTree, bench_env
 from bench.systems.base import System
 from bench.workloads import Timeout, percentile, stamp_delays_ms, steady_rate, wait_for_count
 
 Cells = dict[str, Any]  # metric -> number, or a status string such as "timeout"
+WORKLOADS = ("processing", "batch", "latency", "priority", "proxy")  # what --workloads can pick
 
 
 class StepError(Exception):
@@ -35,6 +36,13 @@ class Config:
     batch_chunk: int = 1000
     stall: float = 30.0  # a run whose counter has not moved for this long is a 'timeout'
     cap: float = 30.0  # a processing run still going after this long is measured on what it completed
+    # priority under load: prio_low 2 ms tasks on the low queue, then prio_count high ones prio_interval
+    # apart, only while at least prio_margin low tasks are still to do
+    prio_low: int = 3000
+    prio_count: int = 100
+    prio_interval: float = 0.02
+    prio_margin: int = 50
+    workloads: tuple[str, ...] = WORKLOADS
 
 
 @attrs.define
@@ -52,6 +60,10 @@ class Harness:
     # -- processes ---------------------------------------------------------------------------------
     def client(self, system: System, op: str, timeout: float, label: str, **opts: Any) -> float:
         """Run one client op in its own process; returns its measured seconds."""
+        return float(self.client_result(system, op, timeout, label, **opts)["seconds"])
+
+    def client_result(self, system: System, op: str, timeout: float, label: str, **opts: Any) -> dict[str, Any]:
+        """Run one client op in its own process; returns what it wrote (``seconds``, maybe ``sent``)."""
         out = self.logdir / f"{label}.json"
         out.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "bench.client", system.name, op, "--out", str(out)]
@@ -68,15 +80,15 @@ class Harness:
             tree.kill(grace=0.5)
         if not out.exists():
             raise StepError(f"client {op} exited with {tree.procs[0].returncode}: {self.tail(label)}")
-        result = json.loads(out.read_text())
+        result: dict[str, Any] = json.loads(out.read_text())
         if "error" in result:
             raise StepError(f"client {op}: {result['error']}")
-        return float(result["seconds"])
+        return result
 
-    def workers(self, system: System, url: str, label: str) -> ProcessTree:
+    def workers(self, system: System, url: str, label: str, priority: bool = False) -> ProcessTree:
         env = bench_env(BENCH_REDIS_URL=url, BENCH_COUNTER_URL=self.url)
-        return ProcessTree.spawn(system.worker_argvs(url), env=env, cwd=str(REPO),
-                                 log=self.logdir / f"{label}.log")
+        argvs = system.priority_argvs(url) if priority else system.worker_argvs(url)
+        return ProcessTree.spawn(argvs, env=env, cwd=str(REPO), log=self.logdir / f"{label}.log")
 
     def tail(self, label: str, lines: int = 3) -> str:
         path = self.logdir / f"{label}.log"
@@ -87,21 +99,25 @@ class Harness:
         self.redis.flushall()
 
     def reset_counters(self) -> None:
-        self.redis.delete(DONE_KEY, STAMPS_KEY)
+        self.redis.delete(DONE_KEY, STAMPS_KEY, LOW_KEY)
 
     # -- one repetition ----------------------------------------------------------------------------
     def run(self, system: System, rep: int, errors: list[str]) -> Cells:
         cells: Cells = {}
         tag = f"{system.name}-r{rep}"
-        steps: list[tuple[str, tuple[str, ...], Callable[[System, Cells, str], None]]] = [
-            ("processing", ("enqueue", "proc", "proc_steady", "rss", "pss"), self.processing),
-            ("latency+eta", ("lat_p50", "lat_p99", "eta_p50", "eta_p99", "eta_min"), self.latency),
+        # (workload, step, cells it fills, how)
+        steps: list[tuple[str, str, tuple[str, ...], Callable[[System, Cells, str], None]]] = [
+            ("processing", "processing", ("enqueue", "proc", "proc_steady", "rss", "pss"), self.processing),
+            ("batch", "batch", ("batch",), self.batch),
+            ("latency", "latency+eta", ("lat_p50", "lat_p99", "eta_p50", "eta_p99", "eta_min"), self.latency),
+            ("priority", "priority", ("prio_p50", "prio_p99", "prio_sent"), self.priority),
+            ("proxy", "proxy", ("proxy", "proxy_steady"), self.proxied),
         ]
-        if system.has_batch:
-            steps.insert(1, ("batch", ("batch",), self.batch))
-        if self.proxy_url is not None:
-            steps.append(("proxy", ("proxy", "proxy_steady"), self.proxied))
-        for step, keys, fn in steps:
+        skip = {"batch": not system.has_batch, "priority": not system.has_priority,
+                "proxy": self.proxy_url is None}
+        for workload, step, keys, fn in steps:
+            if workload not in self.config.workloads or skip.get(workload):
+                continue
             label = f"{tag}-{step}"
             try:
                 fn(system, cells, label)
@@ -173,6 +189,32 @@ class Harness:
             delays = stamp_delays_ms(self.redis)
             cells["eta_p50"], cells["eta_p99"] = percentile(delays, 50), percentile(delays, 99)
             cells["eta_min"] = min(delays)
+        finally:
+            tree.kill()
+
+    def priority(self, system: System, cells: Cells, label: str) -> None:
+        """High-priority latency while the low queue is saturated: 2 worker processes (the priority app),
+        prio_low 2 ms tasks on the low queue, then a high-priority stamp every prio_interval s."""
+        cfg = self.config
+        self.fresh()
+        tree = self.workers(system, self.url, label + "-workers", priority=True)
+        try:
+            # warm-up: both tasks run at least once in the worker processes
+            self.client_result(system, "priority", 60, label + "-warmup", n=20, count=10, interval=0.01,
+                               margin=0)
+            wait_for_count(self.redis, 10, stall=60, cap=90, alive=tree.alive)
+            wait_for_count(self.redis, 20, stall=60, cap=90, alive=tree.alive, key=LOW_KEY)
+            self.reset_counters()
+            result = self.client_result(system, "priority", 120 + cfg.prio_count * cfg.prio_interval,
+                                        label + "-client", n=cfg.prio_low, count=cfg.prio_count,
+                                        interval=cfg.prio_interval, margin=cfg.prio_margin)
+            sent = int(result["sent"])
+            if sent == 0:
+                raise StepError("the low queue drained before any high-priority task was sent")
+            wait_for_count(self.redis, sent, stall=cfg.stall, cap=120, alive=tree.alive)
+            delays = stamp_delays_ms(self.redis)
+            cells["prio_p50"], cells["prio_p99"] = percentile(delays, 50), percentile(delays, 99)
+            cells["prio_sent"] = sent
         finally:
             tree.kill()
 

@@ -9,27 +9,43 @@ from typing import Any
 
 import psutil
 
-# (metric, label, format, better): better is "high", "low", "zero" (closest to 0) or "" (no ratio)
-ROWS: list[tuple[str, str, str, str]] = [
-    ("setup", "worker processes", "text", ""),
-    ("enqueue", "enqueue, single .delay() (tasks/s) ↑", "rate", "high"),
-    ("batch", "enqueue, batch API in 1000s (tasks/s) ↑", "rate", "high"),
-    ("proc", "processing, worker start → all done (tasks/s) ↑", "rate", "high"),
-    ("proc_steady", "processing, steady middle 80% (tasks/s) ↑", "rate", "high"),
-    ("lat_p50", "latency p50, idle workers (ms) ↓", "ms", "low"),
-    ("lat_p99", "latency p99, idle workers (ms) ↓", "ms", "low"),
-    ("eta_p50", "eta lateness p50 (ms, <0 = early)", "ms", "zero"),
-    ("eta_p99", "eta lateness p99 (ms)", "ms", "zero"),
-    ("eta_min", "eta lateness min (ms)", "ms", ""),
-    ("rss", "worker RSS after processing (MiB) ↓", "mib", "low"),
-    ("pss", "worker PSS after processing (MiB, shared pages split) ↓", "mib", "low"),
-    ("proxy", "processing via +1 ms proxy, start → done (tasks/s) ↑", "rate", "high"),
-    ("proxy_steady", "processing via +1 ms proxy, steady (tasks/s) ↑", "rate", "high"),
-    ("ceiling", "ceiling: raw redis-py LPUSH+BLPOP loop (tasks/s)", "rate", ""),
-    ("ceiling_proxy", "ceiling via +1 ms proxy (tasks/s)", "rate", ""),
+from bench.harness import WORKLOADS
+
+# (metric, label, format, better, workload): better is "high", "low", "zero" (closest to 0) or "" (no
+# ratio); a row is shown when its workload ran ("" = always)
+ROWS: list[tuple[str, str, str, str, str]] = [
+    ("setup", "worker processes", "text", "", ""),
+    ("enqueue", "enqueue, single .delay() (tasks/s) ↑", "rate", "high", "processing"),
+    ("batch", "enqueue, batch API in 1000s (tasks/s) ↑", "rate", "high", "batch"),
+    ("proc", "processing, worker start → all done (tasks/s) ↑", "rate", "high", "processing"),
+    ("proc_steady", "processing, steady middle 80% (tasks/s) ↑", "rate", "high", "processing"),
+    ("lat_p50", "latency p50, idle workers (ms) ↓", "ms", "low", "latency"),
+    ("lat_p99", "latency p99, idle workers (ms) ↓", "ms", "low", "latency"),
+    ("eta_p50", "eta lateness p50 (ms, <0 = early)", "ms", "zero", "latency"),
+    ("eta_p99", "eta lateness p99 (ms)", "ms", "zero", "latency"),
+    ("eta_min", "eta lateness min (ms)", "ms", "", "latency"),
+    ("prio_p50", "priority under load: high-priority p50, low queue busy (ms) ↓", "ms", "low", "priority"),
+    ("prio_p99", "priority under load: high-priority p99, low queue busy (ms) ↓", "ms", "low", "priority"),
+    ("rss", "worker RSS after processing (MiB) ↓", "mib", "low", "processing"),
+    ("pss", "worker PSS after processing (MiB, shared pages split) ↓", "mib", "low", "processing"),
+    ("proxy", "processing via +1 ms proxy, start → done (tasks/s) ↑", "rate", "high", "proxy"),
+    ("proxy_steady", "processing via +1 ms proxy, steady (tasks/s) ↑", "rate", "high", "proxy"),
+    ("ceiling", "ceiling: raw redis-py LPUSH+BLPOP loop (tasks/s)", "rate", "", "processing"),
+    ("ceiling_proxy", "ceiling via +1 ms proxy (tasks/s)", "rate", "", "proxy"),
 ]
 NO_BATCH = "no batch API"
+NO_PRIORITY = "—"
 CEILING = "raw redis-py"
+
+
+def kind_of(key: str) -> str:
+    """How a cell of this metric is formatted."""
+    kinds = {row[0]: row[2] for row in ROWS}
+    return kinds.get(key, "text" if key.endswith(("_sent", "_done", "_extra")) else "rate")
+
+
+def workloads_of(results: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(results.get("config", {}).get("workloads", WORKLOADS))
 
 
 def fmt(value: Any, kind: str) -> str:
@@ -68,7 +84,10 @@ def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     peers = [n for n in names if n != "hexq"]
     header = ["workload", *[f"{n} {systems[n]['version']}" for n in names], CEILING, "hexq / best peer"]
     rows = []
-    for key, label, kind, better in ROWS:
+    ran = workloads_of(results)
+    for key, label, kind, better, workload in ROWS:
+        if workload and workload not in ran:
+            continue
         row: dict[str, Any] = {}
         for name in names:
             system = systems[name]
@@ -80,6 +99,8 @@ def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 row[name] = None
             elif key == "batch" and not system.get("has_batch"):
                 row[name] = NO_BATCH
+            elif key.startswith("prio") and not system.get("has_priority"):
+                row[name] = NO_PRIORITY
             elif key.startswith("proxy") and results.get("proxy_rtt_ms") is None:
                 row[name] = "—"
             else:
@@ -146,10 +167,8 @@ def markdown_document(results: dict[str, Any]) -> str:
         f"Python {m['python']}; Redis {m['redis']}; {m['date']}. 1-minute load average {m['load_start']} at "
         f"the start, {m.get('load_end', '?')} at the end (anything else running skews the numbers).",
         "",
-        f"Command: `{results['command']}` — N={cfg['n']} tasks per throughput run, "
-        f"{cfg['proxy_n']} through the proxy; median of {cfg['repeat']} run(s); latency: "
-        f"{cfg['latency_count']} tasks {cfg['latency_interval'] * 1000:.0f} ms apart; eta: "
-        f"{cfg['eta_count']} tasks due {cfg['eta_delay']:.0f} s later. Total time {results['seconds']:.0f} s.",
+        f"Command: `{results['command']}` — {settings(results)}; median of {cfg['repeat']} run(s). "
+        f"Total time {results['seconds']:.0f} s.",
         "",
         render_markdown(header, rows),
         "",
@@ -158,8 +177,30 @@ def markdown_document(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def settings(results: dict[str, Any]) -> str:
+    """The parameters of the workloads that ran, for the line under the title."""
+    cfg = results["config"]
+    ran = workloads_of(results)
+    parts = []
+    if "processing" in ran or "batch" in ran:
+        parts.append(f"N={cfg['n']} tasks per throughput run")
+    if "proxy" in ran:
+        parts.append(f"{cfg['proxy_n']} through the proxy")
+    if "latency" in ran:
+        parts.append(f"latency: {cfg['latency_count']} tasks {cfg['latency_interval'] * 1000:.0f} ms apart; "
+                     f"eta: {cfg['eta_count']} tasks due {cfg['eta_delay']:.0f} s later")
+    if "priority" in ran and "prio_low" in cfg:
+        parts.append(f"priority: {cfg['prio_low']} low tasks of 2 ms, then up to {cfg['prio_count']} high "
+                     f"ones {cfg['prio_interval'] * 1000:.0f} ms apart")
+    if ran != WORKLOADS:
+        parts.append(f"workloads: {', '.join(ran)}")
+    return "; ".join(parts)
+
+
 def notes(results: dict[str, Any]) -> list[str]:
     rtt = results.get("proxy_rtt_ms")
+    cfg = results["config"]
+    ran = workloads_of(results)
     lines = [
         "Notes:",
         "",
@@ -177,13 +218,24 @@ def notes(results: dict[str, Any]) -> list[str]:
         "from 0).",
         (f"- The proxy adds a measured {rtt:.2f} ms per Redis round trip between workers and Redis (the "
          "completion counter bypasses it)." if rtt is not None else "- The proxy run was skipped."),
-        "",
-        "Worker commands:",
-        "",
     ]
+    if "priority" in ran:
+        lines.append(
+            f"- Priority under load: each system's priority app (`bench/apps/<system>_priority_app.py`), 2 worker "
+            f"processes; {cfg.get('prio_low')} tasks that each sleep 2 ms are queued on the low-priority side, "
+            f"then a high-priority task is sent every {cfg.get('prio_interval', 0) * 1000:.0f} ms (at most "
+            f"{cfg.get('prio_count')}, and only while at least {cfg.get('prio_margin')} low tasks are still to "
+            "do); p50/p99 of the high tasks' start - enqueue. How each system prefers the high side is under "
+            "Priority below; `—`: no priorities.")
+    lines += ["", "Worker commands:", ""]
     for name, system in results["systems"].items():
         lines.append(f"- {name}: `{system['command']}` — {system['setup']}"
                      + (f" — **{system['reason']}**" if system.get("status") else ""))
+    if "priority" in ran:
+        lines += ["", "Priority:", ""]
+        for name, system in results["systems"].items():
+            command = f"`{system['priority_command']}` — " if system.get("has_priority") else ""
+            lines.append(f"- {name}: {command}{system.get('priority', '')}")
     problems = [(n, e) for n, s in results["systems"].items() for e in s.get("errors", [])]
     for name, system in results["systems"].items():
         for key, what in (("proc", "processing"), ("proxy", "processing via proxy")):
@@ -196,6 +248,10 @@ def notes(results: dict[str, Any]) -> list[str]:
                 total = results["config"]["proxy_n" if key == "proxy" else "n"]
                 problems.append((name, f"{what} capped at {results['config']['cap']:.0f} s: "
                                        f"{', '.join(map(str, done))} of {total} tasks done"))
+        sent = [r["prio_sent"] for r in system.get("reps", []) if isinstance(r.get("prio_sent"), int)]
+        if any(s < cfg.get("prio_count", 0) for s in sent):
+            problems.append((name, f"priority: the low queue drained after {', '.join(map(str, sent))} of "
+                                   f"{cfg['prio_count']} high-priority tasks (percentiles over those)"))
     if problems:
         lines += ["", "Problems:", ""] + [f"- {n}: {e}" for n, e in problems]
     return lines

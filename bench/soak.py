@@ -75,7 +75,7 @@ def mb(n: int) -> str:
 def rss_of(pid: int) -> tuple[int, list[int]]:
     try:
         parent = psutil.Process(pid)
-        children = parent.children()
+        children = parent.children(recursive=True)  # the fork server and the children it forked
         kids = []
         for child in children:
             with contextlib.suppress(psutil.Error):

@@ -26,7 +26,8 @@ Sample = tuple[float, int]  # (monotonic seconds, completed count)
 def wait_for_count(client: redis.Redis, target: int, *, stall: float, cap: float, poll: float = 0.002,
                    alive: Callable[[], bool] = lambda: True, key: str = DONE_KEY,
                    partial: bool = False) -> list[Sample]:
-    """Poll ``key`` every ``poll`` s until it reaches ``target``; samples of (time, count).
+    """Poll ``key`` (a counter, or the stamps list's length) every ``poll`` s until it reaches ``target``;
+    samples of (time, count).
 
     Raises Timeout when the count has not moved for ``stall`` s, WorkersDied if they exited; after ``cap`` s,
     returns what it has if ``partial`` (a slow but working system), else raises Timeout."""
@@ -34,7 +35,7 @@ def wait_for_count(client: redis.Redis, target: int, *, stall: float, cap: float
     last = -1
     samples: list[Sample] = []
     while True:
-        raw = client.get(key) if key == DONE_KEY else client.llen(key)
+        raw = client.llen(key) if key == STAMPS_KEY else client.get(key)
         count = int(raw or 0)
         now = time.monotonic()
         samples.append((now, count))

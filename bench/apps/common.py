@@ -12,6 +12,8 @@ BROKER_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 COUNTER_URL = os.environ.get("BENCH_COUNTER_URL", BROKER_URL)
 DONE_KEY = "bench:done"
 STAMPS_KEY = "bench:stamps"
+LOW_KEY = "bench:low"  # completions of the priority workload's low-priority tasks
+SLOW_SECONDS = 0.002  # what each low-priority task takes (time.sleep, the same in every system)
 
 _client: redis.Redis | None = None
 _aclient: Any = None
@@ -34,6 +36,11 @@ def record(sent: float) -> None:
     pipe.rpush(STAMPS_KEY, f"{sent!r} {started!r}")
     pipe.incr(DONE_KEY)
     pipe.execute()
+
+
+def slow() -> None:
+    time.sleep(SLOW_SECONDS)
+    counter().incr(LOW_KEY)
 
 
 def _async_counter() -> Any:

@@ -14,6 +14,7 @@ class Arq(System):
     app_module = "bench.apps.arq_app"
     setup = "1 proc, asyncio (max_jobs=10)"
     command = "arq bench.apps.arq_app.WorkerSettings --custom-log-dict bench.apps.arq_app.LOG_CONFIG"
+    priority = "no priorities: a worker serves one queue, a sorted set ordered by enqueue (or defer) time"
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None

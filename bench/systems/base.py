@@ -33,6 +33,11 @@ class System:
     setup = ""  # worker processes, as shown in the table
     command = ""  # worker command, as shown in RESULTS.md
     has_batch = False
+    # Priority workload: how the system prefers the high queue (shown in the notes), and the worker command
+    # for bench/apps/<name>_priority_app.py; without has_priority its cells read "—".
+    has_priority = False
+    priority = "no priorities"
+    priority_command = ""
 
     # -- harness side ------------------------------------------------------------------------------
     def missing(self) -> str | None:
@@ -52,6 +57,13 @@ class System:
 
     def worker_argvs(self, url: str) -> list[list[str]]:
         raise NotImplementedError
+
+    def priority_argvs(self, url: str) -> list[list[str]]:
+        """The worker command(s) for the priority workload's app (only if ``priority``)."""
+        raise NotImplementedError
+
+    def priority_app(self) -> Any:
+        return importlib.import_module(self.app_module.replace("_app", "_priority_app"))
 
     # -- client side (runs in bench.client) ---------------------------------------------------------
     def app(self) -> Any:
@@ -84,4 +96,12 @@ class System:
 
     def send_eta(self, due: float) -> None:
         """Enqueue ``stamp(due)`` to run at epoch ``due``."""
+        raise NotImplementedError
+
+    def send_low(self, n: int) -> None:
+        """Queue ``n`` low-priority ``slow()`` tasks of the priority app, as fast as the system allows."""
+        raise NotImplementedError
+
+    def send_high(self, sent: float) -> None:
+        """Enqueue the priority app's high-priority ``urgent(sent)``."""
         raise NotImplementedError

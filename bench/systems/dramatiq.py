@@ -13,6 +13,10 @@ class Dramatiq(System):
     app_module = "bench.apps.dramatiq_app"
     setup = "2 procs x 1 thread (-p 2 -t 1)"
     command = "dramatiq bench.apps.dramatiq_app -p 2 -t 1"
+    has_priority = True
+    priority = ("no priority queues on Redis; closest: queues high and low (each process consumes both) and "
+                "actor priority 0 vs 100, which orders only the messages a process has prefetched")
+    priority_command = "dramatiq bench.apps.dramatiq_priority_app -p 2 -t 1"
 
     def missing(self) -> str | None:
         import importlib.util
@@ -26,6 +30,9 @@ class Dramatiq(System):
     def worker_argvs(self, url: str) -> list[list[str]]:
         return [[script("dramatiq"), "bench.apps.dramatiq_app", "-p", "2", "-t", "1"]]
 
+    def priority_argvs(self, url: str) -> list[list[str]]:
+        return [[script("dramatiq"), "bench.apps.dramatiq_priority_app", "-p", "2", "-t", "1"]]
+
     def enqueue(self, n: int) -> None:
         noop = self.app().noop
         for _ in range(n):
@@ -37,3 +44,11 @@ class Dramatiq(System):
     def send_eta(self, due: float) -> None:
         # Dramatiq takes a relative delay in ms only.
         self.app().stamp.send_with_options(args=(due,), delay=max(0, int((due - time.time()) * 1000)))
+
+    def send_low(self, n: int) -> None:
+        slow = self.priority_app().slow
+        for _ in range(n):
+            slow.send()
+
+    def send_high(self, sent: float) -> None:
+        self.priority_app().urgent.send(sent)

@@ -16,6 +16,9 @@ class Hexq(System):
     setup = "2 procs (--concurrency=2)"
     command = "hexq worker --app=bench.apps.hexq_app:app --concurrency=2"
     has_batch = True
+    has_priority = True
+    priority = "queues=[(0, 'high'), (1, 'low')]: strict, the first non-empty queue is served"
+    priority_command = "hexq worker --app=bench.apps.hexq_priority_app:app --concurrency=2"
 
     def missing(self) -> str | None:
         if importlib.util.find_spec("hexq") is None:
@@ -25,10 +28,13 @@ class Hexq(System):
                 return f"not available yet ({module} missing)"
         return None
 
-    def worker_argvs(self, url: str) -> list[list[str]]:
+    def worker_argvs(self, url: str, app: str = "bench.apps.hexq_app:app") -> list[list[str]]:
         exe = script("hexq")
         head = [exe] if Path(exe).exists() else [sys.executable, "-m", "hexq.entrypoints.cli"]
-        return [[*head, "worker", "--app=bench.apps.hexq_app:app", "--concurrency=2"]]
+        return [[*head, "worker", f"--app={app}", "--concurrency=2"]]
+
+    def priority_argvs(self, url: str) -> list[list[str]]:
+        return self.worker_argvs(url, "bench.apps.hexq_priority_app:app")
 
     def enqueue(self, n: int) -> None:
         noop = self.app().noop
@@ -45,3 +51,11 @@ class Hexq(System):
 
     def send_eta(self, due: float) -> None:
         self.app().stamp.delay(due, eta=utc(due))
+
+    def send_low(self, n: int) -> None:
+        slow = self.priority_app().slow
+        for start in range(0, n, 1000):
+            slow.delay_many([() for _ in range(min(1000, n - start))])
+
+    def send_high(self, sent: float) -> None:
+        self.priority_app().urgent.delay(sent)
