@@ -116,15 +116,17 @@ def _cmd_scheduler(app: HexQ, args: argparse.Namespace) -> int:
     import signal
 
     from hexq.entrypoints import bootstrap
+    from hexq.entrypoints.scheduler_driver import SchedulerDriver
 
     setup_logging(args.log_level or app.scheduler_log_level, args.log_file or app.scheduler_log_file)
     scheduler = bootstrap.scheduler(app)
     scheduler.check()
     if not app.schedules:
         print("hexq: warning: the app has no schedules; the scheduler will idle", file=sys.stderr)
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: scheduler.request_stop())
-    return scheduler.run()
+    driver = SchedulerDriver(scheduler, app.clock)
+    signal.signal(signal.SIGTERM, lambda *_: driver.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: driver.request_stop())
+    return driver.run()
 
 
 def _snapshot(app: HexQ) -> dict[str, Any]:

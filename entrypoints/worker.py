@@ -24,12 +24,12 @@ from hexq.adapters.posix.board import ChildReporter, SharedBoard
 from hexq.adapters.posix.processes import PosixProcessControl
 from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
 from hexq.core.ports import Broker, Delivery, Metrics, NoMetrics
-from hexq.core.services.child import ChildConfig, ChildLoop
 from hexq.core.services.parent import ParentConfig, WorkerParent
 from hexq.core.services.parent_events import broadcast_queue
 from hexq.core.services.runner import TaskRunner
 from hexq.entrypoints import bootstrap
 from hexq.entrypoints.app import HexQ
+from hexq.entrypoints.child_driver import ChildConfig, ChildLoop
 from hexq.entrypoints.parent_driver import ParentDriver
 
 if TYPE_CHECKING:

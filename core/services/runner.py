@@ -13,7 +13,7 @@ import attrs
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
 from hexq.core.message import MAX_TASK_ID_BYTES, Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
-from hexq.core.ports import Broker, Clock, Delivery, Metrics, NoMetrics, OutgoingTask
+from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutgoingTask
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 from hexq.core.services.cancellation import TaskCancelled, run_task_body
 from hexq.core.services.invoke import call_hooks, call_task
@@ -47,13 +47,12 @@ class NoReporter:
 class TaskRunner:
     registry: Registry
     codec: Codec
-    broker: Broker
+    broker: Consumer
     clock: Clock
     consumer: str
     rand: Callable[[], float]
     alarm: SoftAlarm = attrs.field(factory=NoAlarm)
     reporter: RunReporter = attrs.field(factory=NoReporter)
-    monotonic: Callable[[], float] | None = None
     metrics: Metrics = attrs.field(factory=NoMetrics)
     defer_acks: bool = True
     pending_acks: list[str] = attrs.field(factory=list)
@@ -173,8 +172,8 @@ class TaskRunner:
         return None
 
     def _report_started(self, slot: int, task_id: str, limits: Limits, started: float) -> None:
-        now = self.monotonic() if self.monotonic is not None else started
-        hard_deadline = now + limits.hard_timeout if limits.hard_timeout is not None else 0.0  # 0.0: none
+        # The Clock's monotonic time is the one every process of a worker shares, so the parent can compare it.
+        hard_deadline = started + limits.hard_timeout if limits.hard_timeout is not None else 0.0  # 0.0: none
         self.reporter.started(slot, task_id, hard_deadline)
 
     async def _body(self, task: TaskDef, message: TaskMessage, limits: Limits) -> None:

@@ -13,11 +13,9 @@ from datetime import datetime, timezone
 import attrs
 
 from hexq.core.cron import CronTask, plan_tick
-from hexq.core.errors import HexqError
 from hexq.core.outgoing import TaskFactory
 from hexq.core.ports import Clock, CronStore
 from hexq.core.registry import Registry
-from hexq.core.services.outage import OutageLog
 
 log = logging.getLogger("hexq.scheduler")
 
@@ -33,30 +31,9 @@ class Scheduler:
     broker: CronStore
     clock: Clock
     schedules: Sequence[CronTask]
-    max_sleep: float = 1.0
-    stopping: bool = False
+    max_sleep: float = 1.0  # the longest wait tick() returns: how often the schedules are looked at again
     fired: int = 0
     _watched_since: dict[str, datetime] = attrs.field(factory=dict)
-    _outage: OutageLog = attrs.field(factory=lambda: OutageLog(log))
-
-    def request_stop(self) -> None:
-        self.stopping = True
-
-    def run(self) -> int:
-        log.info("scheduler started with %d schedule(s)", len(self.schedules))
-        failures = 0
-        while not self.stopping:
-            try:
-                wait = self.tick()
-                failures = 0
-                self._outage.succeeded(self.clock.monotonic())
-            except HexqError as exc:
-                failures += 1
-                wait = min(5.0, 0.2 * 2 ** min(failures, 5))
-                self._outage.failed(self.clock.monotonic(), exc)
-            self.clock.sleep(min(wait, self.max_sleep))
-        log.info("scheduler stopped")
-        return 0
 
     def check(self) -> None:
         """Refuse to start with a schedule naming a task that does not exist."""

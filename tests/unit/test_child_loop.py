@@ -12,8 +12,8 @@ from service_fixtures import enqueue, make_app
 
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.ports import Reservation
-from hexq.core.services.child import ChildConfig, ChildLoop
 from hexq.core.services.runner import TaskRunner
+from hexq.entrypoints.child_driver import ChildConfig, ChildLoop
 
 
 def build_loop(app: Any, broker: Any, clock: Any, **config: Any) -> ChildLoop:
@@ -61,7 +61,7 @@ def test_stop_mid_batch_hands_unstarted_tasks_back_in_order() -> None:
     for n in range(6):
         enqueue(app, job, n)
     loop = build_loop(app, broker, clock, prefetch_max=10)
-    loop._ewma = 1e-6  # as if tasks were known to be fast: reserve big batches
+    loop.planner._ewma = 1e-6  # as if tasks were known to be fast: reserve big batches
     holder["loop"] = loop
     asyncio.run(loop.run())
     assert ran[:2] == [0, 1]

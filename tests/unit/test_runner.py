@@ -384,7 +384,8 @@ def test_a_lost_lease_after_success_does_not_run_the_task_twice() -> None:
 
 def test_reporter_gets_deadlines_and_alarm_is_armed_for_sync_tasks() -> None:
     reporter, alarm = RecordingReporter(), RecordingAlarm()
-    world = make_world(reporter=reporter, alarm=alarm, monotonic=lambda: 500.0)
+    world = make_world(reporter=reporter, alarm=alarm)
+    world.clock.mono = 500.0
     world.task("limited", lambda: None, soft_timeout=2.0, hard_timeout=3.0)
     world.send("limited", task_id="x")
     world.run()

@@ -1,11 +1,10 @@
-"""The worker child's loop: reserve tasks by strict priority, run them, acknowledge in batches.
+"""The worker child's driver: reserve tasks by strict priority, run them, acknowledge in batches.
 
-One asyncio loop per child. Sync tasks run inline on it (SIGALRM enforces their soft timeout); async
-tasks run concurrently up to ``slots``. Reservations are batched to save round trips, but a batch is
-sized by its tasks' measured duration so that it takes about ``preemptible_batch_seconds`` (1 ms) to run
-when it comes from a queue below another one, ``target_batch_seconds`` (5 ms) when nothing can preempt
-it: a higher-priority task enqueued meanwhile waits at most about that long, so priorities stay strict in
-practice while fast tasks are amortised.
+One asyncio loop per child. Sync tasks run inline on it (SIGALRM enforces their soft timeout); async tasks
+run concurrently up to ``slots``. How many tasks to reserve, and how long to wait when idle, is decided by
+the pure ``BatchPlanner`` (``hexq.core.services.batching``); running one task is the ``TaskRunner``'s job.
+This driver owns what they must not do: the event loop, waiting, and moving blocking broker calls to a
+thread while async tasks need the loop.
 """
 
 from __future__ import annotations
@@ -18,7 +17,10 @@ from typing import Any, TypeVar
 import attrs
 
 from hexq.core.errors import BrokerError, HexqError
+from hexq.core.message import TaskMessage
 from hexq.core.ports import Clock, Consumer, Delivery
+from hexq.core.registry import TaskDef
+from hexq.core.services.batching import BatchPlanner
 from hexq.core.services.outage import OutageLog
 from hexq.core.services.runner import TaskRunner
 
@@ -33,10 +35,7 @@ class ChildConfig:
     slots: int  # tasks running at once (1 + async concurrency)
     lease_ms: int
     max_tasks: int | None = None
-    prefetch_max: int = 64
-    target_batch_seconds: float = 0.005
-    # The budget of a batch expected from a queue that a higher one can preempt (see _batch_size).
-    preemptible_batch_seconds: float = 0.001
+    prefetch_max: int = 64  # the largest batch a reservation takes
     idle_wait: float = 1.0
     backoff_max: float = 5.0
 
@@ -49,13 +48,19 @@ class ChildLoop:
     config: ChildConfig
     on_started: Sequence[Callable[[], Any]] = ()
     stopping: bool = False
-    done: int = 0
-    _ewma: float = 0.0
-    _limit: int = 0  # the limit of the last reservation
-    _preemptible: bool = False  # whether the next batch is expected from a preemptible queue
+    planner: BatchPlanner = attrs.field(init=False)
     _free_slots: list[int] = attrs.field(factory=list)
     _running: set[asyncio.Task[None]] = attrs.field(factory=set)
     _outage: OutageLog = attrs.field(factory=lambda: OutageLog(log))
+
+    def __attrs_post_init__(self) -> None:
+        config = self.config
+        self.planner = BatchPlanner(config.queues, config.max_tasks, prefetch_max=config.prefetch_max,
+                                    idle_wait_max=config.idle_wait, backoff_max=config.backoff_max)
+
+    @property
+    def done(self) -> int:
+        return self.planner.done
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -68,15 +73,16 @@ class ChildLoop:
                 await result
         failures = 0
         wait = 0.0  # after an empty reservation: how long the next one may block for new work
-        while not self.stopping and not self._quota_reached():
+        while not self.stopping and not self.planner.quota_reached:
             if not self._free_slots and self._running:
                 await asyncio.wait(self._running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 continue
             acks = self.runner.take_acks()
             try:
                 reservation = await self._io(
-                    self.broker.reserve, self.config.consumer, self.config.queues, self._batch_size(),
-                    int(self.clock.now() * 1000), self.config.lease_ms, acks, wait,
+                    self.broker.reserve, self.config.consumer, self.config.queues,
+                    self.planner.size(len(self._running)), int(self.clock.now() * 1000), self.config.lease_ms,
+                    acks, wait,
                 )
             except BrokerError as exc:
                 # Unreachable, refusing our credentials, or out of memory: wait it out, never crash-loop, and
@@ -84,62 +90,20 @@ class ChildLoop:
                 self.runner.pending_acks[:0] = acks
                 failures += 1
                 self._outage.failed(self.clock.monotonic(), exc)
-                await asyncio.sleep(min(self.config.backoff_max, 0.1 * 2 ** min(failures, 6)))
+                await asyncio.sleep(self.planner.backoff(failures))
                 wait = 0.0
                 continue
             failures = 0
             self._outage.succeeded(self.clock.monotonic())
-            if not reservation.deliveries:
-                wait = self._idle_wait(reservation.next_eta_ms)
-                continue
-            wait = 0.0
-            await self._run_batch(reservation.deliveries)
+            wait = 0.0 if reservation.deliveries else self.planner.idle_wait(reservation.next_eta_ms,
+                                                                              self.clock.now())
+            if reservation.deliveries:
+                await self._run_batch(reservation.deliveries)
         await self._shutdown()
         return 0
 
-    def _quota_reached(self) -> bool:
-        return self.config.max_tasks is not None and self.done >= self.config.max_tasks
-
-    def _batch_size(self) -> int:
-        size = self.config.prefetch_max
-        if self._ewma > 0:
-            # A batch from a queue with a higher one above it is what a new higher-priority task waits
-            # behind, so it gets a small budget; a batch that nothing can preempt gets the large one.
-            budget = self.config.target_batch_seconds
-            if self._preemptible:
-                budget = self.config.preemptible_batch_seconds
-            size = int(budget / self._ewma)
-        elif self.done == 0:
-            size = 1  # nothing measured yet: do not grab a batch of possibly long tasks
-        # Free slots bound how many tasks run at once, not how many are reserved: sync tasks run one
-        # after another from the batch, and the batch is sized by their measured duration.
-        size = max(1, min(size, self.config.prefetch_max))
-        if self.config.max_tasks is not None:
-            size = max(1, min(size, self.config.max_tasks - self.done - len(self._running)))
-        self._limit = size
-        return size
-
-    def _expect_next(self, deliveries: Sequence[Delivery]) -> None:
-        """Guess where the next batch comes from, as a reservation only says where it came from: from
-        the same queue if this batch filled its limit (there is probably more), else from a lower one.
-        Preemptible: some app queue ranks above it ('@' queues, the worker's broadcasts, do not count)."""
-        if not deliveries:
-            return
-        queues = self.config.queues
-        rank = queues.index(deliveries[0].queue) if deliveries[0].queue in queues else 0
-        above = any(not queue.startswith("@") for queue in queues[:rank])
-        self._preemptible = above or len(deliveries) < self._limit
-
-    def _idle_wait(self, next_eta_ms: int | None) -> float:
-        """How long an idle child may block for new work: until the next eta falls due, at most
-        ``idle_wait`` (which also bounds how late it notices a stop request)."""
-        wait = self.config.idle_wait
-        if next_eta_ms is not None and next_eta_ms > 0:  # a corrupt (negative) eta must not spin us
-            wait = min(wait, max(0.0, next_eta_ms / 1000 - self.clock.now()))
-        return wait
-
     async def _run_batch(self, deliveries: Sequence[Delivery]) -> None:
-        self._expect_next(deliveries)
+        self.planner.reserved(deliveries)
         for index, delivery in enumerate(deliveries):
             if self.stopping:
                 await self._release(deliveries[index:])
@@ -160,22 +124,17 @@ class ChildLoop:
         if self._running:
             await asyncio.sleep(0)  # let async tasks make progress between batches
 
-    async def _run_one(self, delivery: Delivery, message: Any, task: Any, slot: int) -> None:
+    async def _run_one(self, delivery: Delivery, message: TaskMessage, task: TaskDef, slot: int) -> None:
         started = self.clock.monotonic()
         try:
             await self.runner.run_prepared(delivery, message, task, slot)
         except BrokerError as exc:
-            # The outcome could not be written; the task stays owned and is settled later (acks are
-            # kept) or comes back when this child's lease ends.
+            # The outcome could not be written; the task stays owned and is settled later (acks are kept) or
+            # comes back when this child's lease ends.
             log.warning("could not record the outcome of task %s (%s)", delivery.id, exc)
         finally:
             self._free_slots.append(slot)
-            self.done += 1
-        self._measure(self.clock.monotonic() - started)
-
-    def _measure(self, seconds: float) -> None:
-        self._ewma = seconds if self._ewma == 0 else 0.8 * self._ewma + 0.2 * seconds
-        self._ewma = max(self._ewma, 1e-6)
+            self.planner.ran(self.clock.monotonic() - started)
 
     async def _release(self, deliveries: Sequence[Delivery]) -> None:
         ids = [d.id for d in deliveries]
