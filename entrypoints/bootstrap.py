@@ -42,6 +42,10 @@ def make_broker(app: HexQ) -> Broker:
         from hexq.adapters.memory.broker import MemoryBroker
 
         return MemoryBroker(rules=RULES)
+    if connection.scheme == "sqlite":
+        from hexq.adapters.sqlite.broker import SqliteBroker
+
+        return SqliteBroker.from_settings(connection, rules=RULES)
     from hexq.adapters.redis.broker import RedisBroker
 
     return RedisBroker.from_connection(connection, app.prefix, rules=RULES)

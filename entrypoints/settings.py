@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from hexq.adapters.redis.settings import REDIS_SCHEMES, SCHEMES_HINT, RedisSettings, redacted_url, redis_url
+from hexq.adapters.sqlite.settings import SQLITE_SCHEME, SqliteSettings
 from hexq.core.errors import ConfigError
 
 MEMORY_SCHEME = "memory"
@@ -32,19 +33,26 @@ class InProcess:
         return redacted_url(self.url)
 
 
-# ``scheme`` tells the two apart, for mypy too: ``if c.scheme == "memory"`` narrows to InProcess.
-BrokerConnection: TypeAlias = RedisSettings | InProcess
+# ``scheme`` tells them apart, for mypy too: ``if c.scheme == "memory"`` narrows to InProcess.
+BrokerConnection: TypeAlias = RedisSettings | SqliteSettings | InProcess
 
 
 def build_connection(url: str | None, host: str, port: int, db: int, username: str | None, password: str | None,
                      **options: Any) -> BrokerConnection:
     """HexQ's connection keywords as a value; ``options`` are RedisSettings' timeouts and TLS files (ignored
     by ``memory://``, which has no socket)."""
+    if url is not None and urlsplit(url).scheme == SQLITE_SCHEME:
+        # A file on this host; a relative path is made absolute now, once, before any fork or chdir.
+        if username is not None or password is not None:
+            raise ConfigError("username=/password= are for a Redis server; an sqlite: URL names a file, which "
+                              "the file system's permissions protect")
+        return SqliteSettings.from_url(url)
     full = redis_url(url, host, port, db, username, password)
     scheme = urlsplit(full).scheme
     if scheme == MEMORY_SCHEME:
         return InProcess(full)
-    # RedisSettings checks this too; checked first here so the message can offer memory://.
+    # RedisSettings checks this too; checked first here so the message can offer the other brokers.
     if scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"unsupported broker URL scheme {scheme!r}: use {SCHEMES_HINT} or memory://")
+        raise ConfigError(f"unsupported broker URL scheme {scheme!r}: use {SCHEMES_HINT}, "
+                          "sqlite:///absolute/path.db (a file on this host) or memory://")
     return RedisSettings(full, **options)

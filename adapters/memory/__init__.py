@@ -1,4 +1,5 @@
-"""In-memory adapters: a complete Broker, a fake Clock and a fake ProcessControl, for dev runs and tests."""
+"""In-memory adapters: a complete Broker (the SQLite broker on an in-memory database), a fake Clock and a
+fake ProcessControl, for dev runs and tests."""
 
 from hexq.adapters.memory.broker import MemoryBroker
 from hexq.adapters.memory.clock import FakeClock

@@ -6,7 +6,7 @@ the same contract as the Redis adapter."""
 from __future__ import annotations
 
 from hexq.adapters.sqlite.broker import SqliteBroker
-from hexq.adapters.sqlite.database import MemoryDatabase
+from hexq.adapters.sqlite.inmemory import MemoryDatabase
 from hexq.core.rules import LeaseRules
 
 _DEFAULT_RULES = LeaseRules()

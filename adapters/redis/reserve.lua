@@ -67,6 +67,8 @@ for _, id in ipairs(taken) do
 end
 redis.call("hset", INFLIGHT, unpack(fields))
 redis.call("zadd", LEASES, tonumber(now) + tonumber(ARGV[4]), consumer)
+-- A consumer that reserves is alive: a suspicion raised while its lease looked expired no longer holds.
+redis.call("hdel", SUSPECTS, consumer)
 local payloads = redis.call("hmget", TASKS, unpack(taken))
 local crashes = redis.call("hmget", CRASHES, unpack(taken))
 for i, id in ipairs(taken) do

@@ -10,6 +10,7 @@ without a transaction or a lock (``Database.wait``), then reserves.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from hexq.adapters.sqlite import statements
@@ -18,10 +19,12 @@ from hexq.adapters.sqlite.database import Database, FileDatabase
 from hexq.adapters.sqlite.inspection import SqliteInspection
 from hexq.adapters.sqlite.settings import SqliteSettings
 from hexq.adapters.sqlite.statements import text
+from hexq.core.errors import BrokerError
 from hexq.core.ports import Delivery, OutgoingTask, Reservation
 from hexq.core.rules import LeaseRules
 
 _DEFAULT_RULES = LeaseRules()
+log = logging.getLogger("hexq.sqlite")
 
 
 class SqliteBroker(SqliteInspection):
@@ -107,6 +110,12 @@ class SqliteBroker(SqliteInspection):
 
     def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
         self._db.write(statements.heartbeat, worker_id, info, now_ms, self._rules.stale_worker_ms)
+        # The worker parent's broker thread, once a second: where a checkpoint's fsync delays nobody. The
+        # beat itself is recorded: a failed checkpoint is left to the next one (or to the backstop).
+        try:
+            self._db.checkpoint()
+        except BrokerError as exc:
+            log.warning("could not checkpoint %s (%s); the next heartbeat tries again", self.where, exc)
 
     def forget_worker(self, worker_id: str) -> None:
         self._db.write(statements.forget_worker, worker_id)

@@ -1,6 +1,7 @@
 """Connections and transactions: a database file shared by processes (``FileDatabase``) or an in-memory
-database shared by the threads of one process (``MemoryDatabase``, behind ``memory://``). The broker's
-rules are written once, as SQL over a connection (``statements.py``), and run inside either.
+database shared by the threads of one process (``MemoryDatabase`` in ``inmemory.py``, behind
+``memory://``). The broker's rules are written once, as SQL over a connection (``statements.py``), and run
+inside either.
 
 File databases:
 
@@ -14,6 +15,11 @@ File databases:
 - every write is one ``BEGIN IMMEDIATE`` transaction: it takes the write lock at the start, so two writers
   never both read and then deadlock upgrading; a writer waits for the lock up to the busy timeout, then the
   call fails with BrokerUnavailableError;
+- checkpoints (copying the WAL into the database file, with an fsync under NORMAL) are taken off the
+  producers' path: SQLite would run one inside every ~300th commit, stalling that ``.delay()`` for
+  milliseconds (hundreds under I/O pressure). Instead every worker parent's heartbeat runs a PASSIVE
+  checkpoint (which waits for nobody) once a second, and the automatic one is left only as a backstop, at
+  ``AUTOCHECKPOINT_PAGES`` (the WAL then stays under ~40 MB even with no worker running);
 - connections are opened lazily, one per thread (``threading.local``) and per process: a connection found
   in a forked child (``os.getpid()`` changed) is never used nor closed there, since SQLite forbids carrying
   a connection across ``fork``; it is set aside and a new one opened. Each process logs the absolute path
@@ -27,13 +33,14 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
 
 from hexq.adapters.sqlite.errors import SqliteFileError, translate
 from hexq.adapters.sqlite.schema import MIN_SQLITE, ensure_schema
 from hexq.adapters.sqlite.settings import SqliteSettings
-from hexq.adapters.sqlite.waking import Listener, Waker
+from hexq.adapters.sqlite.waking import CommitProbe, Listener, Waker
 
 log = logging.getLogger("hexq.sqlite")
 
@@ -44,6 +51,26 @@ Ready = Callable[[sqlite3.Connection], bool]
 # Connections inherited through fork: kept referenced so that garbage collection never closes them in
 # the child (closing one may release or disturb the parent's locks).
 _INHERITED: list[sqlite3.Connection] = []
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that knows the process and the broker generation (closes so far) it was opened in, and
+    can be weakly referenced."""
+
+    opened_by: int
+    generation: int
+
+
+class _Slot:
+    """A thread's hold on its connection, kept in a ``threading.local``: when the thread ends, the slot is
+    freed and a finalizer hands the connection to the next thread that needs one."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+AUTOCHECKPOINT_PAGES = 10_000
 _ANNOUNCED: set[tuple[int, str]] = set()
 
 
@@ -63,6 +90,8 @@ class Database(Protocol):
 
     def wake_waiters(self) -> None: ...
 
+    def checkpoint(self) -> None: ...
+
     def listener(self, kind: str) -> Listener | None: ...
 
     def poke(self, path: str) -> bool:
@@ -80,7 +109,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
             pass  # SQLite may already have rolled back (after SQLITE_FULL, for instance)
 
 
-def _transact(conn: sqlite3.Connection, begin: str, work: Callable[Concatenate[sqlite3.Connection, P], T],
+def transact(conn: sqlite3.Connection, begin: str, work: Callable[Concatenate[sqlite3.Connection, P], T],
               *args: P.args, **kwargs: P.kwargs) -> T:
     conn.execute(begin)
     try:
@@ -99,42 +128,58 @@ class FileDatabase:
         self.where = settings.url
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        self._opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._idle: list[_Connection] = []
         self._generation = 0
         self._waker: Waker | None = None
+        self._probe = CommitProbe(self.path)
 
     # -- connections -------------------------------------------------------------------------------
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection in this process, opened on first use."""
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid() and local.generation == self._generation:
-            return conn
-        if conn is not None and local.pid != os.getpid():
-            _INHERITED.append(conn)
-        local.conn = None
-        conn = self._guarded(self._open)
-        local.conn, local.pid, local.generation = conn, os.getpid(), self._generation
+        """This thread's connection in this process, opened on first use (or taken over from a thread that
+        ended: each thread that ever called would otherwise leave a descriptor open, since SQLite keeps a
+        closed connection's file open while another connection of the process holds a lock on it)."""
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is not None and slot.conn.opened_by == os.getpid() and slot.conn.generation == self._generation:
+            return slot.conn
+        conn = self._idle_connection() or self._guarded(self._open)
+        slot = _Slot(conn)
+        weakref.finalize(slot, self._idle.append, conn).atexit = False  # when this thread ends
+        self._local.slot = slot
         return conn
 
-    def _open(self) -> sqlite3.Connection:
+    def _idle_connection(self) -> _Connection | None:
+        while self._idle:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return None
+            if conn.opened_by == os.getpid() and conn.generation == self._generation:
+                return conn
+            if conn.opened_by != os.getpid():
+                _INHERITED.append(conn)
+        return None
+
+    def _open(self) -> _Connection:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise SqliteFileError(f"hexq needs SQLite {'.'.join(map(str, MIN_SQLITE))} or later; this Python uses "
                                   f"{sqlite3.sqlite_version}: use a Python built against a newer libsqlite3")
         if os.path.isdir(self.path):
             raise SqliteFileError(f"{self.path} is a folder, not a database file: add a file name to the URL")
         conn = sqlite3.connect(self.path, timeout=self.settings.busy_timeout, isolation_level=None,
-                               check_same_thread=False, cached_statements=256)
+                               check_same_thread=False, cached_statements=256, factory=_Connection)
+        conn.opened_by, conn.generation = os.getpid(), self._generation
         try:
             # The pragmas are per connection, except journal_mode=WAL, which the file keeps.
             conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             ensure_schema(conn, self.path)
         except BaseException:
             conn.close()
             raise
         with self._lock:
-            self._opened.append((os.getpid(), conn))
+            self._opened.add(conn)
             announce = (os.getpid(), self.path) not in _ANNOUNCED
             _ANNOUNCED.add((os.getpid(), self.path))
         if announce:
@@ -160,16 +205,24 @@ class FileDatabase:
     def write(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``work(conn, ...)`` in one BEGIN IMMEDIATE transaction: all of it is committed, or none."""
         try:
-            return _transact(self.connection(), "BEGIN IMMEDIATE", work, *args, **kwargs)
+            return transact(self.connection(), "BEGIN IMMEDIATE", work, *args, **kwargs)
         except sqlite3.Error as exc:
             self._reraise(exc)
 
     def read(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``work(conn, ...)`` on one snapshot (a deferred read transaction; WAL readers take no lock)."""
         try:
-            return _transact(self.connection(), "BEGIN", work, *args, **kwargs)
+            return transact(self.connection(), "BEGIN", work, *args, **kwargs)
         except sqlite3.Error as exc:
             self._reraise(exc)
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file; PASSIVE: it neither waits for nor blocks
+        readers and writers, and leaves what it cannot copy yet to the next one."""
+        self._guarded(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     # -- waiting -----------------------------------------------------------------------------------
     def waker(self) -> Waker:
@@ -190,8 +243,9 @@ class FileDatabase:
     def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None:
         """Return once ``ready(conn)`` holds, checked at once and after each commit seen, or after
         ``timeout`` seconds. A commit is seen through a datagram on ``listener`` (one is bound for this
-        call when none is given) or through ``PRAGMA data_version``, polled every ``listener.poll_s``;
-        a caller's own listener (a subscription's) is trusted for the whole timeout."""
+        call when none is given) or through the commit probe (``waking.CommitProbe``), checked every
+        ``listener.poll_s``; a caller's own listener (a subscription's) is trusted for the whole timeout,
+        since a publisher always sends to it."""
         self._guarded(self._wait, ready, timeout, listener)
 
     def _wait(self, ready: Ready, timeout: float, listener: Listener | None) -> None:
@@ -201,12 +255,12 @@ class FileDatabase:
         heard = self.listener("t") if listener is None else listener  # bound first: no commit after it is missed
         poll_s = heard.poll_s if mine or heard.path is None else timeout
         try:
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            version = self._probe.token(conn)
             if ready(conn):
                 return
             while (left := deadline - time.monotonic()) > 0:
                 heard.wait(min(left, poll_s))
-                seen = conn.execute("PRAGMA data_version").fetchone()[0]
+                seen = self._probe.token(conn)
                 if seen != version:
                     version = seen
                     if ready(conn):
@@ -217,73 +271,15 @@ class FileDatabase:
 
     def close(self) -> None:
         with self._lock:
-            mine = [conn for pid, conn in self._opened if pid == os.getpid()]
-            self._opened = [(pid, conn) for pid, conn in self._opened if pid != os.getpid()]
+            mine = [conn for conn in self._opened if conn.opened_by == os.getpid()]
+            for conn in mine:
+                self._opened.discard(conn)
             self._generation += 1
         for conn in mine:
             try:
                 conn.close()
             except sqlite3.Error:
                 pass
-
-
-_template: tuple[int, sqlite3.Connection] | None = None
-_template_lock = threading.Lock()
-
-
-def _copy_blank_schema(conn: sqlite3.Connection) -> None:
-    """An empty layout, copied from a template built once per process: a copy takes a tenth of the time of
-    running the DDL, and the unit tests build a MemoryBroker for nearly every test."""
-    global _template
-    with _template_lock:
-        if _template is None or _template[0] != os.getpid():
-            blank = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            ensure_schema(blank, ":memory:")
-            _template = (os.getpid(), blank)
-        _template[1].backup(conn)
-
-
-class MemoryDatabase:
-    """One in-memory database for one process: a single connection behind a condition variable, used by
-    any thread (``check_same_thread=False``); every transaction holds the lock throughout, and each commit
-    wakes the waiting calls."""
-
-    where = "memory://"
-    path = ":memory:"
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False,
-                                     cached_statements=256)
-        _copy_blank_schema(self._conn)
-
-    def write(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        with self._cond:
-            result = _transact(self._conn, "BEGIN IMMEDIATE", work, *args, **kwargs)
-            self._cond.notify_all()
-            return result
-
-    def read(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        with self._cond:
-            return work(self._conn, *args, **kwargs)
-
-    def wake_waiters(self) -> None:
-        return None  # every commit already notified the condition
-
-    def listener(self, kind: str) -> None:
-        return None
-
-    def poke(self, path: str) -> bool:
-        return True
-
-    def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not ready(self._conn):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._cond.wait(left)
-
-    def close(self) -> None:
-        return None  # the data lives as long as the broker object; closing would lose it under a live caller
+        self._probe.close()
+        if self._waker is not None:
+            self._waker.close()

@@ -24,6 +24,8 @@ RECOVER_PER_RESERVE = 10
 _TAIL_OF = f"(SELECT coalesce(max(pos), 0) + 1 FROM tasks WHERE state = {QUEUED} AND queue = ?2)"
 _HEAD_OF_ROW = (f"(SELECT coalesce(min(h.pos), 1) - 1 FROM tasks AS h "
                 f"WHERE h.state = {QUEUED} AND h.queue = tasks.queue)")
+_TAIL = f"SELECT coalesce(max(pos), 0) FROM tasks WHERE state = {QUEUED} AND queue = ?"
+_INSERT_AT = f"INSERT OR REPLACE INTO tasks (id, queue, state, pos, payload) VALUES (?, ?, {QUEUED}, ?, ?)"
 _INSERT_QUEUED = (f"INSERT OR REPLACE INTO tasks (id, queue, state, pos, payload) "
                   f"VALUES (?1, ?2, {QUEUED}, {_TAIL_OF}, ?3)")
 # One waiting task per (queue, dedup key): a second one updates the first's eta and payload. An id stored
@@ -51,8 +53,9 @@ _PUT_BACK = (f"UPDATE tasks SET state = {QUEUED}, pos = {_HEAD_OF_ROW}, consumer
 _FIRST = (f"SELECT rowid, id, CAST(payload AS BLOB), crashes FROM tasks WHERE state = {QUEUED} AND queue = ? "
           "ORDER BY pos LIMIT ?")
 _OWN = f"UPDATE tasks SET state = {OWNED}, consumer = ?, since_ms = ? WHERE rowid = ?"
+# A consumer that reserves is alive: a suspicion raised while its lease looked expired no longer holds.
 _LEASE = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
-          "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms")
+          "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms, suspected_ms = NULL")
 _RENEW = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
           "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms, suspected_ms = NULL")
 _CLAIM = ("INSERT INTO cron (schedule_key, last_fire_ms) VALUES (?, ?) ON CONFLICT (schedule_key) "
@@ -81,7 +84,16 @@ def store(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> int:
         task = runnable[0]
         conn.execute(_INSERT_QUEUED, (task.id, task.queue, task.payload))
     elif runnable:
-        conn.executemany(_INSERT_QUEUED, [(t.id, t.queue, t.payload) for t in runnable])
+        # A batch reads each queue's tail once and numbers its tasks here: cheaper than a subquery per row.
+        tails: dict[str, int] = {}
+        rows = []
+        for t in runnable:
+            last = tails.get(t.queue)
+            if last is None:
+                last = conn.execute(_TAIL, (t.queue,)).fetchone()[0]
+            tails[t.queue] = last = last + 1
+            rows.append((t.id, t.queue, last, t.payload))
+        conn.executemany(_INSERT_AT, rows)
     if len(runnable) < len(tasks):
         conn.executemany(_UPSERT_WAITING, [(t.id, t.queue, t.payload, t.eta_ms, t.dedup_key)
                                            for t in tasks if t.eta_ms is not None])

@@ -2,12 +2,17 @@
 
 SQLite has no BLPOP. A waiting call binds a datagram socket ``t-<pid>-<n>-<random>`` in the folder
 ``<database>-wake`` for the length of its wait, and a producer that committed a runnable task sends one byte
-to each socket there, which wakes the waiter at once. Between bytes it polls ``PRAGMA data_version`` on its
-own connection (a read of the WAL index in shared memory, a few microseconds) every ``POLL_S``, or every
-``POLL_WITHOUT_SOCKET_S`` when it could not bind a socket; that bounds how late a new task is noticed if a
-wake-up is lost, and costs a timer wake-up each time, which is most of an idle worker's CPU. A broadcast subscription binds ``b-<...>`` for its whole life; publishers
-find those through the ``subscribers`` table and count the ones that answer (a socket nobody holds any more
-is refused: its process is gone).
+to each socket there, which wakes the waiter at once. Between bytes it checks for commits every ``POLL_S``,
+or every ``POLL_WITHOUT_SOCKET_S`` when it could not bind a socket; that bounds how late a new task is
+noticed if a wake-up is lost. The check (``CommitProbe``) reads the WAL-index header at the start of the
+``-shm`` file with one ``pread``: SQLite rewrites that header on every commit (its documented wal-index
+format, shared by every process and SQLite version that opens the database). ``PRAGMA data_version`` says
+the same, but it opens and closes a read transaction, which cost a waiting worker over 1% of a core at
+125 checks a second; the pread costs about a microsecond, so the timer wake-ups are what is left.
+
+A broadcast subscription binds ``b-<...>`` for its whole life; publishers find those through the
+``subscribers`` table and count the ones that answer (a socket nobody holds any more is refused: its
+process is gone).
 
 Everything here may fail (a read-only folder, a path longer than a socket address allows, another user's
 socket): failures are ignored, and waiting falls back to polling alone.
@@ -21,11 +26,15 @@ import logging
 import os
 import select
 import socket
+import sqlite3
+import threading
 import time
 
 log = logging.getLogger("hexq.sqlite")
 
-POLL_S = 0.008  # how often a waiting call checks data_version, with a socket: the bound if a datagram is lost
+# How often a waiting call checks for commits: with a socket, only a safety net for a lost datagram (each
+# check is a timer wake-up, most of an idle worker's CPU); without one, polling is all there is.
+POLL_S = 0.010
 POLL_WITHOUT_SOCKET_S = 0.004  # ... and without one: then polling is all there is
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less the terminating NUL
 _RECENT_NS = 50_000_000  # a folder changed this recently may have changed again within its mtime granularity
@@ -59,6 +68,9 @@ class Listener:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.bind(path)
+            # Producers may run as another user: anyone who may enter the folder may wake us (at worst a
+            # spurious wake-up), as the database file's own permissions decide who may enqueue.
+            os.chmod(path, 0o666)
         except OSError:
             sock.close()
             return
@@ -117,6 +129,11 @@ class Waker:
             self._pid = os.getpid()
         return self._sock
 
+    def close(self) -> None:
+        if self._sock is not None and self._pid == os.getpid():
+            self._sock.close()
+        self._sock = None
+
     def listener(self, kind: str = "t") -> Listener:
         return Listener(self.folder, kind)
 
@@ -150,3 +167,36 @@ class Waker:
                     pass
             return False
         return True
+
+
+class CommitProbe:
+    """A token that changes whenever any connection commits to the database: the raw WAL-index header
+    (the first 48 bytes of ``<database>-shm``), or ``PRAGMA data_version`` when that file cannot be read
+    (a database not in WAL mode). Tokens are only compared: a torn read is at worst a spurious change."""
+
+    def __init__(self, database_path: str) -> None:
+        self._shm = database_path + "-shm"
+        self._pid = -1
+        self._fd = -1
+        self._lock = threading.Lock()
+
+    def token(self, conn: sqlite3.Connection) -> object:
+        if self._pid != os.getpid():  # a descriptor of the parent's is still valid, but keep one per process
+            with self._lock:
+                if self._pid != os.getpid():
+                    try:
+                        self._fd = os.open(self._shm, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError:
+                        self._fd = -1
+                    self._pid = os.getpid()
+        if self._fd >= 0:
+            try:
+                return os.pread(self._fd, 48, 0)
+            except OSError:
+                pass
+        return conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd, self._pid = -1, -1

@@ -327,6 +327,18 @@ class ConsumerContract(_Contract):
         settle(broker, T0 + 101 + grace_ms)
         assert stats(broker) == (1, 0, 0)
 
+    def test_a_reservation_that_extends_a_suspected_lease_clears_the_suspicion(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b")])
+        take(broker, limit=1, lease_ms=100)
+        settle(broker, T0 + 101)  # c1 suspected
+        take(broker, limit=1, now_ms=T0 + 200, lease_ms=100)  # c1 is alive after all: a new lease until +300
+        settle(broker, T0 + 301)  # expired again: suspected anew, not recovered on the old suspicion
+        assert sorted(owners(broker)) == [("a", "c1"), ("b", "c1")]
+        settle(broker, T0 + 301 + GRACE - 1)
+        assert len(owners(broker)) == 2
+        settle(broker, T0 + 301 + GRACE)
+        assert owners(broker) == [] and stats(broker) == (2, 0, 0)
+
     def test_late_ack_after_expiry_leaves_a_delivery_without_payload(self, broker: Broker) -> None:
         broker.enqueue([task("a")])
         take(broker, lease_ms=100)
