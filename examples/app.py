@@ -5,7 +5,8 @@
     python -c "from examples.app import mytask; mytask.delay(1, 1)"
     hexq enqueue --app=examples.app:app mytask 2 3
 
-HEXQ_URL picks the broker (default redis://localhost:6379/0); HEXQ_URL=memory:// runs tasks in-process.
+HEXQ_URL picks the broker (default redis://localhost:6379/0): HEXQ_URL=sqlite:///path/hexq.db needs nothing
+installed (``make demo`` runs this app that way); HEXQ_URL=memory:// runs tasks in-process.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ app = HexQ(
         CronTask("* * * * *", "mytask", queue=Q_MED, args=[2, 2], kwargs={}),
         ("*/5 * * * *", "mytask", [1, 1], {}),
         ("*/10 * * * *", "anothertask"),
+        CronTask("* * * * * */5", "anothertask"),  # six fields: the last is seconds (every 5 s)
     ],
 )
 
