@@ -77,6 +77,14 @@ class ChildLoop:
             if not self._free_slots and self._running:
                 await asyncio.wait(self._running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            try:
+                if self.runner.pending_settles:
+                    await self._io(self.runner.flush_settles)  # outcomes the broker could not take before
+            except BrokerError as exc:
+                failures += 1
+                self._outage.failed(self.clock.monotonic(), exc)
+                await asyncio.sleep(self.planner.backoff(failures))
+                continue
             acks = self.runner.take_acks()
             try:
                 reservation = await self._io(
@@ -129,9 +137,10 @@ class ChildLoop:
         try:
             await self.runner.run_prepared(delivery, message, task, slot)
         except BrokerError as exc:
-            # The outcome could not be written; the task stays owned and is settled later (acks are kept) or
-            # comes back when this child's lease ends.
-            log.warning("could not record the outcome of task %s (%s)", delivery.id, exc)
+            # The outcome could not be written: it is kept (acks, and the runner's pending settles) and sent
+            # before the next reservation; the task stays owned by this child meanwhile.
+            log.warning("could not record the outcome of task %s yet (%s); it is sent when the broker is back",
+                        delivery.id, exc)
         finally:
             self._free_slots.append(slot)
             self.planner.ran(self.clock.monotonic() - started)
@@ -150,7 +159,7 @@ class ChildLoop:
             await asyncio.wait(self._running)
         for attempt in range(5):
             try:
-                self.runner.flush_acks()
+                self.runner.flush_settles()  # the acks first, then any kept retry or dead letter
                 return
             except BrokerError as exc:
                 log.warning("could not acknowledge finished tasks (%s), attempt %d", exc, attempt + 1)

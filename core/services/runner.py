@@ -56,6 +56,8 @@ class TaskRunner:
     metrics: Metrics = attrs.field(factory=NoMetrics)
     defer_acks: bool = True
     pending_acks: list[str] = attrs.field(factory=list)
+    # Retries and dead letters the broker could not take yet (see _settle); sent again by flush_settles.
+    pending_settles: list[Callable[[], None]] = attrs.field(factory=list)
     _limits: dict[tuple[str, str], Limits] = attrs.field(factory=dict)
 
     def take_acks(self) -> list[str]:
@@ -203,7 +205,7 @@ class TaskRunner:
         try:
             self._failed(delivery, message, task, limits, *failure, duration)
         except HexqError:
-            raise  # the broker is unreachable: the task stays owned and comes back with the lease
+            raise  # the broker is unreachable: the outcome is kept (_settle) and sent when it is back
         except Exception as exc:
             # Recording the failure failed (say, the retry cannot be re-encoded): never let that kill the
             # worker and bring the task back in a loop; dead-letter it with the reason.
@@ -255,17 +257,36 @@ class TaskRunner:
         now = self.clock.now()
         retried = attrs.evolve(message, retries=retries, eta=now + delay if delay > 0 else None)
         eta_ms = math.ceil((now + delay) * 1000) if delay > 0 else None
-        self.broker.retry(self.consumer, OutgoingTask(task_id, message.queue, self.codec.encode(retried), eta_ms))
+        outgoing = OutgoingTask(task_id, message.queue, self.codec.encode(retried), eta_ms)
+        self._settle(lambda: self.broker.retry(self.consumer, outgoing))
 
     def _reject(self, delivery: Delivery, reason: str) -> None:
         log.error("task %s from queue %s sent to the dead-letter list: %s", delivery.id, delivery.queue, reason)
         self._dead(delivery.id, delivery.queue, delivery.payload, reason)
 
     def _dead(self, task_id: str, queue: str, payload: str | bytes | None, reason: str) -> None:
-        self.flush_acks()
         if isinstance(payload, bytes):  # kept for the operator, readable, with the bad bytes escaped
             payload = payload.decode("utf-8", "backslashreplace")
-        self.broker.dead_letter(self.consumer, task_id, queue, payload, reason, int(self.clock.now() * 1000))
+        text, now_ms = payload, int(self.clock.now() * 1000)
+        self._settle(lambda: self.broker.dead_letter(self.consumer, task_id, queue, text, reason, now_ms))
+
+    def _settle(self, write: Callable[[], None]) -> None:
+        """Send a write that settles an owned task (a retry, a dead letter), after the pending acks.
+
+        If the broker is unreachable, the write is kept and sent again by ``flush_settles``: the task stays
+        owned by this live consumer, whose lease its worker parent keeps renewing, so nobody else would ever
+        settle it. Sending it twice (a reply lost, then sent again) can store a retry twice, which
+        at-least-once delivery allows.
+        """
+        self.pending_settles.append(write)
+        self.flush_settles()
+
+    def flush_settles(self) -> None:
+        """Send the kept settling writes, oldest first; raises the broker's error and keeps the rest."""
+        self.flush_acks()
+        while self.pending_settles:
+            self.pending_settles[0]()
+            del self.pending_settles[0]
 
     def _ack(self, task_id: str) -> None:
         self.pending_acks.append(task_id)

@@ -28,7 +28,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from hexq.adapters.system.clock import SystemClock  # noqa: E402
 from hexq.adapters.system.entropy import PROCESS  # noqa: E402
 from hexq.core.outgoing import TaskIds  # noqa: E402
 from tests.chaos.proxy import ProxyProcess, free_port  # noqa: E402
+from tests.integration.redis_server import server_binary  # noqa: E402
 
 new_task_id = TaskIds(SystemClock(), PROCESS.node).new  # ids for the tasks this run writes by hand
 
@@ -80,9 +80,7 @@ class RedisServer:
                                     socket_connect_timeout=timeout)
 
     def start(self, timeout: float = 30.0) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+        binary = server_binary().path  # as the integration tests choose it; NoServerError says how to get one
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--dir", str(self.directory),

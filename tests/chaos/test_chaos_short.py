@@ -4,7 +4,6 @@ the poison-task and SIGTERM scenarios. Bounds are generous: this checks behaviou
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,15 @@ import pytest
 from tests.chaos.chaos import Plan, run, summary
 from tests.chaos.repro_lease_outage import lease_outage
 from tests.chaos.repro_recovery_retry import recovery_retries
+from tests.integration.redis_server import NoServerError, server_binary
 
 pytestmark = pytest.mark.integration
 
 def _require_redis() -> None:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not on PATH (apt-get install redis-server)", pytrace=False)
+    try:
+        server_binary()
+    except NoServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def test_quick_chaos_run(tmp_path: Path) -> None:

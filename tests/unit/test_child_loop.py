@@ -126,6 +126,54 @@ def test_a_broker_outage_is_waited_out_and_nothing_is_lost() -> None:
     assert sorted(done) == [0, 1, 2]
 
 
+class RetryRefusingBroker:
+    """Refuses the first ``failures`` retries and dead letters, as a broker that went away would."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def _refuse(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BrokerUnavailableError("connection refused")
+
+    def retry(self, *args: Any) -> None:
+        self._refuse()
+        self.inner.retry(*args)
+
+    def dead_letter(self, *args: Any) -> None:
+        self._refuse()
+        self.inner.dead_letter(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("retry_on", [(ValueError,), ()], ids=["retried", "dead-lettered"])
+def test_a_failure_the_broker_could_not_take_is_sent_again_not_left_owned_forever(retry_on: Any) -> None:
+    # The task stays owned by this live child, whose lease its parent keeps renewing: if the child dropped
+    # the outcome, nobody would ever settle the task.
+    app, broker, clock = make_app()
+
+    @app.task(queue="low", retry_on=retry_on, max_retries=1, backoff=0)
+    def fails() -> None:
+        raise ValueError("no")
+
+    task_id = enqueue(app, fails)
+    flaky = RetryRefusingBroker(broker, failures=2)
+    runner = TaskRunner(app.registry, app.codec, flaky, clock, "c1", random.random)  # type: ignore[arg-type]
+    loop = ChildLoop(runner, flaky, clock,  # type: ignore[arg-type]
+                     ChildConfig("c1", ("high", "low"), 1, 10_000, max_tasks=1, idle_wait=0.01, backoff_max=0.05))
+    asyncio.run(loop.run())
+    assert broker.in_flight() == [] and runner.pending_settles == []
+    if retry_on:
+        (again,) = broker.reserve("probe", ["low"], 5, int(clock.now() * 1000), 1000).deliveries
+        assert again.id == task_id and app.codec.decode(again.payload or "").retries == 1
+    else:
+        assert [d.id for d in broker.dead_letters()] == [task_id]
+
+
 @pytest.mark.parametrize("max_tasks", [1, 4])
 def test_max_tasks_makes_the_child_exit_after_that_many(max_tasks: int) -> None:
     app, broker, clock = make_app()
