@@ -78,4 +78,4 @@ class BatchPlanner:
 
     def backoff(self, failures: int) -> float:
         """The pause after ``failures`` reservations in a row failed (the broker is unreachable)."""
-        return min(self.backoff_max, 0.1 * 2 ** min(failures, 6))
+        return min(self.backoff_max, 0.1 * 2.0 ** min(failures, 6))
