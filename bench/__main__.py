@@ -1,4 +1,5 @@
-"""``python -m bench``: hexq against its installed Redis-backed peers; see bench/README.md."""
+"""``python -m bench``: hexq against its installed Redis-backed peers, and hexq on SQLite against SqliteHuey;
+see bench/README.md."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,7 +20,7 @@ from bench.procs import REPO, kill_all
 from bench.proxy import Proxy
 from bench.redis_server import RedisServer
 from bench.systems import SYSTEMS
-from bench.workloads import ceiling, median
+from bench.workloads import ceiling, median, sqlite_ceiling
 
 HERE = REPO / "bench"
 
@@ -29,7 +31,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions; the median is reported")
     parser.add_argument("--proxy-n", type=int, default=None,
                         help="tasks per run through the +1 ms proxy (default N/10, at least 200)")
-    parser.add_argument("--only", default="", help="comma-separated systems, e.g. hexq,wakaq")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated systems, e.g. hexq,wakaq or hexq-sqlite,huey-sqlite "
+                             f"(default all: {','.join(SYSTEMS)})")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: N=200, one repetition")
     parser.add_argument("--cap", type=float, default=30.0,
                         help="seconds a processing run may take; a slower system is measured on what it "
@@ -40,8 +44,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "e.g. --workloads priority")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
     parser.add_argument("--markdown", type=Path, default=None,
-                        help="default bench/RESULTS.md; with --quick or --workloads, bench/logs/RESULTS-quick.md "
-                             "or bench/logs/RESULTS-partial.md")
+                        help="default bench/RESULTS.md; with --quick, bench/logs/RESULTS-quick.md; with "
+                             "--workloads or --only, bench/logs/RESULTS-partial.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.repeat = 200, 1
@@ -53,7 +57,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.markdown is None:  # only a full run replaces RESULTS.md
         if args.quick:
             args.markdown = HERE / "logs" / "RESULTS-quick.md"
-        elif chosen:
+        elif chosen or args.only.strip():
             args.markdown = HERE / "logs" / "RESULTS-partial.md"
         else:
             args.markdown = HERE / "RESULTS.md"
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:  # a smoke run of the priority workload: ~0.5 s of low work, 20 high tasks
         config.prio_low, config.prio_count = 500, 20
     systems = {name: SYSTEMS[name]() for name in args.names}
+    brokers = {system.broker for system in systems.values()}
     results: dict[str, Any] = {"command": " ".join(["python -m bench", *sys.argv[1:]]), "systems": {}}
     for name, system in systems.items():
         reason = system.missing()
@@ -97,41 +102,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "has_priority": system.has_priority, "priority": system.priority,
             "priority_command": system.priority_command,
             "status": reason.split(" (")[0] if reason else None, "reps": [], "errors": [], "median": {},
+            "broker": system.broker, "skips": sorted(system.skips),
         }
         if reason:
             log(f"{name}: skipped, {reason}")
     logdir = HERE / "logs"
     shutil.rmtree(logdir, ignore_errors=True)
-    with RedisServer() as server:
-        results["machine"] = report.machine(server.version())
-        proxy = None if args.no_proxy or "proxy" not in config.workloads else Proxy(server.port).__enter__()
-        try:
-            if proxy is not None:
-                results["proxy_rtt_ms"] = proxy.added_rtt_ms(server.url)
-                log(f"proxy adds {results['proxy_rtt_ms']:.2f} ms per round trip")
-            harness = Harness(server.url, proxy.url if proxy else None, config, logdir)
-            ceilings: list[float] = []
-            proxied: list[float] = []
-            for rep in range(1, args.repeat + 1):
-                if "processing" in config.workloads:
-                    ceilings.append(ceiling(server.url, args.n))
+    # The SQLite systems' database files: a folder per system, a new file per step (see Harness.fresh).
+    sqlite_dir = Path(tempfile.mkdtemp(prefix="hexq-bench-sqlite-")) if "sqlite" in brokers else None
+    try:
+        with RedisServer() as server:
+            results["machine"] = report.machine(server.version(), sqlite_dir)
+            proxy = None if args.no_proxy or "proxy" not in config.workloads or "redis" not in brokers \
+                else Proxy(server.port).__enter__()
+            try:
                 if proxy is not None:
-                    proxied.append(ceiling(proxy.url, args.proxy_n))
-                for name, system in systems.items():
-                    entry = results["systems"][name]
-                    if entry["status"]:
-                        continue
-                    t0 = time.monotonic()
-                    cells = harness.run(system, rep, entry["errors"])
-                    entry["reps"].append(cells)
-                    shown = ", ".join(f"{k}={report.fmt(v, report.kind_of(k))}" for k, v in cells.items())
-                    log(f"[{rep}/{args.repeat}] {name} ({time.monotonic() - t0:.0f} s): "
-                        f"{shown or 'none of the workloads applies'}")
-            results["ceiling"] = median(ceilings) if ceilings else None
-            results["ceiling_proxy"] = median(proxied) if proxied else None
-        finally:
-            if proxy is not None:
-                proxy.__exit__()
+                    results["proxy_rtt_ms"] = proxy.added_rtt_ms(server.url)
+                    log(f"proxy adds {results['proxy_rtt_ms']:.2f} ms per round trip")
+                harness = Harness(server.url, proxy.url if proxy else None, config, logdir, sqlite_dir)
+                ceilings: list[float] = []
+                proxied: list[float] = []
+                sqlite_ceilings: list[float] = []
+                for rep in range(1, args.repeat + 1):
+                    if "processing" in config.workloads and "redis" in brokers:
+                        ceilings.append(ceiling(server.url, args.n))
+                    if "processing" in config.workloads and sqlite_dir is not None:
+                        folder = sqlite_dir / "ceiling"
+                        shutil.rmtree(folder, ignore_errors=True)
+                        folder.mkdir()
+                        sqlite_ceilings.append(sqlite_ceiling(str(folder / "ceiling.db"), args.n))
+                    if proxy is not None:
+                        proxied.append(ceiling(proxy.url, args.proxy_n))
+                    for name, system in systems.items():
+                        entry = results["systems"][name]
+                        if entry["status"]:
+                            continue
+                        t0 = time.monotonic()
+                        cells = harness.run(system, rep, entry["errors"])
+                        entry["reps"].append(cells)
+                        shown = ", ".join(f"{k}={report.fmt(v, report.kind_of(k))}" for k, v in cells.items())
+                        log(f"[{rep}/{args.repeat}] {name} ({time.monotonic() - t0:.0f} s): "
+                            f"{shown or 'none of the workloads applies'}")
+                results["ceiling"] = median(ceilings) if ceilings else None
+                results["ceiling_proxy"] = median(proxied) if proxied else None
+                results["ceiling_sqlite"] = median(sqlite_ceilings) if sqlite_ceilings else None
+            finally:
+                if proxy is not None:
+                    proxy.__exit__()
+    finally:
+        if sqlite_dir is not None:
+            kill_all()  # no worker or client may still hold a database file when its folder goes
+            shutil.rmtree(sqlite_dir, ignore_errors=True)
     for entry in results["systems"].values():
         entry["median"] = summarize(entry["reps"])
     results["config"] = {"n": args.n, "proxy_n": args.proxy_n, "repeat": args.repeat,
@@ -163,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         kill_all()
-    header, rows = report.table(results)
-    print(report.render_text(header, rows))
+    for title, (header, rows) in report.tables(results):
+        if title:
+            print(f"\n{title}\n")
+        print(report.render_text(header, rows))
     print("\n" + "\n".join(report.notes(results)[2:]))
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -1,8 +1,10 @@
-"""Runs one system through every workload once (one repetition), each step in a fresh Redis state."""
+"""Runs one system through every workload once (one repetition), each step in a fresh Redis state (and, for
+an embedded broker, a new SQLite database file)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +53,7 @@ class Harness:
     proxy_url: str | None
     config: Config
     logdir: Path
+    sqlite_dir: Path | None = None  # where the SQLite systems' database files are made (one folder each)
     redis: redis.Redis = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -69,7 +72,7 @@ class Harness:
         argv = [sys.executable, "-m", "bench.client", system.name, op, "--out", str(out)]
         for key, value in opts.items():
             argv += [f"--{key}", str(value)]
-        tree = ProcessTree.spawn([argv], env=bench_env(BENCH_REDIS_URL=self.url), cwd=str(REPO),
+        tree = ProcessTree.spawn([argv], env=self.env(system, self.url), cwd=str(REPO),
                                  log=self.logdir / f"{label}.log")
         try:
             try:
@@ -85,8 +88,19 @@ class Harness:
             raise StepError(f"client {op}: {result['error']}")
         return result
 
+    def env(self, system: System, url: str, **extra: str) -> dict[str, str]:
+        """Child environment: the broker URL, and for an SQLite system its database file."""
+        if system.broker == "sqlite":
+            extra["BENCH_SQLITE_PATH"] = str(self.database(system))
+        return bench_env(BENCH_REDIS_URL=url, **extra)
+
+    def database(self, system: System) -> Path:
+        if self.sqlite_dir is None:
+            raise StepError("no folder for SQLite databases was given to the harness")
+        return self.sqlite_dir / system.name / "bench.db"
+
     def workers(self, system: System, url: str, label: str, priority: bool = False) -> ProcessTree:
-        env = bench_env(BENCH_REDIS_URL=url, BENCH_COUNTER_URL=self.url)
+        env = self.env(system, url, BENCH_COUNTER_URL=self.url)
         argvs = system.priority_argvs(url) if priority else system.worker_argvs(url)
         return ProcessTree.spawn(argvs, env=env, cwd=str(REPO), log=self.logdir / f"{label}.log")
 
@@ -95,8 +109,13 @@ class Harness:
         text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
         return " | ".join(line.strip() for line in text[-lines:])[:400]
 
-    def fresh(self) -> None:
+    def fresh(self, system: System) -> None:
+        """An empty Redis; for an SQLite system, no database file (the next client or worker makes one)."""
         self.redis.flushall()
+        if system.broker == "sqlite":
+            folder = self.database(system).parent
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
 
     def reset_counters(self) -> None:
         self.redis.delete(DONE_KEY, STAMPS_KEY, LOW_KEY)
@@ -116,7 +135,7 @@ class Harness:
         skip = {"batch": not system.has_batch, "priority": not system.has_priority,
                 "proxy": self.proxy_url is None}
         for workload, step, keys, fn in steps:
-            if workload not in self.config.workloads or skip.get(workload):
+            if workload not in self.config.workloads or skip.get(workload) or workload in system.skips:
                 continue
             label = f"{tag}-{step}"
             try:
@@ -128,12 +147,12 @@ class Harness:
                 detail = self.tail(label + "-workers")
                 errors.append(f"rep {rep} {step}: {status}: {exc}" + (f" [workers: {detail}]" if detail else ""))
             finally:
-                self.fresh()
+                self.fresh(system)
         return cells
 
     def processing(self, system: System, cells: Cells, label: str) -> None:
         n = self.config.n
-        self.fresh()
+        self.fresh(system)
         seconds = self.client(system, "enqueue", 30 + n / 100, label + "-enqueue", n=n)
         cells["enqueue"] = n / seconds
         start = time.monotonic()
@@ -165,13 +184,13 @@ class Harness:
 
     def batch(self, system: System, cells: Cells, label: str) -> None:
         n = self.config.n
-        self.fresh()
+        self.fresh(system)
         seconds = self.client(system, "batch", 30 + n / 100, label, n=n, chunk=self.config.batch_chunk)
         cells["batch"] = n / seconds
 
     def latency(self, system: System, cells: Cells, label: str) -> None:
         cfg = self.config
-        self.fresh()
+        self.fresh(system)
         tree = self.workers(system, self.url, label + "-workers")
         try:
             self.client(system, "fill", 60, label + "-warmup", n=20)
@@ -196,7 +215,7 @@ class Harness:
         """High-priority latency while the low queue is saturated: 2 worker processes (the priority app),
         prio_low 2 ms tasks on the low queue, then a high-priority stamp every prio_interval s."""
         cfg = self.config
-        self.fresh()
+        self.fresh(system)
         tree = self.workers(system, self.url, label + "-workers", priority=True)
         try:
             # warm-up: both tasks run at least once in the worker processes
@@ -221,7 +240,7 @@ class Harness:
     def proxied(self, system: System, cells: Cells, label: str) -> None:
         assert self.proxy_url is not None
         n = self.config.proxy_n
-        self.fresh()
+        self.fresh(system)
         self.client(system, "fill", 30 + n / 100, label + "-fill", n=n)
         start = time.monotonic()
         tree = self.workers(system, self.proxy_url, label + "-workers")

@@ -97,3 +97,29 @@ def ceiling(url: str, n: int) -> float:
     seconds = time.perf_counter() - start
     client.close()
     return n / seconds
+
+
+def sqlite_ceiling(path: str, n: int) -> float:
+    """Tasks/s of a raw sqlite3 loop on one WAL database file (synchronous=NORMAL, hexq's default): per task
+    one INSERT (its own transaction), then one BEGIN IMMEDIATE transaction that SELECTs the oldest row and
+    DELETEs it: the embedded brokers' counterpart of the LPUSH+BLPOP ceiling."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS ceiling (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        conn.execute("DELETE FROM ceiling")
+        payload = b"x" * 100
+        start = time.perf_counter()
+        for _ in range(n):
+            conn.execute("INSERT INTO ceiling (data) VALUES (?)", (payload,))
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT id, data FROM ceiling ORDER BY id LIMIT 1").fetchone()
+            conn.execute("DELETE FROM ceiling WHERE id = ?", (row[0],))
+            conn.execute("COMMIT")
+        seconds = time.perf_counter() - start
+    finally:
+        conn.close()
+    return n / seconds

@@ -10,5 +10,7 @@ system's own priority mechanism, with ``urgent(sent)`` (the stamp task) on the h
 commands stay exactly as they were.
 
 The broker URL comes from ``BENCH_REDIS_URL``; the counter's from ``BENCH_COUNTER_URL`` (always the bench
-redis-server directly, so the proxy run delays only the queue's own round trips).
+redis-server directly, so the proxy run delays only the queue's own round trips). The embedded-broker apps
+(``hexq_sqlite_app.py``, ``huey_sqlite_app.py``) keep their queue in the SQLite file ``BENCH_SQLITE_PATH``
+and their counter in that same Redis.
 """

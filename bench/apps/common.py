@@ -10,6 +10,8 @@ import redis
 
 BROKER_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 COUNTER_URL = os.environ.get("BENCH_COUNTER_URL", BROKER_URL)
+# The SQLite apps' broker: a database file the harness makes anew for each step (their counter stays in Redis).
+SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", os.path.abspath("bench-sqlite.db"))
 DONE_KEY = "bench:done"
 STAMPS_KEY = "bench:stamps"
 LOW_KEY = "bench:low"  # completions of the priority workload's low-priority tasks

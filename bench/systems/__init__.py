@@ -1,4 +1,4 @@
-"""The systems under test, hexq first."""
+"""The systems under test, hexq first; the Redis-backed ones, then the embedded (SQLite) ones."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from bench.systems.dramatiq import Dramatiq
 from bench.systems.hexq import Hexq
 from bench.systems.huey import Huey
 from bench.systems.rq import Rq
+from bench.systems.sqlite import HexqSqlite, HueySqlite
 from bench.systems.wakaq import Wakaq
 
-SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (Hexq, Wakaq, Celery, Rq, Huey, Dramatiq, Arq)}
-PEERS = [name for name in SYSTEMS if name != "hexq"]
+SYSTEMS: dict[str, type[System]] = {
+    cls.name: cls for cls in (Hexq, Wakaq, Celery, Rq, Huey, Dramatiq, Arq, HexqSqlite, HueySqlite)}
+# The hexq system each broker's table compares its peers with.
+HEXQ_OF = {"redis": "hexq", "sqlite": "hexq-sqlite"}
+PEERS = [name for name, cls in SYSTEMS.items() if name not in HEXQ_OF.values()]

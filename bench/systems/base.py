@@ -38,6 +38,10 @@ class System:
     has_priority = False
     priority = "no priorities"
     priority_command = ""
+    # Where the queue lives: "redis" (the bench redis-server) or "sqlite" (a database file the harness makes
+    # for each step, ``BENCH_SQLITE_PATH``); each broker's systems get a table of their own.
+    broker = "redis"
+    skips: frozenset[str] = frozenset()  # workloads that do not apply to this system (not run, not shown)
 
     # -- harness side ------------------------------------------------------------------------------
     def missing(self) -> str | None:
