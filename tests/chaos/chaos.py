@@ -2,7 +2,13 @@
 SIGKILLed, a whole worker dies, Redis crashes and restarts, and the network to Redis is cut.
 
 Run: ``python -m tests.chaos.chaos`` (10,000 tasks, a few minutes), ``--quick`` (1,000 tasks, under two
-minutes; what ``tests/chaos/test_chaos_short.py`` runs in CI), ``--tasks N``, ``--json PATH``, ``--seed S``.
+minutes; what ``tests/chaos/test_chaos_short.py`` runs in CI), ``--tasks N``, ``--json PATH``, ``--seed S``,
+``--broker sqlite`` (default ``redis``).
+
+With ``--broker sqlite`` the broker is an SQLite file in the work directory (one per scenario), which the
+workers and the producer open directly: children are SIGKILLed and a whole worker dies as with Redis, and
+the poison and SIGTERM scenarios run the same, but there is no server to crash and no network to cut, so
+those two steps (and their verdicts) are left out. The bookkeeping is a Redis server in both cases.
 
 Set-up, all on 127.0.0.1: a broker redis-server (``--appendonly yes --appendfsync everysec``) behind a TCP
 proxy the suite controls (``tests/chaos/proxy.py``); two workers (concurrency 2 each, lease_timeout 2 s)
@@ -29,6 +35,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -49,8 +56,10 @@ if str(ROOT) not in sys.path:
 
 from hexq.adapters.system.clock import SystemClock  # noqa: E402
 from hexq.adapters.system.entropy import PROCESS  # noqa: E402
+from hexq.core.errors import HexqError  # noqa: E402
 from hexq.core.outgoing import TaskIds  # noqa: E402
 from tests.chaos.proxy import ProxyProcess, free_port  # noqa: E402
+from tests.integration.broker_state import BROKER_KINDS, BrokerState, broker_state, sqlite_url  # noqa: E402
 from tests.integration.redis_server import server_binary  # noqa: E402
 
 new_task_id = TaskIds(SystemClock(), PROCESS.node).new  # ids for the tasks this run writes by hand
@@ -209,7 +218,7 @@ def cleanup_on_signals() -> Iterator[None]:
 def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(redis.RedisError, HexqError):
             if condition():
                 return True
         time.sleep(step)
@@ -265,14 +274,24 @@ class Run:
 
 
 class Chaos:
-    def __init__(self, plan: Plan, workdir: Path, seed: int = 1, log: Callable[[str], None] = print) -> None:
+    def __init__(self, plan: Plan, workdir: Path, seed: int = 1, log: Callable[[str], None] = print,
+                 broker: str = "redis") -> None:
+        if broker not in BROKER_KINDS:
+            raise ValueError(f"broker must be one of {BROKER_KINDS}, got {broker!r}")
         self.plan = plan
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.say = log
         self.prefix = f"chaos{seed}"
-        self.broker_server = RedisServer(workdir / "broker", ["--appendonly", "yes", "--appendfsync", "everysec"])
+        self.broker = broker
+        # Redis: a server the run crashes, behind a proxy it cuts. SQLite: files of this host, opened directly.
+        self.broker_server = (RedisServer(workdir / "broker", ["--appendonly", "yes", "--appendfsync", "everysec"])
+                              if broker == "redis" else None)
         self.book_server = RedisServer(workdir / "book", ["--appendonly", "no"])
+        if broker == "sqlite":
+            for prefix in (self.prefix, f"{self.prefix}-poison", f"{self.prefix}-sigterm"):
+                (workdir / "sqlite" / prefix).mkdir(parents=True, exist_ok=True)
+        self._inspectors: dict[str, Any] = {}
         self.proxy: ProxyProcess | None = None
         self.workers: list[Worker] = []
         self.all_workers: list[Worker] = []
@@ -319,20 +338,45 @@ class Chaos:
     def hkey(self, name: str, prefix: str | None = None) -> str:
         return "{" + (prefix or self.prefix) + "}:" + name
 
+    # -- the broker ------------------------------------------------------------------------------------
+    def direct_url(self, prefix: str | None = None) -> str:
+        """The broker as the producer sees it: Redis itself (never the proxy), or the prefix's SQLite file
+        (the poison and SIGTERM scenarios each get a database of their own, as they get a prefix on Redis)."""
+        if self.broker_server is not None:
+            return self.broker_server.url
+        return sqlite_url(self.workdir / "sqlite" / (prefix or self.prefix))
+
+    def worker_url(self) -> str:
+        """The broker as the chaos run's workers see it: through the proxy (Redis), or the file (SQLite)."""
+        return self.proxy_url() if self.broker == "redis" else self.direct_url()
+
+    def inspect(self, prefix: str | None = None) -> Any:
+        """A hexq broker of this process on ``prefix`` (hexq's own reads: workers, dead letters, counts)."""
+        prefix = prefix or self.prefix
+        if prefix not in self._inspectors:
+            from hexq import HexQ
+
+            self._inspectors[prefix] = HexQ(url=self.direct_url(prefix), prefix=prefix, queues=[QUEUE],
+                                            socket_timeout=5, socket_connect_timeout=2).broker
+        return self._inspectors[prefix]
+
+    def state(self, prefix: str | None = None) -> BrokerState:
+        """Raw reads of what the broker stores, for what hexq's Inspection port does not show (whether a
+        payload is stored, the order of a queue and of a reserved batch). Close it after use."""
+        return broker_state(self.direct_url(prefix), prefix or self.prefix)
+
     def start_worker(self, name: str, url: str, prefix: str | None = None, concurrency: int | None = None,
                      **extra: str) -> Worker:
         worker = Worker(name, self.env(url, prefix, **extra), self.workdir / f"{name}.log",
                         concurrency or self.plan.concurrency)
         self.all_workers.append(worker)
-        main = self.broker_server.client()
-        key = self.hkey("workerinfo", prefix)
+        broker = self.inspect(prefix)
 
         def registered() -> bool:
-            return any(json.loads(info).get("pid") == worker.pid for info in main.hvals(key))
+            return any(json.loads(beat.info or "{}").get("pid") == worker.pid for beat in broker.workers())
 
         if not wait_until(registered, 30):
             raise RuntimeError(f"worker {name} did not start:\n{worker.output()[-3000:]}")
-        main.close()
         return worker
 
     # -- producing -----------------------------------------------------------------------------------
@@ -340,7 +384,7 @@ class Chaos:
         if self._producer_app is None:
             from hexq import HexQ
 
-            self._producer_app = HexQ(url=self.broker_server.url, prefix=self.prefix, queues=[QUEUE],
+            self._producer_app = HexQ(url=self.direct_url(), prefix=self.prefix, queues=[QUEUE],
                                       socket_timeout=5, socket_connect_timeout=2)
         return self._producer_app
 
@@ -360,8 +404,6 @@ class Chaos:
     def send(self, tasks: list[Any], ms: dict[int, float], reason: str | None = None) -> None:
         """Enqueue until stored. After an error the batch may or may not be stored: check each task (is its
         payload stored, or has it already run?) before sending it again, so nothing runs twice for this."""
-        from hexq.core.errors import HexqError
-
         app = self.producer_app()
         pending = list(tasks)
         deadline = time.monotonic() + 60
@@ -380,18 +422,15 @@ class Chaos:
             except HexqError:
                 self.enqueue_errors += 1
                 time.sleep(0.1)
-                with contextlib.suppress(redis.RedisError):
+                with contextlib.suppress(redis.RedisError, sqlite3.Error):
                     pending = self.not_stored(pending, ms)
 
     def not_stored(self, tasks: list[Any], ms: dict[int, float]) -> list[Any]:
-        main = self.broker_server.client(2)
+        state = self.state()
         try:
-            pipe = main.pipeline(transaction=False)
-            for task in tasks:
-                pipe.hexists(self.hkey("tasks"), task.id)
-            stored = pipe.execute()
+            stored = state.stored_many([task.id for task in tasks])
         finally:
-            main.close()
+            state.close()
         book = self.book()
         done = book.smismember(self.bkey("done"), [str(self.n_of(t)) for t in tasks])
         book.close()
@@ -427,12 +466,10 @@ class Chaos:
         stored payload was lost with the writes the AOF had not persisted. Send those again."""
         with self.send_lock:
             candidates = [(n, s) for n, s in self.sent.items() if s["t"] <= crashed_at]
-        main = self.broker_server.client(5)
-        pipe = main.pipeline(transaction=False)
-        for _, s in candidates:
-            pipe.hexists(self.hkey("tasks"), s["id"])
-        stored = pipe.execute()  # first: a task acknowledged before this read has its run recorded already
-        main.close()
+        state = self.state()
+        # First: a task acknowledged before this read has its run recorded already.
+        stored = state.stored_many([s["id"] for _, s in candidates])
+        state.close()
         book = self.book()
         done = book.smismember(self.bkey("done"), [str(n) for n, _ in candidates]) if candidates else []
         book.close()
@@ -486,6 +523,7 @@ class Chaos:
     def canary(self) -> None:
         """Writes the time to the broker Redis every 10 ms: after the crash, the value that survived says
         how much of the last writes the AOF lost."""
+        assert self.broker_server is not None
         client = self.broker_server.client(0.5)
         while not self.stop_all.is_set():
             with contextlib.suppress(redis.RedisError):
@@ -495,11 +533,10 @@ class Chaos:
 
     def schedule(self) -> None:
         plan = self.plan
-        steps: list[tuple[float, Callable[[], None]]] = sorted([
-            (plan.worker_kill_at, self.kill_a_worker),
-            (plan.redis_crash_at, self.crash_redis),
-            (plan.outage_at, self.cut_network),
-        ], key=lambda s: s[0])
+        steps: list[tuple[float, Callable[[], None]]] = [(plan.worker_kill_at, self.kill_a_worker)]
+        if self.broker == "redis":  # SQLite has no server to crash and no network to cut
+            steps += [(plan.redis_crash_at, self.crash_redis), (plan.outage_at, self.cut_network)]
+        steps.sort(key=lambda s: s[0])
         for at, step in steps:
             wait = at - self.now()
             if wait > 0 and self.stop_all.wait(wait):
@@ -519,11 +556,12 @@ class Chaos:
             self.kills.append({"t": now, "pid": pid, "kind": "worker", "running": running.get(pid)})
         self.event("worker killed (killpg SIGKILL)", worker=victim.name, pids=pids)
         time.sleep(self.plan.worker_down)
-        replacement = self.start_worker(f"{victim.name}-restarted", self.proxy_url())
+        replacement = self.start_worker(f"{victim.name}-restarted", self.worker_url())
         self.workers[0] = replacement
         self.event("worker restarted", worker=replacement.name, pid=replacement.pid)
 
     def crash_redis(self) -> None:
+        assert self.broker_server is not None
         crashed = time.time()
         self.broker_server.crash()
         self.event("redis-server SIGKILLed")
@@ -577,15 +615,19 @@ class Chaos:
     def run(self) -> dict[str, Any]:
         plan = self.plan
         self.book_server.start()
-        self.broker_server.start()
-        self.proxy = ProxyProcess(self.broker_server.port, self.workdir / "proxy.log").start()
+        if self.broker_server is not None:
+            self.broker_server.start()
+            self.proxy = ProxyProcess(self.broker_server.port, self.workdir / "proxy.log").start()
         threads: list[threading.Thread] = []
         try:
             self.t0 = time.time()
             for i in range(plan.workers):
-                self.workers.append(self.start_worker(f"worker{i}", self.proxy.url))
-            self.event("workers started", pids=[w.pid for w in self.workers])
-            for target in (self.produce, self.kill_children, self.canary, self.schedule):
+                self.workers.append(self.start_worker(f"worker{i}", self.worker_url()))
+            self.event("workers started", broker=self.direct_url(), pids=[w.pid for w in self.workers])
+            targets = [self.produce, self.kill_children, self.schedule]
+            if self.broker == "redis":
+                targets.append(self.canary)
+            for target in targets:
                 thread = threading.Thread(target=target, name=target.__name__, daemon=True)
                 thread.start()
                 threads.append(thread)
@@ -594,8 +636,8 @@ class Chaos:
             self.stop_chaos.wait(max(0.0, plan.chaos_until - self.now()))
             self.stop_chaos.set()
             self.event("child kills stopped", kills=len([k for k in self.kills if k["kind"] == "child"]))
-            threads[0].join(plan.completion_timeout)
-            threads[3].join(plan.completion_timeout)
+            threads[0].join(plan.completion_timeout)  # produce
+            threads[2].join(plan.completion_timeout)  # schedule
             completed = wait_until(lambda: book.scard(done_key) >= plan.tasks, plan.completion_timeout, 0.2)
             self.event("all tasks done" if completed else "gave up waiting", done=book.scard(done_key))
             time.sleep(0.5)  # let the last acknowledgements land
@@ -604,6 +646,7 @@ class Chaos:
                             for w in self.workers}
             report_backoffs = sum(w.output().count("starting it again in") for w in self.all_workers)
             report = self.analyse(alive_at_end)
+            report["broker"] = self.broker
             report["respawns_delayed_by_crash_loop_backoff"] = report_backoffs
             report["shutdown"] = self.stop_workers(self.workers)
             report["leftover_keys"] = self.leftover_keys(self.prefix)
@@ -626,9 +669,13 @@ class Chaos:
                     os.killpg(worker.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     worker.handle.wait(10)
+        for broker in self._inspectors.values():
+            with contextlib.suppress(Exception):
+                broker.close()
         if self.proxy is not None:
             self.proxy.stop()
-        self.broker_server.stop()
+        if self.broker_server is not None:
+            self.broker_server.stop()
         self.book_server.stop()
 
     def stop_workers(self, workers: list[Worker]) -> dict[str, Any]:
@@ -643,13 +690,12 @@ class Chaos:
         return {"exit_codes": codes}
 
     def leftover_keys(self, prefix: str) -> dict[str, Any]:
-        main = self.broker_server.client()
-        found = {}
-        for key in main.scan_iter(match="{" + prefix + "}:*", count=1000):
-            kind = main.type(key)
-            size = {"list": main.llen, "hash": main.hlen, "zset": main.zcard, "set": main.scard}.get(kind)
-            found[key.split("}:", 1)[1]] = size(key) if size else kind
-        main.close()
+        """What the run left in the broker: Redis keys (or SQLite tables) -> size."""
+        state = self.state(prefix)
+        try:
+            found = state.leftovers()
+        finally:
+            state.close()
         found.pop("chaos-canary", None)
         return found
 
@@ -701,9 +747,7 @@ class Chaos:
         book = self.book()
         done = {int(n) for n in book.smembers(self.bkey("done"))}
         book.close()
-        main = self.broker_server.client()
-        dead = [json.loads(d) for d in main.lrange(self.hkey("dead"), 0, -1)]
-        main.close()
+        dead = [attrs.asdict(d) for d in self.inspect().dead_letters(limit=1_000_000)]
         by_task = self.runs()
         killed = {k["pid"]: k for k in self.kills}
         lost = sorted(set(self.sent) - done)
@@ -811,50 +855,49 @@ class Chaos:
         for n in range(1, 6):
             tid = new_task_id()
             tasks.append(OutgoingTask(tid, QUEUE, app.codec.encode_fields(tid, "work", QUEUE, (n, 1.0), {})))
-        main = self.broker_server.client()
-        from hexq.adapters.redis.broker import RedisBroker
-
-        RedisBroker(main, prefix).enqueue(tasks)
+        broker = self.inspect(prefix)
+        broker.enqueue(tasks)
         started = time.monotonic()
-        worker = self.start_worker("poison-worker", self.broker_server.url, prefix, concurrency=1,
+        worker = self.start_worker("poison-worker", self.direct_url(prefix), prefix, concurrency=1,
                                    CHAOS_MAX_DELIVERIES=str(max_deliveries), CHAOS_LEASE="10")
         try:
             book = self.book()
-            dead_key = self.hkey("dead", prefix)
-            finished = wait_until(lambda: main.llen(dead_key) >= 1 and book.scard(self.bkey("done", prefix)) >= 5,
+            finished = wait_until(lambda: broker.dead_count() >= 1 and book.scard(self.bkey("done", prefix)) >= 5,
                                   30)
             seconds = time.monotonic() - started
             time.sleep(1.0)  # a looping poison task would start again meanwhile
             runs = int(book.hget(self.bkey("runs", prefix), "0") or 0)
-            dead = [json.loads(d) for d in main.lrange(dead_key, 0, -1)]
+            dead = broker.dead_letters(limit=1000)
+            (stats,) = broker.queue_stats([QUEUE])
             result = {
                 "max_deliveries": max_deliveries,
-                "dead_lettered": finished and [d["id"] for d in dead] == [poison_id],
+                "dead_lettered": finished and [d.id for d in dead] == [poison_id],
                 "runs": runs,
-                "reason": dead[0]["reason"] if dead else None,
+                "reason": dead[0].reason if dead else None,
                 "other_tasks_done": book.scard(self.bkey("done", prefix)),
-                "queue_left": main.llen(self.hkey(f"q:{QUEUE}", prefix)),
+                "queue_left": stats.pending,
                 "worker_alive": worker.alive() and len(worker.children()) == 1,
                 "seconds": round(seconds, 2),
             }
             book.close()
         finally:
             self.stop_workers([worker])
-            main.close()
         self.event("poison scenario", **result)
         return result
 
     def sigterm_scenario(self) -> dict[str, Any]:
         """SIGTERM while a child has reserved a batch and runs its first task: the rest of the batch is in
         the queue (at its head, in order) as soon as the worker has exited; the lease (30 s) never expires."""
-        from hexq.adapters.redis.broker import RedisBroker
         from hexq.core.ports import OutgoingTask
 
         prefix = f"{self.prefix}-sigterm"
         app = self.producer_app()
-        main = self.broker_server.client()
-        broker = RedisBroker(main, prefix)
-        queue_key = self.hkey(f"q:{QUEUE}", prefix)
+        broker = self.inspect(prefix)
+        state = self.state(prefix)
+
+        def settled() -> bool:
+            (stats,) = broker.queue_stats([QUEUE])
+            return bool(stats.pending == 0 and stats.in_flight == 0)
 
         def quick(count: int) -> list[Any]:
             out = []
@@ -863,12 +906,12 @@ class Chaos:
                 out.append(OutgoingTask(tid, QUEUE, app.codec.encode_fields(tid, "quick", QUEUE, (), {})))
             return out
 
-        worker = self.start_worker("sigterm-worker", self.broker_server.url, prefix, concurrency=1,
+        worker = self.start_worker("sigterm-worker", self.direct_url(prefix), prefix, concurrency=1,
                                    CHAOS_LEASE="30")
         result: dict[str, Any] = {}
         try:
             broker.enqueue(quick(300))  # warm up: the child learns that tasks take microseconds
-            wait_until(lambda: main.llen(queue_key) == 0 and main.hlen(self.hkey("inflight", prefix)) == 0, 20)
+            wait_until(settled, 20)
             time.sleep(0.3)
             blocker_id = new_task_id()
             blocker = OutgoingTask(blocker_id, QUEUE,
@@ -877,13 +920,12 @@ class Chaos:
             broker.enqueue([blocker, *rest])
             book = self.book()
             wait_until(lambda: book.hexists(self.bkey("running", prefix), str(worker.children()[0].pid)), 10, 0.01)
-            owned_keys = list(main.scan_iter(match="{" + prefix + "}:owned:*"))
-            reserved = main.lrange(owned_keys[0], 0, -1) if owned_keys else []
+            reserved = next(iter(state.owned().values()), [])  # the one child's batch, in reservation order
             signalled = time.monotonic()
             worker.terminate()
             code = worker.handle.wait(30)
             exited = time.monotonic()
-            queued = main.lrange(queue_key, 0, -1)
+            queued = state.queued_ids(QUEUE)
             held = reserved[1:]
             result = {
                 "reserved_when_signalled": len(reserved),
@@ -894,13 +936,13 @@ class Chaos:
                 "queue_len_at_exit": len(queued),
                 "expected_queue_len": len(rest),
                 "released_at_head_in_order": queued[:len(held)] == held,
-                "in_flight_at_exit": main.hlen(self.hkey("inflight", prefix)),
-                "owned_lists_at_exit": len(list(main.scan_iter(match="{" + prefix + "}:owned:*"))),
+                "in_flight_at_exit": len(broker.in_flight()),
+                "owned_lists_at_exit": len(state.owned()),
             }
             book.close()
         finally:
             self.stop_workers([worker])
-            main.close()
+            state.close()
         self.event("sigterm scenario", **result)
         return result
 
@@ -910,12 +952,18 @@ def verdicts(report: dict[str, Any]) -> dict[str, bool]:
     outage = report.get("outage") or {}
     poison = report["poison"]
     sigterm = report["sigterm"]
+    network: dict[str, bool] = {}
+    if report.get("broker", "redis") == "redis":  # SQLite: no network to cut
+        network = {
+            "workers survived the network cut": bool(outage.get("workers_alive"))
+            and all(outage["workers_alive"].values()),
+            "no busy spin during the cut (CPU < 25% of one core)": outage.get("cpu_share", 1.0) < 0.25,
+        }
     return {
         "no task lost": report["lost"] == 0 and report["never_sent"] == 0 and report["dead_letters"] == 0,
         "workers alive at the end": bool(report["workers_alive_at_end"])
         and all(report["workers_alive_at_end"].values()),
-        "workers survived the network cut": bool(outage.get("workers_alive")) and all(outage["workers_alive"].values()),
-        "no busy spin during the cut (CPU < 25% of one core)": outage.get("cpu_share", 1.0) < 0.25,
+        **network,
         "no long task ran twice without a kill": not report["long_tasks_run_twice_without_kill"],
         "every killed run started again": not report["killed_runs_never_restarted"],
         "clean shutdown (exit 0)": all(c == 0 for c in report["shutdown"]["exit_codes"].values()),
@@ -931,9 +979,10 @@ def verdicts(report: dict[str, Any]) -> dict[str, bool]:
 def summary(report: dict[str, Any]) -> str:
     rec = report["recovery_seconds"]
     outage = report.get("outage") or {}
+    redis_broker = report.get("broker", "redis") == "redis"
     lines = [
         "",
-        "=== hexq chaos run ===",
+        f"=== hexq chaos run ({report.get('broker', 'redis')} broker) ===",
         f"tasks {report['tasks']}: sent {report['sent']}, completed {report['completed']}, "
         f"LOST {report['lost']}, dead letters {report['dead_letters']} {report['dead_letter_reasons'] or ''}",
         f"runs {report['runs']}: duplicate runs {report['duplicate_runs']} "
@@ -951,13 +1000,21 @@ def summary(report: dict[str, Any]) -> str:
         f"long tasks: {report['long_tasks']} (completed {report['long_tasks_completed']}); re-runs by cause: "
         f"{report['long_duplicate_causes'] or 'none'}; run twice without a kill: "
         f"{len(report['long_tasks_run_twice_without_kill'])}",
-        f"redis crash (SIGKILL, AOF everysec): down {report['redis_restart'].get('down_seconds')} s, writes lost "
-        f"{report['redis_restart'].get('writes_lost_seconds')} s, enqueued tasks lost and re-sent "
-        f"{report['redis_restart'].get('enqueued_tasks_lost')}; producer enqueue errors retried "
-        f"{report['enqueue_errors_retried']}",
-        f"network cut {outage.get('seconds')} s: worker CPU {outage.get('cpu_seconds')} s "
-        f"({100 * outage.get('cpu_share', 0):.1f}% of one core), log lines {outage.get('log_lines')}, "
-        f"alive {outage.get('workers_alive')}, children killed meanwhile {outage.get('children_killed_during')}",
+    ]
+    if redis_broker:
+        lines += [
+            f"redis crash (SIGKILL, AOF everysec): down {report['redis_restart'].get('down_seconds')} s, writes "
+            f"lost {report['redis_restart'].get('writes_lost_seconds')} s, enqueued tasks lost and re-sent "
+            f"{report['redis_restart'].get('enqueued_tasks_lost')}; producer enqueue errors retried "
+            f"{report['enqueue_errors_retried']}",
+            f"network cut {outage.get('seconds')} s: worker CPU {outage.get('cpu_seconds')} s "
+            f"({100 * outage.get('cpu_share', 0):.1f}% of one core), log lines {outage.get('log_lines')}, "
+            f"alive {outage.get('workers_alive')}, children killed meanwhile {outage.get('children_killed_during')}",
+        ]
+    else:
+        lines.append(f"no broker crash or network cut (SQLite); producer enqueue errors retried "
+                     f"{report['enqueue_errors_retried']}")
+    lines += [
         f"first task start after: {report['first_start_after']}; child respawns delayed by the crash-loop "
         f"backoff: {report.get('respawns_delayed_by_crash_loop_backoff')}",
         f"shutdown: {report['shutdown']}; keys left: {report['leftover_keys']}",
@@ -975,10 +1032,11 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(plan: Plan, workdir: Path | None = None, seed: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(plan: Plan, workdir: Path | None = None, seed: int = 1, log: Callable[[str], None] = print,
+        broker: str = "redis") -> dict[str, Any]:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="hexq-chaos-"))
     with cleanup_on_signals():
-        report = Chaos(plan, workdir, seed, log).run()
+        report = Chaos(plan, workdir, seed, log, broker).run()
     report["verdicts"] = verdicts(report)
     return report
 
@@ -991,13 +1049,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="where to write the report (default: in the log directory)")
     parser.add_argument("--workdir", type=Path, help="logs and Redis data (default: a new temp directory)")
+    parser.add_argument("--broker", choices=BROKER_KINDS, default="redis",
+                        help="the broker under test (default redis; sqlite: no Redis crash or network cut)")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     if args.tasks:
         plan = attrs.evolve(plan, tasks=args.tasks)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hexq-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    report = run(plan, workdir, args.seed)
+    report = run(plan, workdir, args.seed, broker=args.broker)
     print(summary(report))
     path = args.json or workdir / "chaos.json"
     path.write_text(json.dumps(report, indent=2, default=str))

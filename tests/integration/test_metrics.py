@@ -1,4 +1,6 @@
-"""Prometheus metrics: the adapter on its own, and a real worker's ``/metrics`` summing its children."""
+"""Prometheus metrics: the adapter on its own, and a real worker's ``/metrics`` summing its children, on
+each broker (the tests that take ``cluster`` or ``broker_url``). The tasks count their runs in the
+session's Redis, whatever the broker."""
 
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ class MetricsCluster(Cluster):
 
 
 @pytest.fixture
-def cluster(redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[MetricsCluster]:
-    running = MetricsCluster(redis_url, hexq_prefix, tmp_path)
+def cluster(broker_url: str, redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[MetricsCluster]:
+    running = MetricsCluster(broker_url, hexq_prefix, tmp_path, book_url=redis_url)
     try:
         yield running
     finally:
@@ -42,6 +44,7 @@ def cluster(redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[Metric
 @pytest.fixture
 def tasks(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("HEXQ_TEST_URL", cluster.url)
+    monkeypatch.setenv("HEXQ_TEST_BOOK_URL", cluster.book_url)
     monkeypatch.setenv("HEXQ_TEST_PREFIX", cluster.prefix)
     sys.modules.pop("tests.integration.apps.metrics_tasks", None)
     import tests.integration.apps.metrics_tasks as module
@@ -97,9 +100,9 @@ def test_counters_histogram_and_gauges_in_one_process() -> None:
             value("hexq_queue_in_flight", queue="fast")) == (4, 1, 2)
 
 
-def test_producer_counts_enqueued_tasks_by_task_and_queue(redis_url: str, hexq_prefix: str) -> None:
+def test_producer_counts_enqueued_tasks_by_task_and_queue(broker_url: str, hexq_prefix: str) -> None:
     registry = CollectorRegistry()
-    app = HexQ(url=redis_url, prefix=hexq_prefix, queues=["a", "b"], metrics=PrometheusMetrics(registry=registry))
+    app = HexQ(url=broker_url, prefix=hexq_prefix, queues=["a", "b"], metrics=PrometheusMetrics(registry=registry))
 
     @app.task(queue="a")
     def job(n: int) -> None: ...
@@ -121,7 +124,7 @@ def test_worker_serves_the_sum_of_its_children(cluster: MetricsCluster, tasks: A
     tasks.broken.delay()
 
     def ran(name: str) -> int:
-        return int(cluster.redis.get(f"{cluster.prefix}-ran-{name}") or 0)
+        return int(cluster.book.get(f"{cluster.prefix}-ran-{name}") or 0)
 
     wait_for(lambda: (ran("ok"), ran("flaky"), ran("broken")) == (4, 3, 1), 30, f"the tasks to run:\n{cluster.logs()}")
     # Alone in the queues, so the dying child holds no other reserved task: exactly one is recovered.
@@ -207,7 +210,7 @@ def test_recycled_children_keep_their_counts_and_leave_no_files_behind(cluster: 
     runs = 12
     for _ in range(runs):
         tasks.ok.delay()
-    wait_for(lambda: int(cluster.redis.get(f"{cluster.prefix}-ran-ok") or 0) == runs, 60,
+    wait_for(lambda: int(cluster.book.get(f"{cluster.prefix}-ran-ok") or 0) == runs, 60,
              f"{runs} runs:\n{cluster.logs()}")
     labels = {"task": "ok", "queue": "fast"}
     wait_for(lambda: scrape(port).get(series("hexq_tasks_succeeded_total", **labels)) == runs, 10,

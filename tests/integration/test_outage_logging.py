@@ -1,4 +1,8 @@
-"""A worker started while Redis is down says so once per process, and once more when Redis is back."""
+"""A worker started while Redis is down says so once per process, and once more when Redis is back.
+
+Redis only (``redis_only``): the outage is a Redis server that is not running yet. An SQLite database is a
+file of this host, with no server to be down; its failure modes (a lock held past the busy timeout, a full
+disk, a missing folder) are unit-tested in tests/unit/test_sqlite_*.py."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 from redis_server import RedisServer
 from workers import Cluster, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.redis_only]
 
 
 def test_an_outage_is_logged_once_per_process_when_it_starts_and_when_it_ends(
@@ -32,7 +36,7 @@ def test_an_outage_is_logged_once_per_process_when_it_starts_and_when_it_ends(
         assert len(per_process) <= 5 and all(count <= 2 for count in per_process.values()), during
         assert len(warnings) <= 7, during
         server.start()
-        cluster.redis = server.client()
+        cluster.book = server.client()
         wait_for(lambda: cluster.live_workers() != [], 20, f"the worker to reach Redis\n{worker.output()}")
         wait_for(lambda: "reachable again" in worker.output(), 20, f"the end of the outage\n{worker.output()}")
         assert worker.handle.poll() is None

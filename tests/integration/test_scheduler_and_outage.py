@@ -1,11 +1,14 @@
-"""Real schedulers racing for cron ticks, and a Redis restart under load."""
+"""Real schedulers racing for cron ticks and the CLI, on each broker; and a Redis restart under load, on
+Redis only."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis_server import RedisServer
@@ -15,6 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_two_schedulers_fire_each_seconds_tick_exactly_once(cluster: Cluster) -> None:
+    """Two real schedulers on one broker: each tick of a seconds cron fires once (Redis: a Lua claim;
+    SQLite: a compare-and-set of the ``cron`` row in one BEGIN IMMEDIATE transaction)."""
     cluster.worker("--concurrency=1", HEXQ_TEST_SCHEDULES="1")
     schedulers = [cluster.start("scheduler", "--log-level=DEBUG", HEXQ_TEST_SCHEDULES="1") for _ in range(2)]
     time.sleep(6.5)
@@ -22,19 +27,29 @@ def test_two_schedulers_fire_each_seconds_tick_exactly_once(cluster: Cluster) ->
         scheduler.signal(15)
     for scheduler in schedulers:
         assert scheduler.wait(10) == 0
-    time.sleep(0.5)  # let the worker run the last fired tick
-    fires = [r for r in cluster.results() if r["tag"] == "cron"]
-    seconds = [int(r["at"]) for r in fires]
-    print(f"two schedulers over ~6.5 s: {len(fires)} cron fires, seconds {seconds}")
-    assert 5 <= len(fires) <= 8
-    assert len(set(seconds)) == len(seconds), "a tick fired twice"
-    fired_logs = sum(s.output().count("fired record") for s in schedulers)
-    assert fired_logs == len(fires)
-    assert all(s.output().count("fired record") > 0 for s in schedulers) or fired_logs == len(fires)
+    # Exactly once is about ticks: each tick claimed by one scheduler (its "fired record for <tick>" line),
+    # and each claim run once. Not the second each run started in: a claim delayed past the next tick (a
+    # stalled disk or CPU) puts two runs of two different ticks in one second.
+    ticks = [tick for s in schedulers for tick in re.findall(r"fired record for (\S+) \(", s.output())]
+    assert len(set(ticks)) == len(ticks), f"a tick fired twice: {sorted(ticks)}"
+
+    def fires() -> list[dict[str, Any]]:
+        return [r for r in cluster.results() if r["tag"] == "cron"]
+
+    wait_for(lambda: len(fires()) >= len(ticks), 10, f"{len(ticks)} runs of the fired ticks\n{cluster.logs()}")
+    time.sleep(0.5)  # a tick fired twice would run twice: give a second run the time to show
+    seconds = [int(r["at"]) for r in fires()]
+    print(f"two schedulers over ~6.5 s: {len(ticks)} ticks fired, runs at seconds {seconds}")
+    assert 5 <= len(ticks) <= 8, ticks
+    assert len(fires()) == len(ticks), f"{len(fires())} runs of {len(ticks)} ticks fired: {sorted(ticks)}"
+    assert all(s.output().count("fired record") > 0 for s in schedulers) or len(ticks) == len(fires())
 
 
+@pytest.mark.redis_only
 def test_redis_restart_under_load_loses_nothing(private_redis: Callable[..., RedisServer], hexq_prefix: str,
                                                 tmp_path: Path) -> None:
+    """Redis only: a Redis server stopped and started again under load (SQLite is a file, nothing to
+    restart; a killed SQLite writer is the SIGKILL tests). The tasks report to the same private server."""
     # AOF with fsync always: the restart itself must not be what loses data, so the test sees hexq's part.
     server = private_redis(args=["--appendonly", "yes", "--appendfsync", "always"])
     cluster = Cluster(server.url, hexq_prefix, tmp_path)
@@ -65,7 +80,7 @@ def test_redis_restart_under_load_loses_nothing(private_redis: Callable[..., Red
             server.start()
             producer.join(60)
         assert len(sent) == total
-        cluster.redis = server.client()
+        cluster.book = server.client()
         wait_for(lambda: len(set(cluster.tags())) >= total, 60,
                  f"all {total} tasks, got {len(set(cluster.tags()))}\n{cluster.logs()}")
         tags = cluster.tags()
@@ -88,7 +103,7 @@ def test_cli_info_purge_and_dead_letters(cluster: Cluster) -> None:
                               cwd=str(Path(__file__).resolve().parents[2]), capture_output=True, text=True,
                               timeout=60)
 
-    with app_env(cluster.url, cluster.prefix) as tasks:
+    with cluster.app_env() as tasks:
         for n in range(3):
             tasks.record_low.delay(f"p{n}")
         tasks.record_low.delay("later", eta=600)
@@ -101,9 +116,8 @@ def test_cli_info_purge_and_dead_letters(cluster: Cluster) -> None:
     assert done.returncode == 0 and "deleted 3 pending and 1 eta" in done.stdout
     unknown = hexq("purge", "nope", "--yes")
     assert unknown.returncode == 2 and "unknown queue 'nope'" in unknown.stderr
-    cluster.redis.rpush(f"{{{cluster.prefix}}}:q:high", "not-a-task-id")
-    cluster.redis.hset(f"{{{cluster.prefix}}}:tasks", "bad", "{not json")
-    cluster.redis.rpush(f"{{{cluster.prefix}}}:q:high", "bad")
+    cluster.push_raw(None, "high", task_id="not-a-task-id")  # an id with no payload: skipped, no dead letter
+    cluster.push_raw("{not json", "high", task_id="bad")
     cluster.worker("--concurrency=1")
     wait_for(lambda: "1 dead letter(s)" in hexq("dead", "list").stdout, 20, "the malformed payload to die")
     listed = hexq("dead", "list", "--json")

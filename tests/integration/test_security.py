@@ -2,6 +2,12 @@
 
 Secrets must never leak: every test that uses a password greps the worker's log, ``hexq info`` (text and
 JSON), ``repr(app)`` and the exceptions raised for it.
+
+Redis only (``redis_only``): TLS, ACL users and passwords are Redis's (an sqlite: URL refuses a username or
+password: a file is protected by its permissions), and the secure app's tasks report through the app's own
+Redis connection so an ACL user limited to its prefix can write there. Signed payloads on every broker,
+forged and unsigned entries included, are tests/integration/test_bad_inputs.py's
+``test_forged_or_unsigned_payload_with_a_signing_key``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from workers import ROOT, Proc, wait_for
 from hexq.core.errors import BrokerAuthError, BrokerUnavailableError
 from hexq.core.message import Codec
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.redis_only]
 
 APP = "tests.integration.apps.secure_tasks:app"
 MODULE = "tests.integration.apps.secure_tasks"

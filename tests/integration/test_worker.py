@@ -1,4 +1,5 @@
-"""Real workers (started through the CLI) against a real redis-server, killed with real signals."""
+"""Real workers (started through the CLI) on each broker (a real redis-server, an SQLite file), killed with
+real signals. Every test here runs once per broker: ``cluster`` takes ``broker_kind``."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from typing import Any
 
 import psutil
 import pytest
-from workers import Cluster, app_env, wait_for
+from workers import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def tasks(cluster: Cluster) -> Iterator[Any]:
-    with app_env(cluster.url, cluster.prefix) as module:
+    with cluster.app_env() as module:
         yield module
 
 
@@ -50,7 +51,7 @@ def test_soft_timeout_raises_in_the_task_and_retries_up_to_max_retries(cluster: 
     cluster.worker()
     tasks.overrun_soft.delay("soft")
     tasks.overrun_soft_async.delay("asoft")
-    wait_for(lambda: len(cluster.redis.lrange(f"{{{cluster.prefix}}}:dead", 0, -1)) == 2, 20, "2 dead letters")
+    wait_for(lambda: cluster.dead_count() == 2, 20, "2 dead letters")
     tags = cluster.tags()
     assert tags.count("soft:start") == 3  # first run + max_retries=2
     assert tags.count("asoft:start") == 2  # first run + max_retries=1
@@ -63,7 +64,7 @@ def test_hard_timeout_kills_and_replaces_the_child_then_gives_up(cluster: Cluste
     proc = cluster.worker("--concurrency=1")
     first_children = proc.children()
     tasks.overrun_hard.delay("hard")
-    wait_for(lambda: len(cluster.redis.lrange(f"{{{cluster.prefix}}}:dead", 0, -1)) == 1, 20, "a dead letter")
+    wait_for(lambda: cluster.dead_count() == 1, 20, "a dead letter")
     starts = [r for r in cluster.results() if r["tag"] == "hard:start"]
     assert len(starts) == 2  # first run + max_retries=1
     assert len({r["pid"] for r in starts}) == 2  # each run in a fresh child: the previous one was killed
@@ -132,7 +133,7 @@ def test_a_task_that_always_kills_its_child_is_dead_lettered(cluster: Cluster, t
     cluster.worker("--concurrency=1")
     tasks.crash_always.delay("poison")
     tasks.record.delay("healthy")
-    wait_for(lambda: len(cluster.redis.lrange(f"{{{cluster.prefix}}}:dead", 0, -1)) == 1, 30, "a dead letter")
+    wait_for(lambda: cluster.dead_count() == 1, 30, "a dead letter")
     assert cluster.tags().count("poison:start") == 5  # max_deliveries
     cluster.wait_for_tags(1, suffix="healthy")
 
@@ -170,7 +171,7 @@ def test_sigterm_finishes_running_tasks_hands_back_the_rest_and_exits_cleanly(cl
     assert proc.wait(20) == 0
     assert "inflight" in cluster.tags()  # finished, not abandoned
     done = [t for t in cluster.tags() if t.startswith("q")]
-    pending = cluster.redis.llen(f"{{{cluster.prefix}}}:q:low")
+    pending = cluster.pending("low")
     assert len(done) + pending == 20
     assert cluster.live_workers() == []
     cluster.worker("--concurrency=1")

@@ -1,7 +1,8 @@
 """A second test app, for tasks that misbehave on purpose (tests/integration/test_bad_inputs.py).
 
-Configured from the environment like ``tasks.py``, so each test gets its own Redis prefix:
-HEXQ_TEST_URL, HEXQ_TEST_PREFIX, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SIGNING_KEY,
+Configured from the environment like ``tasks.py``, so each test gets its own broker or prefix:
+HEXQ_TEST_URL (the broker under test), HEXQ_TEST_BOOK_URL (the Redis the reports go to), HEXQ_TEST_PREFIX,
+HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SIGNING_KEY,
 HEXQ_TEST_BAD_SCHEDULE=1 (a CronTask naming a task that does not exist).
 """
 
@@ -17,6 +18,7 @@ from tests.integration.apps.reporting import Reporter
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqbad")
+BOOK_URL = os.environ.get("HEXQ_TEST_BOOK_URL") or URL
 RESULTS = f"{PREFIX}-results"
 MAX_PAYLOAD_BYTES = 64 * 1024
 
@@ -36,7 +38,7 @@ app = HexQ(
 
 not_an_app = "a string where a HexQ app should be"  # for `--app=...:not_an_app`
 
-report = Reporter(URL, RESULTS)
+report = Reporter(BOOK_URL, RESULTS)
 client = report.client
 
 

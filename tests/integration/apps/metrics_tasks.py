@@ -1,6 +1,7 @@
 """The app tests/integration/test_metrics.py runs a worker on: tasks that succeed, retry, give up and crash.
 
-Configured from the environment like ``tasks.py``: HEXQ_TEST_URL, HEXQ_TEST_PREFIX, and optionally
+Configured from the environment like ``tasks.py``: HEXQ_TEST_URL (the broker under test), HEXQ_TEST_BOOK_URL
+(the Redis the run counters go to; default HEXQ_TEST_URL), HEXQ_TEST_PREFIX, and optionally
 HEXQ_TEST_METRICS_PORT (``HexQ(metrics_port=...)``) and HEXQ_TEST_MAX_TASKS (``max_tasks_per_worker``).
 """
 
@@ -16,6 +17,7 @@ from hexq import HexQ
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqmetrics")
+BOOK_URL = os.environ.get("HEXQ_TEST_BOOK_URL") or URL
 
 
 def _int(name: str) -> int | None:
@@ -33,7 +35,7 @@ _client: redis.Redis | None = None
 def client() -> redis.Redis:
     global _client
     if _client is None or _client.connection_pool.pid != os.getpid():  # type: ignore[attr-defined]
-        _client = redis.Redis.from_url(URL)
+        _client = redis.Redis.from_url(BOOK_URL)
     return _client
 
 

@@ -1,7 +1,8 @@
 """The app that integration tests run real workers on. Tasks report what happened into Redis lists.
 
-Configured from the environment so each test gets its own Redis prefix:
-HEXQ_TEST_URL, HEXQ_TEST_PREFIX, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SCHEDULES=1.
+Configured from the environment so each test gets its own broker or prefix: HEXQ_TEST_URL (the broker under
+test: a Redis or an sqlite: URL), HEXQ_TEST_BOOK_URL (the Redis the reports go to; default HEXQ_TEST_URL),
+HEXQ_TEST_PREFIX, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SCHEDULES=1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.integration.apps.reporting import Reporter
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqtest")
+BOOK_URL = os.environ.get("HEXQ_TEST_BOOK_URL") or URL
 RESULTS = f"{PREFIX}-results"
 
 app = HexQ(
@@ -31,7 +33,7 @@ app = HexQ(
     schedules=[CronTask("* * * * * *", "record", args=["cron"])] if os.environ.get("HEXQ_TEST_SCHEDULES") else [],
 )
 
-report = Reporter(URL, RESULTS)
+report = Reporter(BOOK_URL, RESULTS)
 client = report.client
 
 
