@@ -19,6 +19,18 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_TASK_ID_BYTES = 255
 
 
+def stored_text(raw: bytes | None) -> str | bytes | None:
+    """A payload as a broker returns it: UTF-8 text, or the raw bytes when they are not UTF-8, so that an
+    entry hexq did not write reaches ``Codec.decode`` and is dead-lettered as malformed instead of failing
+    every reservation."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
 @attrs.frozen
 class TaskMessage:
     """One request to run a task. ``retries`` counts retries already used (0 on the first run)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 
+from hexq.core.message import stored_text as text  # noqa: F401  (the broker imports it from here)
 from hexq.core.ports import DeadLetter, InFlight, OutgoingTask
 
 ENQUEUE_CHUNK_TASKS = 250  # bounds one script call, so a huge batch never blocks Redis for long
@@ -30,16 +31,6 @@ def chunks(tasks: Sequence[OutgoingTask]) -> Iterator[list[str]]:
             args, size = [], 0
     if args:
         yield args
-
-
-def text(raw: bytes | None) -> str | bytes | None:
-    """UTF-8 text, or the raw bytes when they are not UTF-8 (the codec reports those as malformed)."""
-    if raw is None:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
 
 
 def in_flight_record(task_id: str, record: str) -> InFlight | None:

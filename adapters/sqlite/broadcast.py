@@ -15,7 +15,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from hexq.adapters.sqlite.schema import BROADCASTS_KEPT
-from hexq.adapters.sqlite.statements import text
+from hexq.core.message import stored_text as text
 
 if TYPE_CHECKING:
     from hexq.adapters.sqlite.database import Database

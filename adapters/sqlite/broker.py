@@ -18,8 +18,8 @@ from hexq.adapters.sqlite.broadcast import SqliteSubscription, publish
 from hexq.adapters.sqlite.database import Database, FileDatabase
 from hexq.adapters.sqlite.inspection import SqliteInspection
 from hexq.adapters.sqlite.settings import SqliteSettings
-from hexq.adapters.sqlite.statements import text
 from hexq.core.errors import BrokerError
+from hexq.core.message import stored_text as text
 from hexq.core.ports import Delivery, OutgoingTask, Reservation
 from hexq.core.rules import LeaseRules
 

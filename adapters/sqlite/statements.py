@@ -64,17 +64,6 @@ _CLAIM = ("INSERT INTO cron (schedule_key, last_fire_ms) VALUES (?, ?) ON CONFLI
 Row = tuple[str, bytes | None, int]  # id, payload, crashes
 
 
-def text(raw: bytes | None) -> str | bytes | None:
-    """UTF-8 text, or the raw bytes when they are not UTF-8 (the codec reports those as malformed), so a
-    foreign row is dead-lettered instead of failing every reservation."""
-    if raw is None:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
-
-
 # -- producing -------------------------------------------------------------------------------------------
 def store(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> int:
     """Runnable tasks to the tail of their queue in order, eta tasks to the waiting set (deduplicated by
