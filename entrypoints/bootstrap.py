@@ -36,7 +36,9 @@ _child_sender: contextvars.ContextVar[tuple[HexQ, Sender] | None] = contextvars.
 
 def make_broker(app: HexQ) -> Broker:
     """A new broker for the app's settings. Nothing connects until the first command is sent. The in-process
-    mode (``memory://``) is chosen here and only here."""
+    mode (``memory://``) is chosen here and only here; ``sqlite:`` is the SQLite adapter; a Redis server
+    (``redis://``, ``rediss://``, ``unix://``) and a primary found through Sentinel (``redis+sentinel://``,
+    ``rediss+sentinel://``) are both the Redis adapter, which builds its clients from either settings."""
     connection = app.connection
     if connection.scheme == "memory":
         from hexq.adapters.memory.broker import MemoryBroker
@@ -48,7 +50,7 @@ def make_broker(app: HexQ) -> Broker:
         return SqliteBroker.from_settings(connection, rules=RULES)
     from hexq.adapters.redis.broker import RedisBroker
 
-    return RedisBroker.from_connection(connection, app.prefix, rules=RULES)
+    return RedisBroker.from_connection(connection, app.prefix, rules=RULES)  # RedisSettings | SentinelSettings
 
 
 def task_factory(app: HexQ, clock: Clock) -> TaskFactory:

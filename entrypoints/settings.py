@@ -1,5 +1,6 @@
-"""Which broker HexQ's connection keywords name: a Redis server (the adapter's ``RedisSettings``) or, for
-``memory://``, this process (``InProcess``)."""
+"""Which broker HexQ's connection keywords name: a Redis server (the adapter's ``RedisSettings``), a primary
+found through Redis Sentinel (``SentinelSettings``, for ``redis+sentinel://`` and ``rediss+sentinel://``), an
+SQLite file (``SqliteSettings``) or, for ``memory://``, this process (``InProcess``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from hexq.adapters.redis.settings import REDIS_SCHEMES, SCHEMES_HINT, RedisSettings, redacted_url, redis_url
+from hexq.adapters.redis.settings import (
+    REDIS_SCHEMES,
+    SCHEMES_HINT,
+    SENTINEL_SCHEMES,
+    RedisSettings,
+    SentinelSettings,
+    redacted_url,
+    redis_url,
+)
 from hexq.adapters.sqlite.settings import SQLITE_SCHEME, SqliteSettings
 from hexq.core.errors import ConfigError
 
@@ -34,13 +43,18 @@ class InProcess:
 
 
 # ``scheme`` tells them apart, for mypy too: ``if c.scheme == "memory"`` narrows to InProcess.
-BrokerConnection: TypeAlias = RedisSettings | SqliteSettings | InProcess
+BrokerConnection: TypeAlias = RedisSettings | SentinelSettings | SqliteSettings | InProcess
 
 
 def build_connection(url: str | None, host: str, port: int, db: int, username: str | None, password: str | None,
                      **options: Any) -> BrokerConnection:
     """HexQ's connection keywords as a value; ``options`` are RedisSettings' timeouts and TLS files (ignored
-    by ``memory://``, which has no socket)."""
+    by ``memory://``, which has no socket). ``username=``/``password=`` with a ``redis+sentinel://`` URL are
+    the data nodes' credentials, as in the URL."""
+    try:
+        urlsplit(url or "")
+    except ValueError as exc:  # an unbalanced "[" of an IPv6 address; the URL is not shown: it may hold a password
+        raise ConfigError(f"malformed broker URL: {exc}") from None
     if url is not None and urlsplit(url).scheme == SQLITE_SCHEME:
         # A file on this host; a relative path is made absolute now, once, before any fork or chdir.
         if username is not None or password is not None:
@@ -51,6 +65,8 @@ def build_connection(url: str | None, host: str, port: int, db: int, username: s
     scheme = urlsplit(full).scheme
     if scheme == MEMORY_SCHEME:
         return InProcess(full)
+    if scheme in SENTINEL_SCHEMES:
+        return SentinelSettings(full, **options)
     # RedisSettings checks this too; checked first here so the message can offer the other brokers.
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"unsupported broker URL scheme {scheme!r}: use {SCHEMES_HINT}, "

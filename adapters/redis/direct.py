@@ -4,16 +4,35 @@ redis-py's ``execute_command`` checks a connection out of the pool and back in f
 its retry and observability layers that costs about as much CPU as the command itself. A producer that
 enqueues one task at a time pays it on every ``.delay()``, so enqueue keeps one connection per thread
 (and per process: a forked child opens its own) and talks to it directly.
+
+Failover: connections are made as ``pool.make_connection()`` makes them and are connected here with
+``connect()``, as the pool itself does: on a Sentinel pool that is what asks the sentinels for the primary's
+address (redis-py connects a connection that is merely sent a command to its last, or default, host and
+port, without asking). A connection that fails (ConnectionError, a timeout) or that answers READONLY (a
+primary demoted to a replica) is dropped at once; the next command opens a new one, which finds the current
+primary.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from typing import Any
 
 import redis
+import redis.connection
 import redis.exceptions as rx
+
+# redis-py >= 5 lets a read carry its own timeout; older versions read with the socket's.
+_READ_TIMEOUTS = "timeout" in inspect.signature(redis.connection.Connection.read_response).parameters
+
+
+def _connected(connection: Any) -> bool:
+    connected = getattr(connection, "is_connected", None)  # redis-py >= 6
+    if isinstance(connected, bool):
+        return connected
+    return getattr(connection, "_sock", None) is not None
 
 
 class DirectCommand:
@@ -25,14 +44,22 @@ class DirectCommand:
 
     def __call__(self, *command: Any) -> Any:
         for attempt in (1, 2):
-            connection = self._connection()
+            connection = None
             try:
+                connection = self._connection()
                 connection.send_command(*command)
                 return connection.read_response()
+            except rx.ReadOnlyError:
+                # A replica answered: a demoted primary behind a name or address that moved. The write was
+                # refused, so sending it again is safe, on a new connection that resolves the address anew.
+                # (A Sentinel connection turns READONLY into ConnectionError itself, handled below.)
+                self._drop(connection)
+                if attempt == 2:
+                    raise
             except rx.ResponseError:
                 raise  # the error reply was read whole: the connection is still in step
             except (rx.ConnectionError, rx.TimeoutError, OSError):
-                self._drop(connection)
+                self._drop(connection)  # (None when it could not even connect)
                 # Once more on a fresh connection: a held connection may have been closed by the server
                 # while idle, or by a restart. Like redis-py's own retry, this can store a task twice if
                 # the first reply was lost, which at-least-once delivery allows.
@@ -43,39 +70,71 @@ class DirectCommand:
                 raise
         raise AssertionError("unreachable")
 
-    def pipelined(self, *commands: tuple[Any, ...], raw: bool = False) -> list[Any]:
+    def pipelined(self, *commands: tuple[Any, ...], raw: bool = False, timeout: float | None = None) -> list[Any]:
         """Send several commands in one write and read their replies in order. An error reply is
         returned in its place (the rest are still read, keeping the connection in step); a lost
         connection raises, and nothing is retried: a blocking command may already have consumed data.
-        ``raw`` returns the replies undecoded (bytes)."""
-        connection = self._connection()
+        ``raw`` returns the replies undecoded (bytes). ``timeout`` bounds each read (seconds) instead of the
+        socket's own timeout; past it, TimeoutError, and the connection is dropped like a lost one. A
+        READONLY reply drops the connection too, after every reply was read."""
+        options: dict[str, Any] = {"disable_decoding": raw}
+        if timeout is not None and _READ_TIMEOUTS:
+            options["timeout"] = timeout
+        connection = None
         try:
+            connection = self._connection(check=True)
             connection.send_packed_command(connection.pack_commands(commands))
             replies: list[Any] = []
             for _ in commands:
                 try:
-                    replies.append(connection.read_response(disable_decoding=raw))
+                    replies.append(connection.read_response(**options))
                 except rx.ResponseError as error:
                     replies.append(error)
-            return replies
         except BaseException:
             self._drop(connection)
             raise
+        if any(isinstance(reply, rx.ReadOnlyError) for reply in replies):
+            self._drop(connection)
+        return replies
 
-    def _connection(self) -> Any:
+    def _connection(self, check: bool = False) -> Any:
+        """This thread's connection, connected. Connecting goes through ``connect()`` every time, including
+        after redis-py closed the socket itself, so a Sentinel connection always asks where the primary is.
+        ``check``: first make sure an open connection was not closed by its server meanwhile (one poll), for
+        commands that are not sent twice: a dead primary's idle connection is replaced before, not after."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid() or local.connection is None:
             local.pid = os.getpid()
-            local.connection = self._pool.make_connection()
+            # Not pool.make_connection(): redis-py >= 8 caps the connections a pool made at 100 (by default)
+            # and counts one back only when it is released to the pool, which these never are, so a producer
+            # that reconnected a hundred times (outages, failovers) would fail with "Too many connections"
+            # for good. Built as make_connection builds them, without that count.
+            pool = self._pool
+            local.connection = pool.connection_class(**pool.connection_kwargs)
             with self._lock:
                 self._opened.append(local.connection)
-        return local.connection
+        connection = local.connection
+        if check and _connected(connection):
+            try:
+                stale = connection.can_read(timeout=0)  # data nobody asked for, or the server's EOF
+            except (rx.ConnectionError, rx.TimeoutError, OSError):
+                stale = True
+            if stale:
+                self._drop(connection)
+                return self._connection()
+        if not _connected(connection):
+            connection.connect()
+        return connection
 
     def _drop(self, connection: Any) -> None:
         try:
-            connection.disconnect()
+            if connection is not None:
+                connection.disconnect()
         finally:
             self._local.connection = None
+            with self._lock:
+                if connection in self._opened:
+                    self._opened.remove(connection)  # else every reconnection would be kept until close()
 
     def close(self) -> None:
         with self._lock:

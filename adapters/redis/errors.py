@@ -2,9 +2,55 @@
 
 from __future__ import annotations
 
-import redis.exceptions as rx
+from collections.abc import Sequence
 
-from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
+import redis.exceptions as rx
+from redis.sentinel import MasterNotFoundError
+
+from hexq.core.errors import BrokerAuthError, BrokerError, BrokerFullError, BrokerUnavailableError, HexqError
+
+
+class NotReplicatedError(HexqError, TimeoutError):
+    """Durable enqueue (``wait_replicas``): the primary stored the tasks, but fewer replicas than asked for
+    acknowledged them within ``wait_timeout_ms``. Unlike a BrokerError, something *was* changed: the tasks are
+    queued and will most likely run; only their survival of a failover right now is not guaranteed. Sending
+    them again may run them twice. ``task_ids`` are the ids ``.delay()`` would have returned."""
+
+    def __init__(self, task_ids: Sequence[str], wanted: int, acknowledged: int, timeout_ms: int, where: str) -> None:
+        self.task_ids = list(task_ids)
+        self.wanted = wanted
+        self.acknowledged = acknowledged
+        self.timeout_ms = timeout_ms
+        shown = ", ".join(self.task_ids[:3]) + (f" and {len(self.task_ids) - 3} more" if len(self.task_ids) > 3 else "")
+        super().__init__(
+            f"task {shown} was stored by the primary at {where} but reached only {acknowledged} of the "
+            f"{wanted} replica(s) asked for (wait_replicas) within {timeout_ms} ms: it is queued and will "
+            "probably run, but a failover now could lose it; enqueueing it again may run it twice"
+        )
+
+
+class UnknownSentinelServiceError(BrokerError, LookupError):
+    """No sentinel that answered monitors a service of that name (a typo in the URL's path, most likely)."""
+
+    def __init__(self, service: str, known: Sequence[str], where: str) -> None:
+        self.service = service
+        self.known = list(known)
+        listed = ", ".join(map(repr, self.known)) or "none"
+        super().__init__(
+            f"no Sentinel at {where} monitors a service named {service!r} (they monitor: {listed}); check the "
+            "service name after the hosts in the redis+sentinel:// URL"
+        )
+
+
+class ServiceNotMonitored(MasterNotFoundError):
+    """Raised by the Sentinel client (``client.py``) when every sentinel that answered ignores the service;
+    carries what they do monitor."""
+
+    def __init__(self, service: str, known: Sequence[str]) -> None:
+        self.service = service
+        self.known = list(known)
+        super().__init__(f"no sentinel monitors {service!r}")
+
 
 _AUTH_PREFIXES = ("NOAUTH", "WRONGPASS", "NOPERM", "INVALIDPASSWORD")
 _UNAVAILABLE_PREFIXES = ("LOADING", "BUSY ", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
@@ -18,6 +64,13 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
     """
     text = str(exc)
     upper = text.lstrip("-").upper()
+    if isinstance(exc, ServiceNotMonitored):
+        return UnknownSentinelServiceError(exc.service, exc.known, where)
+    if isinstance(exc, MasterNotFoundError):
+        return BrokerUnavailableError(
+            f"no Sentinel at {where} names a primary it sees up ({text}): a failover may be under way, or the "
+            "sentinels are unreachable; workers keep retrying until one names a primary again"
+        )
     if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError,
                         rx.AuthenticationWrongNumberOfArgsError)) or upper.startswith(_AUTH_PREFIXES):
         return BrokerAuthError(
