@@ -9,12 +9,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hexq.adapters.redis.sentinel_settings import SentinelSettings
 from hexq.adapters.redis.settings import (
     REDIS_SCHEMES,
     SCHEMES_HINT,
     SENTINEL_SCHEMES,
     RedisSettings,
-    SentinelSettings,
     redacted_url,
     redis_url,
 )

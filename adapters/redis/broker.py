@@ -8,21 +8,17 @@ restarted server costs one extra round trip per script. The read-only views and 
 
 Failover (Sentinel, or any primary that changes): every wait is bounded (a BLPOP's reply must come within its
 timeout plus ``BLOCKING_READ_MARGIN``, else the connection counts as lost), and a consumer's reservations are
-reconciled with what it actually received: a reply lost with its connection (or a timed-out one) may have
-reserved tasks that nobody will run or acknowledge, and an acknowledgement the old primary took but never
-replicated leaves tasks owned on the new one. So after any lost connection, and every ``ORPHAN_CHECK_MS``
-anyway, ``reserve`` hands back to the head of their queues the tasks its consumer owns in Redis but never
-received (or already settled): they run again, which at-least-once delivery allows, instead of staying owned
-by a live consumer forever.
+reconciled with what it actually received (``received.py``: after any lost connection, and every
+``ORPHAN_CHECK_MS`` anyway, ``reserve`` hands back the tasks its consumer owns in Redis but never received).
 
-Durable enqueue (``wait_replicas``): the enqueue and a ``WAIT replicas timeout`` go in one round trip on the
-same connection; fewer acknowledgements than asked raise ``NotReplicatedError`` (the tasks are stored).
+Durable enqueue (``wait_replicas``, ``durable.py``): the enqueue and a ``WAIT replicas timeout`` go in one
+round trip on the same connection; fewer acknowledgements than asked raise ``NotReplicatedError`` (the tasks
+are stored).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
@@ -32,9 +28,12 @@ from hexq.adapters.redis.broadcast import RedisSubscription
 from hexq.adapters.redis.client import blocking_twin, bytes_twin, clients_for, describe
 from hexq.adapters.redis.codec import chunks, dead_letter_record, in_flight_record, packed
 from hexq.adapters.redis.direct import DirectCommand
-from hexq.adapters.redis.errors import NotReplicatedError, translated
+from hexq.adapters.redis.durable import DurableEnqueue
+from hexq.adapters.redis.errors import translated
 from hexq.adapters.redis.inspection import RedisInspection
 from hexq.adapters.redis.keys import Keys
+from hexq.adapters.redis.received import ORPHAN_CHECK_MS as ORPHAN_CHECK_MS  # re-exported: tests import it here
+from hexq.adapters.redis.received import ReceivedTasks
 from hexq.adapters.redis.scripts import Scripts
 from hexq.adapters.redis.settings import DEFAULT_WAIT_TIMEOUT_MS
 from hexq.core.errors import BrokerUnavailableError
@@ -44,16 +43,14 @@ from hexq.core.rules import LeaseRules
 
 if TYPE_CHECKING:
     from hexq.adapters.redis.client import RedisClient
-    from hexq.adapters.redis.settings import RedisSettings, SentinelSettings
+    from hexq.adapters.redis.sentinel_settings import SentinelSettings
+    from hexq.adapters.redis.settings import RedisSettings
 
-log = logging.getLogger("hexq.redis")
 _DEFAULT_RULES = LeaseRules()
 # How long after its BLPOP timeout the reply of a blocking wait may come before the connection counts as
 # lost: long enough for the reservation that follows the BLPOP on a busy server, short enough that a primary
 # that died without closing its sockets (a lost machine, a network cut) holds a worker only seconds.
 BLOCKING_READ_MARGIN = 2.0
-# How often (ms, in the caller's clock) a consumer's owned tasks are compared with those it received.
-ORPHAN_CHECK_MS = 5_000
 
 
 class RedisBroker(RedisInspection):
@@ -81,12 +78,11 @@ class RedisBroker(RedisInspection):
         self._blocking_direct = DirectCommand(self._blocking.connection_pool)
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._confirm_timeout = float(timeout) if timeout else 15.0
-        self._wait_replicas = wait_replicas
+        self._wait_replicas = wait_replicas  # read by every enqueue: 0 keeps it on the plain path
         self._wait_timeout_ms = wait_timeout_ms
-        # Per consumer of this process: the ids it received from reserve and has not settled, and when
-        # (now_ms) to compare them with what Redis says it owns (0: at the next reserve, after a lost reply).
-        self._handed: dict[str, set[str]] = {}
-        self._check_due: dict[str, int] = {}
+        self._durable = DurableEnqueue(client, self._direct, self._scripts, self._tasks_key, self._translator,
+                                       self._where, wait_replicas, wait_timeout_ms)
+        self._received = ReceivedTasks(client, self._blocking, self._keys, self._scripts, self._translator)
 
     @classmethod
     def from_connection(cls, connection: RedisSettings | SentinelSettings, prefix: str, *,
@@ -101,11 +97,7 @@ class RedisBroker(RedisInspection):
         # '@' queues are a worker's private copies of a broadcast (parent_events.broadcast_queue), not the
         # .delay() that durable enqueue is about.
         if self._wait_replicas and not all(task.queue.startswith("@") for task in tasks):
-            with self._translator:
-                acknowledged = self._enqueue_durably(batches)
-            if acknowledged < self._wait_replicas:
-                raise NotReplicatedError([task.id for task in tasks], self._wait_replicas, acknowledged,
-                                         self._wait_timeout_ms, self._where)
+            self._durable.enqueue(tasks, batches)
             return
         with self._translator:
             if len(batches) == 1:
@@ -130,53 +122,6 @@ class RedisBroker(RedisInspection):
                 elif isinstance(result, Exception):
                     raise result
 
-    def _enqueue_durably(self, batches: Sequence[Sequence[str]]) -> int:
-        """Send the batches, then WAIT on the same connection; returns how many replicas acknowledged
-        them all. A chunk refused with NOSCRIPT stored nothing: the script is loaded and the refused chunks
-        sent again, with their own WAIT (WAIT covers the writes of the connection it is sent on)."""
-        sha = self._enqueue_sha
-        wait = ("WAIT", self._wait_replicas, self._wait_timeout_ms)
-        pending = list(batches)
-        acknowledged = self._wait_replicas
-        for attempt in (1, 2, 3):
-            if len(pending) == 1:
-                replies = self._durable_direct(("EVALSHA", sha, 1, self._tasks_key, *pending[0]), wait)
-            else:
-                pipe = self._client.pipeline(transaction=False)
-                for args in pending:
-                    pipe.execute_command("EVALSHA", sha, 1, self._tasks_key, *args)  # type: ignore[no-untyped-call]
-                pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
-                replies = pipe.execute(raise_on_error=False)
-            *stored, acked = replies
-            refused = [args for args, reply in zip(pending, stored, strict=True)
-                       if isinstance(reply, redis.exceptions.NoScriptError)]
-            for reply in stored:
-                if isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.NoScriptError):
-                    raise reply
-            if isinstance(acked, Exception):
-                raise acked
-            if len(refused) < len(pending):  # some chunk was stored by this round: its WAIT counts
-                acknowledged = min(acknowledged, int(acked))
-            if not refused:
-                return acknowledged
-            if attempt == 3:
-                break
-            self._client.script_load(self._scripts.script("enqueue").script)
-            pending = refused
-        raise redis.exceptions.NoScriptError("the enqueue script could not be loaded")
-
-    def _durable_direct(self, command: tuple[Any, ...], wait: tuple[Any, ...]) -> list[Any]:
-        """``command`` and ``wait`` in one round trip on this thread's connection; once more on a fresh
-        connection if that one was lost (as ``DirectCommand`` does for a plain enqueue: a lost reply may mean
-        the task is stored twice, which at-least-once delivery allows)."""
-        try:
-            replies = self._direct.pipelined(command, wait)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            return self._direct.pipelined(command, wait)
-        if isinstance(replies[0], redis.exceptions.ReadOnlyError):  # refused by a replica: nothing stored
-            return self._direct.pipelined(command, wait)  # on a new connection (pipelined dropped that one)
-        return replies
-
     def publish_broadcast(self, payload: str) -> int:
         with self._translator:
             return int(self._client.publish(self._keys.broadcast, payload))
@@ -187,18 +132,14 @@ class RedisBroker(RedisInspection):
         if wait >= 0.001 and acks:
             self.ack(consumer, acks)
             acks = ()
-        due = self._check_due.get(consumer)
-        if due is None:
-            self._check_due[consumer] = now_ms + ORPHAN_CHECK_MS
-        elif now_ms >= due:
-            self._release_orphans(consumer, now_ms)
+        received = self._received
+        received.before_reserve(consumer, now_ms)
         args: list[str | int] = [consumer, limit, now_ms, lease_ms, self._grace_ms, len(queues), *queues, *acks]
         try:
             with self._translator:
                 reply = self._wait_then_reserve(wait, args) if wait >= 0.001 else self._raw_script("reserve", args)
         except BrokerUnavailableError:
-            self._check_due[consumer] = 0  # the reply may be lost with tasks in it: reconcile next time
-            self._drop_idle_connections()
+            received.reply_lost(consumer)
             raise
         next_eta = None if reply[0] is None else int(reply[0])
         queue = reply[1].decode() if reply[1] is not None else ""
@@ -206,48 +147,8 @@ class RedisBroker(RedisInspection):
             Delivery(reply[i].decode(), queue, text(reply[i + 1]), int(reply[i + 2]))
             for i in range(2, len(reply), 3)
         )
-        handed = self._handed.setdefault(consumer, set())
-        handed.difference_update(acks)
-        handed.update(delivery.id for delivery in deliveries)
+        received.handed(consumer, acks, deliveries)
         return Reservation(deliveries, next_eta)
-
-    def _release_orphans(self, consumer: str, now_ms: int) -> None:
-        """Hand back the tasks ``consumer`` owns in Redis but never received or already settled (see the
-        module docstring). Only this process reserves for ``consumer``, one call at a time, so what it
-        received is exactly ``_handed``; read before the owned list, so that a task settled meanwhile on
-        another thread is never taken for an orphan."""
-        handed = frozenset(self._handed.get(consumer, ()))
-        with self._translator:
-            owned: list[str] = self._client.lrange(self._keys.owned(consumer), 0, -1)  # type: ignore[assignment]
-            orphans = [task_id for task_id in owned if task_id not in handed]
-            released = int(self._scripts.run("release", [consumer, *orphans])) if orphans else 0
-        held = self._handed.get(consumer)
-        if held:
-            held.difference_update(handed.difference(owned))  # settled through another broker, or recovered
-        self._check_due[consumer] = now_ms + ORPHAN_CHECK_MS
-        if released:
-            log.warning("consumer %s owned %d task(s) it never received (a reply lost with its connection, or "
-                        "an acknowledgement lost in a failover); they went back to the head of their queues",
-                        consumer, released)
-
-    def _settled(self, consumer: str, ids: Iterable[str]) -> None:
-        held = self._handed.get(consumer)
-        if held:
-            held.difference_update(ids)
-
-    def _drop_idle_connections(self) -> None:
-        """After a lost connection, the idle pooled ones are suspect too (the same dead or frozen primary):
-        close them, so the next command opens a new connection, which asks the sentinels (if any) anew."""
-        for pool in (self._client.connection_pool, self._blocking.connection_pool):
-            try:
-                pool.disconnect(inuse_connections=False)
-            except Exception:  # best effort: a connection that cannot be closed is gone anyway
-                pass
-
-    def _unsure(self, consumer: str) -> None:
-        """A write for ``consumer`` failed with its connection: the next reserve reconciles."""
-        if consumer in self._check_due:
-            self._check_due[consumer] = 0
 
     def _wait_then_reserve(self, wait: float, args: Sequence[str | int]) -> Any:
         """BLPOP on the wake list and the reservation, sent together on this thread's blocking
@@ -288,9 +189,9 @@ class RedisBroker(RedisInspection):
             with self._translator:
                 self._scripts.run("reserve", [consumer, 0, 0, 0, 0, 0, *ids])
         except BrokerUnavailableError:
-            self._unsure(consumer)
+            self._received.unsure(consumer)
             raise
-        self._settled(consumer, ids)
+        self._received.settled(consumer, ids)
 
     def retry(self, consumer: str, task: OutgoingTask) -> None:
         eta = "" if task.eta_ms is None else str(task.eta_ms)
@@ -298,9 +199,9 @@ class RedisBroker(RedisInspection):
             with self._translator:
                 self._scripts.run("retry", [consumer, task.id, task.queue, task.payload, eta])
         except BrokerUnavailableError:
-            self._unsure(consumer)
+            self._received.unsure(consumer)
             raise
-        self._settled(consumer, (task.id,))
+        self._received.settled(consumer, (task.id,))
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
                     now_ms: int) -> None:
@@ -309,9 +210,9 @@ class RedisBroker(RedisInspection):
             with self._translator:
                 self._scripts.run("dead_letter", [consumer, task_id, record])
         except BrokerUnavailableError:
-            self._unsure(consumer)
+            self._received.unsure(consumer)
             raise
-        self._settled(consumer, (task_id,))
+        self._received.settled(consumer, (task_id,))
 
     def release(self, consumer: str, ids: Sequence[str]) -> int:
         if not ids:
@@ -320,9 +221,9 @@ class RedisBroker(RedisInspection):
             with self._translator:
                 released = int(self._scripts.run("release", [consumer, *ids]))
         except BrokerUnavailableError:
-            self._unsure(consumer)
+            self._received.unsure(consumer)
             raise
-        self._settled(consumer, ids)
+        self._received.settled(consumer, ids)
         return released
 
     # -- supervision -------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from hexq.adapters.redis.errors import ServiceNotMonitored
-from hexq.adapters.redis.settings import RedisSettings, SentinelSettings
+from hexq.adapters.redis.sentinel_settings import SentinelSettings
+from hexq.adapters.redis.settings import RedisSettings
 
 if TYPE_CHECKING:
     from typing import TypeAlias

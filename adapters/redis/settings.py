@@ -2,9 +2,10 @@
 
 Two kinds of URL: one server (``redis://``, ``rediss://``, ``unix://``: ``RedisSettings``, parsed by redis-py)
 and a primary found through Redis Sentinel (``redis+sentinel://``, ``rediss+sentinel://``:
-``SentinelSettings``, parsed here; the grammar is in ``SentinelSettings``' docstring). Both take hexq's own
-durable-enqueue options from the URL's query (``?wait_replicas=N&wait_timeout_ms=T``), which are removed
-before redis-py sees the rest.
+``SentinelSettings`` in ``sentinel_settings.py``, parsed there; the grammar is in its docstring). Both take
+hexq's own durable-enqueue options from the URL's query (``?wait_replicas=N&wait_timeout_ms=T``), which are
+removed before redis-py sees the rest; the helpers both use (timeouts, those options, the repr's tail) live
+here.
 
 Building the URL from WakaQ's host/port/db/username/password also lives here. Nothing in this module
 imports redis-py or connects (``client.clients_for`` builds the clients).
@@ -12,7 +13,6 @@ imports redis-py or connects (``client.clients_for`` builds the clients).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -27,13 +27,11 @@ REDIS_SCHEMES: tuple[RedisScheme, ...] = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES: tuple[SentinelScheme, ...] = ("redis+sentinel", "rediss+sentinel")
 SCHEMES_HINT = ("redis://, rediss:// (TLS), unix://, redis+sentinel://host:26379[,host:port...]/service[/db] "
                 "(Sentinel), rediss+sentinel:// (Sentinel over TLS)")
-DEFAULT_SENTINEL_PORT = 26379
 # redis-py also reads credentials from the query string (?password=...); sentinel_password is ours.
 _SECRET_PARAMS = {"password", "ssl_password", "ssl_keyfile_password", "sentinel_password"}
 # hexq's own query options, taken out of the URL before redis-py parses it.
 DURABLE_PARAMS = ("wait_replicas", "wait_timeout_ms")
 DEFAULT_WAIT_TIMEOUT_MS = 1000
-_SENTINEL_PARAMS = ("sentinel_username", "sentinel_password", *DURABLE_PARAMS)
 
 
 def redacted_url(url: str) -> str:
@@ -158,143 +156,6 @@ class RedisSettings:
         tls = "".join(f", {name}={getattr(self, name)!r}" for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
                       if getattr(self, name) is not None)
         return (f"RedisSettings({self.redacted!r}, socket_timeout={self.socket_timeout!r}, "
-                f"socket_connect_timeout={self.socket_connect_timeout!r}{tls}{_durable_repr(self)})")
-
-
-@attrs.frozen
-class SentinelTarget:
-    """What a ``redis+sentinel://`` URL names. ``username``/``password`` are the data nodes' (the primary's
-    and its replicas'); ``sentinel_username``/``sentinel_password`` the sentinels' own."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    service: str
-    db: int = 0
-    username: str | None = attrs.field(default=None, repr=False)
-    password: str | None = attrs.field(default=None, repr=False)
-    sentinel_username: str | None = attrs.field(default=None, repr=False)
-    sentinel_password: str | None = attrs.field(default=None, repr=False)
-    tls: bool = False
-
-
-_SENTINEL_FORM = "redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]"
-
-
-def _host_port(item: str, url: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port``; the port defaults to Sentinel's 26379."""
-    if item.startswith("["):
-        host, close, rest = item[1:].partition("]")
-        if not close or (rest and not rest.startswith(":")):
-            raise ConfigError(f"bad sentinel address {item!r} in {redacted_url(url)!r}: expected [v6 address]:port")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = item.partition(":")
-    if not host:
-        raise ConfigError(f"empty sentinel host in {redacted_url(url)!r}: expected {_SENTINEL_FORM}")
-    if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad sentinel port {port_text!r} in {redacted_url(url)!r}: expected 1 to 65535")
-    return host, int(port_text)
-
-
-@functools.lru_cache(maxsize=64)
-def parse_sentinel_url(url: str) -> SentinelTarget:
-    """Parse a ``redis+sentinel://`` or ``rediss+sentinel://`` URL (grammar: ``SentinelSettings``);
-    raises ConfigError naming what is wrong, never showing the password."""
-    parts = urlsplit(url)
-    if parts.scheme not in SENTINEL_SCHEMES:
-        raise ConfigError(f"not a Sentinel URL: {redacted_url(url)!r} (expected {_SENTINEL_FORM})")
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    if not hosts.strip(","):
-        raise ConfigError(f"{redacted_url(url)!r} names no sentinel: expected {_SENTINEL_FORM}")
-    sentinels = tuple(_host_port(item.strip(), url) for item in hosts.split(",") if item.strip())
-    segments = [unquote(segment) for segment in parts.path.split("/")[1:]]
-    while segments and segments[-1] == "" and len(segments) > 1:
-        segments.pop()  # a trailing slash
-    service = segments[0] if segments else ""
-    if not service:
-        raise ConfigError(f"{redacted_url(url)!r} names no Sentinel service: put the name the sentinels monitor "
-                          f"after the hosts, as in {_SENTINEL_FORM}")
-    if len(segments) > 2:
-        raise ConfigError(f"{redacted_url(url)!r}: too many path segments; expected /service_name[/db]")
-    db = 0
-    if len(segments) == 2:
-        if not segments[1].isdigit():
-            raise ConfigError(f"{redacted_url(url)!r}: the database after the service name must be a whole "
-                              f"number, got {segments[1]!r}")
-        db = int(segments[1])
-    query = _query(url)
-    unknown = sorted(set(query) - set(_SENTINEL_PARAMS))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(map(repr, unknown))} in {redacted_url(url)!r}: a Sentinel "
-                          f"URL accepts {', '.join(_SENTINEL_PARAMS)}; pass timeouts and TLS files to HexQ(...)")
-    return SentinelTarget(sentinels, service, db, username, password, query.get("sentinel_username") or None,
-                          query.get("sentinel_password") or None, tls=parts.scheme == "rediss+sentinel")
-
-
-def _sentinel_url(_instance: object, _attribute: attrs.Attribute[Any], url: object) -> None:
-    if not isinstance(url, str) or urlsplit(url).scheme not in SENTINEL_SCHEMES:
-        scheme = urlsplit(url).scheme if isinstance(url, str) else None
-        raise ConfigError(f"unsupported Sentinel URL scheme {scheme!r}: use redis+sentinel:// or rediss+sentinel://")
-    parse_sentinel_url(url)
-
-
-@attrs.frozen(repr=False)
-class SentinelSettings:
-    """A primary found through Redis Sentinel, with the same options as ``RedisSettings``.
-
-    Grammar::
-
-        redis+sentinel://[user:password@]host[:port][,host[:port]...]/service_name[/db][?option=value&...]
-        rediss+sentinel://...        the same over TLS, to the sentinels and to the data nodes
-
-    - hosts are the sentinels (port 26379 when omitted; ``[v6]:port`` for IPv6 addresses); several are
-      tried in turn, and the first that names a primary it sees up is believed;
-    - ``service_name`` is the name the sentinels monitor (``sentinel monitor <name> ...``); required;
-    - ``db`` is the database number on the data nodes (0 when omitted);
-    - ``user:password@`` are the **data nodes'** credentials (the primary's ``requirepass`` or ACL user);
-      the sentinels are reached without credentials unless ``?sentinel_password=`` (and
-      ``?sentinel_username=``) say otherwise, since a sentinel's ``requirepass`` is usually another secret;
-    - options: ``sentinel_username``, ``sentinel_password``, ``wait_replicas``, ``wait_timeout_ms`` (durable
-      enqueue, as for ``redis://``); anything else is refused rather than silently ignored.
-    """
-
-    url: str = attrs.field(validator=_sentinel_url)
-    socket_timeout: float | None = attrs.field(default=15.0, validator=_timeout)
-    socket_connect_timeout: float | None = attrs.field(default=5.0, validator=_timeout)
-    ssl_ca_certs: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    wait_replicas: int = attrs.field(default=attrs.Factory(_url_wait_replicas, takes_self=True),
-                                     validator=_check_wait_replicas)
-    wait_timeout_ms: int = attrs.field(default=attrs.Factory(_url_wait_timeout_ms, takes_self=True),
-                                       validator=_check_wait_timeout)
-
-    def __attrs_post_init__(self) -> None:
-        _check_durable(self)
-
-    @property
-    def scheme(self) -> SentinelScheme:
-        return cast(SentinelScheme, urlsplit(self.url).scheme)  # checked by the url validator
-
-    @property
-    def target(self) -> SentinelTarget:
-        return parse_sentinel_url(self.url)
-
-    @property
-    def redacted(self) -> str:
-        """The URL with both passwords replaced, safe for logs and ``info``."""
-        return redacted_url(self.url)
-
-    def __repr__(self) -> str:
-        tls = "".join(f", {name}={getattr(self, name)!r}" for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-                      if getattr(self, name) is not None)
-        return (f"SentinelSettings({self.redacted!r}, socket_timeout={self.socket_timeout!r}, "
                 f"socket_connect_timeout={self.socket_connect_timeout!r}{tls}{_durable_repr(self)})")
 
 

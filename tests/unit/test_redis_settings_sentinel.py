@@ -19,13 +19,8 @@ from hexq.adapters.redis.errors import (
     UnknownSentinelServiceError,
     translate,
 )
-from hexq.adapters.redis.settings import (
-    RedisSettings,
-    SentinelSettings,
-    SentinelTarget,
-    parse_sentinel_url,
-    redacted_url,
-)
+from hexq.adapters.redis.sentinel_settings import SentinelSettings, SentinelTarget, parse_sentinel_url
+from hexq.adapters.redis.settings import RedisSettings, redacted_url
 from hexq.core.errors import BrokerAuthError, BrokerUnavailableError, ConfigError
 from hexq.entrypoints import bootstrap
 from hexq.entrypoints.settings import build_connection
