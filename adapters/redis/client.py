@@ -33,7 +33,7 @@ HEALTH_CHECK_INTERVAL = 25  # seconds idle before redis-py PINGs a pooled connec
 SENTINEL_TIMEOUT = 1.0
 
 
-def _retry() -> Retry:
+def retry_policy() -> Retry:
     # One quick retry replaces a pooled connection that died with a restarted server. Timeouts are not
     # retried: the command may have run, and the caller decides.
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,))
@@ -49,7 +49,7 @@ def clients_for(settings: RedisSettings | SentinelSettings) -> tuple[RedisClient
         "socket_connect_timeout": settings.socket_connect_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         "decode_responses": True,
-        "retry": _retry(),
+        "retry": retry_policy(),
     }
     if settings.scheme == "rediss":
         options.update(ssl_ca_certs=settings.ssl_ca_certs, ssl_certfile=settings.ssl_certfile,
@@ -132,7 +132,7 @@ def sentinel_clients(settings: SentinelSettings) -> tuple[RedisClient, RedisClie
         "socket_connect_timeout": settings.socket_connect_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         "decode_responses": True,
-        "retry": _retry(),
+        "retry": retry_policy(),
         "db": target.db,
         "username": target.username,
         "password": target.password,

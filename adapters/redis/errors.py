@@ -42,6 +42,10 @@ class UnknownSentinelServiceError(BrokerError, LookupError):
         )
 
 
+class NotAClusterError(BrokerError):
+    """A ``redis+cluster://`` URL names a server that does not run in cluster mode."""
+
+
 class ServiceNotMonitored(MasterNotFoundError):
     """Raised by the Sentinel client (``client.py``) when every sentinel that answered ignores the service;
     carries what they do monitor."""
@@ -82,6 +86,9 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
             f"Redis at {where} is out of memory and refused the write ({text}); nothing was stored. Free "
             "memory (finish or purge queues) or raise maxmemory; callers may retry later"
         )
+    cluster = _cluster_error(exc, text, where)
+    if cluster is not None:
+        return cluster
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.ClusterDownError,
                         rx.TryAgainError)) or upper.startswith(_UNAVAILABLE_PREFIXES):
         hint = ""
@@ -92,6 +99,27 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
             f"cannot use Redis at {where} ({type(exc).__name__}: {text}); workers keep retrying until "
             f"it is reachable again.{hint}"
         )
+    return None
+
+
+def _cluster_error(exc: rx.RedisError, text: str, where: str) -> Exception | None:
+    """Errors only a Redis Cluster gives: a server that is not one, slots nobody serves, a slot that moved."""
+    lower = text.lower()
+    if isinstance(exc, rx.RedisClusterException) and "cluster mode is not enabled" in lower:
+        return NotAClusterError(
+            f"{where} names a Redis Cluster, but the server there is not one (cluster mode is not enabled); use "
+            "redis://host:port for a single server, or point the URL at the nodes of a cluster")
+    if isinstance(exc, (rx.SlotNotCoveredError, rx.RedisClusterException)) and ("not covered" in lower
+                                                                                or "slot" in lower):
+        return BrokerUnavailableError(
+            f"the Redis Cluster at {where} does not serve every hash slot ({text}): a failover may be under way, "
+            "or slots were never assigned (redis-cli --cluster check / fix); workers keep retrying")
+    if isinstance(exc, rx.AskError):  # MOVED and ASK: the slot moved (a failover, resharding) mid-command
+        return BrokerUnavailableError(
+            f"a slot moved in the Redis Cluster at {where} ({type(exc).__name__}: {text}); hexq asks the cluster "
+            "where it is now, and the command is retried")
+    if isinstance(exc, rx.RedisClusterException):
+        return BrokerUnavailableError(f"cannot use the Redis Cluster at {where} ({text}); workers keep retrying")
     return None
 
 

@@ -32,7 +32,15 @@ key                   type    contents
 {p}:workerinfo        hash    worker id -> info JSON written by the worker
 {p}:wake              list    wake tokens (at most 64) popped by idle workers with BLPOP
 {p}:broadcast         pubsub  channel of broadcast payloads
+{p}:meta              hash    ``partitions`` -> how many partitions the app's keys are spread over; absent
+                              (one partition, the layout above) until an app runs with ``partitions`` > 1
 ====================  ======  ===========================================================================
+
+With ``partitions=N`` (N > 1) the whole layout above exists N times, once per hash tag: partition 0 is
+``{p}`` itself (so going from 1 to N partitions moves nothing) and partition k is ``{<tag k>}``, a tag chosen
+by ``partitions.partition_tags`` so that the N tags fall in N different slot ranges (N different nodes of a
+cluster whose slots are split evenly). Cron claims, worker heartbeats, broadcast copies and ``meta`` live in
+partition 0 only.
 
 Scripts (``adapters/redis/*.lua``, each prefixed by the key preamble and ``_lib.lua``) and the keys they
 write:
@@ -75,6 +83,7 @@ SINGLE_KEYS: dict[str, str] = {
     "WORKERINFO": "workerinfo",
     "WAKE": "wake",
     "BROADCAST": "broadcast",
+    "META": "meta",
 }
 # Keys per queue or per consumer: the Lua function that builds each -> the part between ``{p}:`` and the name.
 FAMILIES: dict[str, str] = {
@@ -111,14 +120,17 @@ def lua_preamble() -> str:
 
 @attrs.frozen
 class Keys:
+    """The key names of one partition: ``tag`` is the hash tag (the prefix itself for partition 0)."""
+
     prefix: str
+    tag: str = attrs.field(default=attrs.Factory(lambda self: self.prefix, takes_self=True))
 
     def __attrs_post_init__(self) -> None:
         check_prefix(self.prefix)  # the rule HexQ(prefix=...) applies too: no braces to break the hash tag
 
     @property
     def base(self) -> str:
-        return "{" + self.prefix + "}:"
+        return "{" + self.tag + "}:"
 
     @property
     def tasks(self) -> str:
@@ -172,3 +184,7 @@ class Keys:
     @property
     def broadcast(self) -> str:
         return self.base + SINGLE_KEYS["BROADCAST"]
+
+    @property
+    def meta(self) -> str:
+        return self.base + SINGLE_KEYS["META"]

@@ -11,7 +11,7 @@ options) come from ``settings.py``. Nothing in this module imports redis-py or c
 from __future__ import annotations
 
 import functools
-from typing import Any, cast
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -19,15 +19,9 @@ import attrs
 from hexq.adapters.redis.settings import (
     DURABLE_PARAMS,
     SENTINEL_SCHEMES,
+    ClientOptions,
     SentinelScheme,
-    _check_durable,
-    _check_wait_replicas,
-    _check_wait_timeout,
-    _durable_repr,
     _query,
-    _timeout,
-    _url_wait_replicas,
-    _url_wait_timeout_ms,
     redacted_url,
 )
 from hexq.core.errors import ConfigError
@@ -112,15 +106,8 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
                           query.get("sentinel_password") or None, tls=parts.scheme == "rediss+sentinel")
 
 
-def _sentinel_url(_instance: object, _attribute: attrs.Attribute[Any], url: object) -> None:
-    if not isinstance(url, str) or urlsplit(url).scheme not in SENTINEL_SCHEMES:
-        scheme = urlsplit(url).scheme if isinstance(url, str) else None
-        raise ConfigError(f"unsupported Sentinel URL scheme {scheme!r}: use redis+sentinel:// or rediss+sentinel://")
-    parse_sentinel_url(url)
-
-
 @attrs.frozen(repr=False)
-class SentinelSettings:
+class SentinelSettings(ClientOptions):
     """A primary found through Redis Sentinel, with the same options as ``RedisSettings``.
 
     Grammar::
@@ -139,19 +126,13 @@ class SentinelSettings:
       enqueue, as for ``redis://``); anything else is refused rather than silently ignored.
     """
 
-    url: str = attrs.field(validator=_sentinel_url)
-    socket_timeout: float | None = attrs.field(default=15.0, validator=_timeout)
-    socket_connect_timeout: float | None = attrs.field(default=5.0, validator=_timeout)
-    ssl_ca_certs: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    wait_replicas: int = attrs.field(default=attrs.Factory(_url_wait_replicas, takes_self=True),
-                                     validator=_check_wait_replicas)
-    wait_timeout_ms: int = attrs.field(default=attrs.Factory(_url_wait_timeout_ms, takes_self=True),
-                                       validator=_check_wait_timeout)
-
-    def __attrs_post_init__(self) -> None:
-        _check_durable(self)
+    @classmethod
+    def _check_url(cls, url: object) -> None:
+        if not isinstance(url, str) or urlsplit(url).scheme not in SENTINEL_SCHEMES:
+            scheme = urlsplit(url).scheme if isinstance(url, str) else None
+            raise ConfigError(f"unsupported Sentinel URL scheme {scheme!r}: use redis+sentinel:// or "
+                              "rediss+sentinel://")
+        parse_sentinel_url(url)
 
     @property
     def scheme(self) -> SentinelScheme:
@@ -160,14 +141,3 @@ class SentinelSettings:
     @property
     def target(self) -> SentinelTarget:
         return parse_sentinel_url(self.url)
-
-    @property
-    def redacted(self) -> str:
-        """The URL with both passwords replaced, safe for logs and ``info``."""
-        return redacted_url(self.url)
-
-    def __repr__(self) -> str:
-        tls = "".join(f", {name}={getattr(self, name)!r}" for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-                      if getattr(self, name) is not None)
-        return (f"SentinelSettings({self.redacted!r}, socket_timeout={self.socket_timeout!r}, "
-                f"socket_connect_timeout={self.socket_connect_timeout!r}{tls}{_durable_repr(self)})")

@@ -51,12 +51,6 @@ def redacted_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _redis_scheme(_instance: object, _attribute: attrs.Attribute[Any], url: object) -> None:
-    if not isinstance(url, str) or urlsplit(url).scheme not in REDIS_SCHEMES:
-        scheme = urlsplit(url).scheme if isinstance(url, str) else None
-        raise ConfigError(f"unsupported Redis URL scheme {scheme!r}: use {SCHEMES_HINT}")
-
-
 # Timeouts may be None (wait forever, redis-py's meaning) but not 0, which would make every read fail.
 _timeout = number(0, above_low=True, unit="seconds", optional=True)
 
@@ -121,10 +115,14 @@ def _durable_repr(settings: Any) -> str:
 
 
 @attrs.frozen(repr=False)
-class RedisSettings:
-    """What ``clients_for`` needs to build redis-py clients; validated when built."""
+class ClientOptions:
+    """What every kind of Redis URL takes besides the URL: socket timeouts, TLS files and durable enqueue.
 
-    url: str = attrs.field(validator=_redis_scheme)
+    Stated once here; ``RedisSettings``, ``SentinelSettings`` (``sentinel_settings.py``) and
+    ``ClusterSettings`` (``cluster_settings.py``) subclass it and say how their URL is checked
+    (``_check_url``) and read."""
+
+    url: str = attrs.field(validator=lambda instance, _attribute, url: type(instance)._check_url(url))
     socket_timeout: float | None = attrs.field(default=15.0, validator=_timeout)
     socket_connect_timeout: float | None = attrs.field(default=5.0, validator=_timeout)
     ssl_ca_certs: str | None = None
@@ -138,14 +136,9 @@ class RedisSettings:
     def __attrs_post_init__(self) -> None:
         _check_durable(self)
 
-    @property
-    def scheme(self) -> RedisScheme:
-        return cast(RedisScheme, urlsplit(self.url).scheme)  # checked by the url validator
-
-    @property
-    def client_url(self) -> str:
-        """The URL as redis-py gets it: without hexq's own query options."""
-        return without_params(self.url, DURABLE_PARAMS)
+    @classmethod
+    def _check_url(cls, url: object) -> None:
+        raise NotImplementedError  # each kind of URL says what it accepts
 
     @property
     def redacted(self) -> str:
@@ -155,8 +148,28 @@ class RedisSettings:
     def __repr__(self) -> str:
         tls = "".join(f", {name}={getattr(self, name)!r}" for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
                       if getattr(self, name) is not None)
-        return (f"RedisSettings({self.redacted!r}, socket_timeout={self.socket_timeout!r}, "
+        return (f"{type(self).__name__}({self.redacted!r}, socket_timeout={self.socket_timeout!r}, "
                 f"socket_connect_timeout={self.socket_connect_timeout!r}{tls}{_durable_repr(self)})")
+
+
+@attrs.frozen(repr=False)
+class RedisSettings(ClientOptions):
+    """One server: what ``clients_for`` needs to build redis-py clients; validated when built."""
+
+    @classmethod
+    def _check_url(cls, url: object) -> None:
+        if not isinstance(url, str) or urlsplit(url).scheme not in REDIS_SCHEMES:
+            scheme = urlsplit(url).scheme if isinstance(url, str) else None
+            raise ConfigError(f"unsupported Redis URL scheme {scheme!r}: use {SCHEMES_HINT}")
+
+    @property
+    def scheme(self) -> RedisScheme:
+        return cast(RedisScheme, urlsplit(self.url).scheme)  # checked by the url validator
+
+    @property
+    def client_url(self) -> str:
+        """The URL as redis-py gets it: without hexq's own query options."""
+        return without_params(self.url, DURABLE_PARAMS)
 
 
 def _auth(username: str | None, password: str | None) -> str:
