@@ -25,7 +25,7 @@ from hexq.entrypoints.options import (
     schedules_for,
     task_options,
 )
-from hexq.entrypoints.settings import BrokerConnection, build_connection
+from hexq.entrypoints.settings import BrokerConnection, build_connection, partition_count
 
 if TYPE_CHECKING:
     from hexq.entrypoints.inline import InlineRunner
@@ -110,6 +110,7 @@ class HexQ(OptionViews):
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         prefix: str = "hexq",
+        partitions: int = 1,
         concurrency: int | str = "cores",
         async_concurrency: int | str = 0,
         exclude_queues: Sequence[str] = (),
@@ -147,6 +148,7 @@ class HexQ(OptionViews):
             socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout,
             ssl_ca_certs=ssl_ca_certs, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         )
+        self.partitions = partition_count(partitions, self.connection.scheme)
         self.payload_options = PayloadOptions(signing_key=signing_key, max_payload_bytes=max_payload_bytes)
         self.codec = self.payload_options.codec()
         self.log_options = LogOptions(

@@ -34,11 +34,12 @@ _child_sender: contextvars.ContextVar[tuple[HexQ, Sender] | None] = contextvars.
 )
 
 
-def make_broker(app: HexQ) -> Broker:
+def make_broker(app: HexQ, child: tuple[int, int] | None = None) -> Broker:
     """A new broker for the app's settings. Nothing connects until the first command is sent. The in-process
     mode (``memory://``) is chosen here and only here; ``sqlite:`` is the SQLite adapter; a Redis server
-    (``redis://``, ``rediss://``, ``unix://``) and a primary found through Sentinel (``redis+sentinel://``,
-    ``rediss+sentinel://``) are both the Redis adapter, which builds its clients from either settings."""
+    (``redis://``, ``rediss://``, ``unix://``), a primary found through Sentinel (``redis+sentinel://``,
+    ``rediss+sentinel://``) and a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``) are all the Redis
+    adapter, spread over ``app.partitions`` hash tags when that is above 1."""
     connection = app.connection
     if connection.scheme == "memory":
         from hexq.adapters.memory.broker import MemoryBroker
@@ -48,9 +49,12 @@ def make_broker(app: HexQ) -> Broker:
         from hexq.adapters.sqlite.broker import SqliteBroker
 
         return SqliteBroker.from_settings(connection, rules=RULES)
-    from hexq.adapters.redis.broker import RedisBroker
+    from hexq.adapters.redis.assemble import open_broker
 
-    return RedisBroker.from_connection(connection, app.prefix, rules=RULES)  # RedisSettings | SentinelSettings
+    # A worker child (index, its worker's concurrency) blocks on a partition of its own when idle.
+    index, concurrency = child or (0, app.partitions)
+    return open_broker(connection, app.prefix, rules=RULES, partitions=app.partitions, home=index,
+                       covers_all=concurrency >= app.partitions)
 
 
 def task_factory(app: HexQ, clock: Clock) -> TaskFactory:

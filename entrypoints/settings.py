@@ -1,5 +1,6 @@
 """Which broker HexQ's connection keywords name: a Redis server (the adapter's ``RedisSettings``), a primary
-found through Redis Sentinel (``SentinelSettings``, for ``redis+sentinel://`` and ``rediss+sentinel://``), an
+found through Redis Sentinel (``SentinelSettings``, for ``redis+sentinel://`` and ``rediss+sentinel://``), a
+Redis Cluster (``ClusterSettings``, for ``redis+cluster://`` and ``rediss+cluster://``), an
 SQLite file (``SqliteSettings``) or, for ``memory://``, this process (``InProcess``)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hexq.adapters.redis.cluster_settings import CLUSTER_SCHEMES, ClusterSettings
 from hexq.adapters.redis.sentinel_settings import SentinelSettings
 from hexq.adapters.redis.settings import (
     REDIS_SCHEMES,
@@ -43,7 +45,7 @@ class InProcess:
 
 
 # ``scheme`` tells them apart, for mypy too: ``if c.scheme == "memory"`` narrows to InProcess.
-BrokerConnection: TypeAlias = RedisSettings | SentinelSettings | SqliteSettings | InProcess
+BrokerConnection: TypeAlias = RedisSettings | SentinelSettings | ClusterSettings | SqliteSettings | InProcess
 
 
 def build_connection(url: str | None, host: str, port: int, db: int, username: str | None, password: str | None,
@@ -67,8 +69,22 @@ def build_connection(url: str | None, host: str, port: int, db: int, username: s
         return InProcess(full)
     if scheme in SENTINEL_SCHEMES:
         return SentinelSettings(full, **options)
+    if scheme in CLUSTER_SCHEMES:
+        return ClusterSettings(full, **options)
     # RedisSettings checks this too; checked first here so the message can offer the other brokers.
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"unsupported broker URL scheme {scheme!r}: use {SCHEMES_HINT}, "
                           "sqlite:///absolute/path.db (a file on this host) or memory://")
     return RedisSettings(full, **options)
+
+
+def partition_count(value: object, scheme: str) -> int:
+    """How many hash tags one app's Redis keys are spread over (``adapters/redis/partitions.py``)."""
+    from hexq.adapters.redis.partitions import MAX_PARTITIONS
+    from hexq.core.validation import whole_number
+
+    count = whole_number(value, "partitions", 1, MAX_PARTITIONS)
+    if count > 1 and scheme in (MEMORY_SCHEME, SQLITE_SCHEME):
+        raise ConfigError(f"partitions={count} spreads an app over the nodes of a Redis Cluster; a {scheme}: broker "
+                          "has one store, so leave partitions at 1")
+    return count

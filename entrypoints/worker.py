@@ -22,6 +22,7 @@ import attrs
 from hexq.adapters.posix.alarm import SignalAlarm
 from hexq.adapters.posix.board import ChildReporter, SharedBoard
 from hexq.adapters.posix.processes import PosixProcessControl
+from hexq.adapters.redis.errors import NotAClusterError
 from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
 from hexq.core.ports import Broker, Delivery, Metrics, NoMetrics
 from hexq.core.services.parent import ParentConfig, WorkerParent
@@ -130,7 +131,7 @@ def _probe(broker: Broker, served: Sequence[str]) -> None:
     Redis is merely unreachable, since it may come back."""
     try:
         broker.queue_stats(list(served))
-    except BrokerAuthError:
+    except (BrokerAuthError, NotAClusterError):
         raise
     except BrokerError as exc:
         log.warning("broker not usable at start-up (%s); starting anyway and retrying", exc)
@@ -149,7 +150,8 @@ def _prepare_exporter() -> MultiprocessExporter:
 
 def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics, index: int, consumer: str) -> int:
     """The body of one worker child, in its own process: its own connections, sender and randomness."""
-    broker = bootstrap.make_broker(app)  # sockets inherited from the parent must never be shared
+    # Sockets inherited from the parent must never be shared; the index picks the partition it idles on.
+    broker = bootstrap.make_broker(app, child=(index, plan.concurrency))
     bootstrap.enter_child(app, bootstrap.build_sender(app, broker, metrics))
     runner = TaskRunner(app.registry, app.codec, broker, app.clock, consumer, bootstrap.process_random(),
                         alarm=SignalAlarm(), reporter=ChildReporter(board, index), metrics=metrics)

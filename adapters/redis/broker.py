@@ -60,10 +60,10 @@ class RedisBroker(RedisInspection):
 
     def __init__(self, client: RedisClient, prefix: str = "hexq", *, rules: LeaseRules = _DEFAULT_RULES,
                  blocking_client: RedisClient | None = None, where: str | None = None, wait_replicas: int = 0,
-                 wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS) -> None:
+                 wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS, tag: str | None = None) -> None:
         self._client = client
         self._blocking = blocking_client if blocking_client is not None else blocking_twin(client)
-        self._keys = Keys(prefix)
+        self._keys = Keys(prefix, tag or prefix)  # tag: the partition's hash tag (partitions.py)
         self._rules = rules
         self._where = where or describe(client)
         # Read once: the hot paths would otherwise rebuild these names on every call.
@@ -254,6 +254,19 @@ class RedisBroker(RedisInspection):
         if payload is None and owner is None:
             return None
         return Delivery(task_id, owner.queue if owner else "", text(payload), int(crashes or 0))
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    def record_partitions(self, count: int) -> int:
+        """Record ``count`` as the number of partitions of this app unless one is recorded already (in
+        ``{p}:meta``, which only partition 0 holds); returns the recorded number."""
+        with self._translator:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hsetnx(self._keys.meta, "partitions", str(count))
+            pipe.hget(self._keys.meta, "partitions")
+            return int(pipe.execute()[1])
 
     def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
         with self._translator:

@@ -66,7 +66,7 @@ class ClusterRouter:
         with self._lock:
             cluster = self._view()
             return [(str(n.host), int(n.port), "primary" if n.server_type == "primary" else "replica")
-                    for n in cluster.get_nodes()]
+                    for n in cluster.get_nodes()]  # type: ignore[no-untyped-call,unused-ignore]
 
     def _view(self) -> RedisCluster:
         if self._cluster is None:
@@ -74,7 +74,8 @@ class ClusterRouter:
             self._refreshed_at, self._stale = time.monotonic(), False
         elif self._stale and time.monotonic() - self._refreshed_at >= MIN_REFRESH_INTERVAL:
             self._refreshed_at = time.monotonic()
-            self._cluster.nodes_manager.initialize()  # raises while no node answers: stays stale
+            # Raises while no node answers, and the view stays stale.
+            self._cluster.nodes_manager.initialize()  # type: ignore[no-untyped-call,unused-ignore]
             self._stale = False
         return self._cluster
 
@@ -91,8 +92,9 @@ class ClusterRouter:
         if target.tls:
             options.update(ssl=True, ssl_ca_certs=settings.ssl_ca_certs, ssl_certfile=settings.ssl_certfile,
                            ssl_keyfile=settings.ssl_keyfile)
-        nodes = [ClusterNode(host, port) for host, port in target.nodes]
-        return RedisCluster(startup_nodes=nodes, **options)
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call,unused-ignore]
+        cluster: RedisCluster = RedisCluster(startup_nodes=nodes, **options)
+        return cluster
 
     def close(self) -> None:
         with self._lock:
@@ -139,12 +141,12 @@ class _Pinned:
 
 class ClusterSlotConnection(_Pinned, Connection):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**self._pinned_init(kwargs))
+        super().__init__(**self._pinned_init(kwargs))  # type: ignore[no-untyped-call,unused-ignore]
 
 
 class ClusterSlotSSLConnection(_Pinned, SSLConnection):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**self._pinned_init(kwargs))
+        super().__init__(**self._pinned_init(kwargs))  # type: ignore[no-untyped-call,unused-ignore]
 
 
 def pinned_client(settings: ClusterSettings, router: ClusterRouter, tag: str, *, blocking: bool) -> redis.Redis:

@@ -26,7 +26,8 @@ SentinelScheme = Literal["redis+sentinel", "rediss+sentinel"]
 REDIS_SCHEMES: tuple[RedisScheme, ...] = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES: tuple[SentinelScheme, ...] = ("redis+sentinel", "rediss+sentinel")
 SCHEMES_HINT = ("redis://, rediss:// (TLS), unix://, redis+sentinel://host:26379[,host:port...]/service[/db] "
-                "(Sentinel), rediss+sentinel:// (Sentinel over TLS)")
+                "(Sentinel), rediss+sentinel:// (Sentinel over TLS), redis+cluster://host:port[,host:port...] "
+                "(Redis Cluster), rediss+cluster:// (Cluster over TLS)")
 # redis-py also reads credentials from the query string (?password=...); sentinel_password is ours.
 _SECRET_PARAMS = {"password", "ssl_password", "ssl_keyfile_password", "sentinel_password"}
 # hexq's own query options, taken out of the URL before redis-py parses it.
@@ -183,7 +184,7 @@ def _auth(username: str | None, password: str | None) -> str:
 
 def _with_credentials(url: str, username: str | None, password: str | None) -> str:
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", *SENTINEL_SCHEMES):
+    if parts.scheme not in ("redis", "rediss", *SENTINEL_SCHEMES, "redis+cluster", "rediss+cluster"):
         raise ConfigError(f"username=/password= need a redis:// or rediss:// URL, not {parts.scheme}://; "
                           "for a unix socket put them in the URL's query (?password=...)")
     if parts.username or parts.password:

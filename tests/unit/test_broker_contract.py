@@ -3,7 +3,7 @@ use of the Inspection role."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import fakeredis
 import pytest
@@ -11,7 +11,10 @@ from broker_contract import T0, BrokerContract, MakeBroker, broker_factory
 
 from hexq.adapters.memory import FakeClock, MemoryBroker
 from hexq.adapters.redis.broker import RedisBroker
+from hexq.adapters.redis.partitioned import PartitionedBroker
+from hexq.adapters.redis.partitions import partition_tags
 from hexq.core.ports import DeadLetter
+from hexq.core.rules import LeaseRules
 from hexq.entrypoints.app import HexQ
 from hexq.entrypoints.cli import _snapshot
 
@@ -50,3 +53,21 @@ def test_info_counts_dead_letters_without_fetching_them() -> None:
         broker.dead_letter("c1", f"d{i}", "default", "p", "r", T0 + i)
     app = HexQ(queues=["default"], url="memory://", broker=broker, clock=FakeClock())
     assert _snapshot(app)["dead"] == 3
+
+
+def partitioned_on_fakeredis(count: int) -> Callable[[LeaseRules], PartitionedBroker]:
+    def build(rules: LeaseRules) -> PartitionedBroker:
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+        return PartitionedBroker([RedisBroker(client, "test", rules=rules, tag=tag)
+                                  for tag in partition_tags("test", count)])
+    return build
+
+
+class TestOnePartitionOfAPartitionedBroker(BrokerContract):
+    """The composite with one partition (what a cluster URL without ``partitions`` builds): the whole contract."""
+
+    @pytest.fixture
+    def make_broker(self) -> Iterator[MakeBroker]:
+        require_lupa()
+        yield from broker_factory(partitioned_on_fakeredis(1))
+

@@ -1,0 +1,345 @@
+"""One app spread over N partitions: the Broker port over N ``RedisBroker``s, one per hash tag.
+
+Each partition is a whole copy of the key layout under its own hash tag (``partitions.py``), so every script
+stays inside one slot and, on a Redis Cluster, each partition lives on one node: N partitions spread one app
+over up to N nodes. What lives where:
+
+- tasks: a runnable task goes to the next partition in turn (each process starts at a random one, so
+  producers do not all begin on the same node); a partition that cannot be reached is skipped and the task
+  stored in the next. An eta task with a dedup key goes to the partition its key names (crc32), so that
+  enqueueing it again finds and moves the waiting one. A worker's copies of broadcasts ('@' queues) go to
+  partition 0.
+- cron claims, worker heartbeats, broadcasts and the recorded partition count (``{p}:meta``): partition 0.
+- ownership, leases, dead letters and crash counts: in the partition the task is in. A consumer's lease is
+  renewed in every partition, and a dead consumer is recovered in every partition.
+
+Serving: a child reserves from one partition per call. It stays on a partition while it has work, for at
+most ``STICKY_RESERVATIONS`` reservations in a row, then moves on to the next, so no partition starves while
+another is busy: strict priority holds within a partition, and a task in another partition waits behind at
+most that many batches of the child (each sized to about 1-5 ms of work, ``BatchPlanner``). An idle child
+sweeps every partition once, then blocks on its *home* partition's wake list (children of a worker get
+homes in turn), for the whole idle wait when its worker's children cover every partition, else for at most
+``SWEEP_WAIT`` so that a partition nobody blocks on is still looked at often.
+
+Changing N changes every tag but partition 0's, so the count is recorded in ``{p}:meta`` by the first process
+that runs with N > 1, and a process with another N is refused (``ConfigError``) instead of stranding tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from hexq.core.errors import BrokerUnavailableError, ConfigError
+from hexq.core.ports import (
+    BroadcastSubscription,
+    DeadLetter,
+    Delivery,
+    InFlight,
+    OutgoingTask,
+    QueueStats,
+    Reservation,
+    WorkerBeat,
+)
+
+if TYPE_CHECKING:
+    from hexq.adapters.redis.broker import RedisBroker
+    from hexq.adapters.redis.cluster import ClusterRouter
+
+T = TypeVar("T")
+STICKY_RESERVATIONS = 4
+SWEEP_WAIT = 0.1
+
+
+class PartitionedBroker:
+    def __init__(self, partitions: Sequence[RedisBroker], *, home: int = 0, covers_all: bool = True,
+                 router: ClusterRouter | None = None) -> None:
+        self._parts = list(partitions)
+        self._n = len(self._parts)
+        self._meta_key = self._parts[0].keys.meta
+        self._turn = itertools.count(random.randrange(self._n))
+        self._home = home % self._n
+        self._idle_cap = None if covers_all else SWEEP_WAIT
+        self._router = router
+        self._lock = threading.Lock()  # settlements may come from another thread of the child
+        self._owner: dict[str, int] = {}  # task id -> partition, for tasks handed out and not settled
+        self._unsent: dict[str, dict[int, list[str]]] = {}  # acks a partition could not take yet, by consumer
+        self._start: dict[str, int] = {}
+        self._streak: dict[str, int] = {}
+        self._layout_checked = False
+
+    @property
+    def partitions(self) -> list[RedisBroker]:
+        return list(self._parts)
+
+    # -- the recorded layout -------------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        if self._layout_checked or self._n == 1:  # one partition is today's layout: nothing to record
+            return
+        recorded = self._parts[0].record_partitions(self._n)
+        if recorded != self._n:
+            raise ConfigError(
+                f"this app's keys are spread over {recorded} partitions ({self._meta_key} says so), but this "
+                f"process was started with partitions={self._n}: every producer, worker and scheduler of one "
+                "prefix must use the same count. To change it, stop the producers, let the workers empty every "
+                f"partition (hexq info shows each), stop them, DEL {self._meta_key}, and start everything with "
+                "the new count")
+        self._layout_checked = True
+
+    # -- producing -----------------------------------------------------------------------------------
+    def _fixed_partition(self, task: OutgoingTask) -> int | None:
+        if task.queue.startswith("@"):
+            return 0
+        if task.dedup_key is not None:
+            return zlib.crc32(task.dedup_key.encode()) % self._n
+        return None
+
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+        self._check_layout()
+        if len(tasks) == 1:
+            fixed = self._fixed_partition(tasks[0])
+            if fixed is not None:
+                self._parts[fixed].enqueue(tasks)
+            else:
+                self._anywhere(lambda part: part.enqueue(tasks))
+            return
+        groups: dict[int, list[OutgoingTask]] = {}
+        for task in tasks:
+            fixed = self._fixed_partition(task)
+            groups.setdefault(next(self._turn) % self._n if fixed is None else fixed, []).append(task)
+        for index, group in groups.items():
+            self._parts[index].enqueue(group)
+
+    def _anywhere(self, store: Callable[[RedisBroker], None]) -> None:
+        """Store in the next partition in turn, or the one after it if that one cannot be reached: a task
+        belongs to no partition in particular. A reply lost after the store may store it twice, which
+        at-least-once delivery allows."""
+        first = next(self._turn) % self._n
+        failure: BrokerUnavailableError | None = None
+        for step in range(self._n):
+            try:
+                store(self._parts[(first + step) % self._n])
+                return
+            except BrokerUnavailableError as exc:
+                failure = failure or exc
+        assert failure is not None
+        raise failure
+
+    def publish_broadcast(self, payload: str) -> int:
+        return self._parts[0].publish_broadcast(payload)
+
+    # -- consuming -----------------------------------------------------------------------------------
+    def _by_partition(self, ids: Iterable[str]) -> dict[int, list[str]]:
+        """Ids grouped by the partition that handed them out; an id this process never received (or no
+        longer remembers) goes to every partition, where settling an unknown id does nothing."""
+        groups: dict[int, list[str]] = {}
+        with self._lock:
+            for task_id in ids:
+                owner = self._owner.get(task_id)
+                for index in (range(self._n) if owner is None else (owner,)):
+                    groups.setdefault(index, []).append(task_id)
+        return groups
+
+    def _forget(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            for task_id in ids:
+                self._owner.pop(task_id, None)
+
+    def _pending_acks(self, consumer: str, acks: Sequence[str]) -> dict[int, list[str]]:
+        pending = self._by_partition(acks)
+        for index, ids in self._unsent.pop(consumer, {}).items():
+            pending.setdefault(index, []).extend(ids)
+        return pending
+
+    def _keep_unsent(self, consumer: str, index: int, ids: list[str]) -> None:
+        self._unsent.setdefault(consumer, {}).setdefault(index, []).extend(ids)
+
+    def _flush_acks(self, consumer: str, pending: dict[int, list[str]]) -> None:
+        """Acknowledge what is left; what a partition cannot take now is kept and sent with a later call."""
+        for index, ids in pending.items():
+            try:
+                self._parts[index].ack(consumer, ids)
+                self._forget(ids)
+            except BrokerUnavailableError:
+                self._keep_unsent(consumer, index, ids)
+
+    def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
+                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+        self._check_layout()
+        pending = self._pending_acks(consumer, acks)
+        start = self._start.get(consumer, self._home)
+        order = [(start + step) % self._n for step in range(self._n)]
+        if wait >= 0.001:
+            self._flush_acks(consumer, pending)
+            pending = {}
+            order = [index for index in order if index != self._home] + [self._home]
+        etas: list[int] = []
+        failure: BrokerUnavailableError | None = None
+        answered = 0
+        for index in order:
+            blocking = wait >= 0.001 and index == self._home
+            own_acks = pending.pop(index, [])
+            try:
+                reservation = self._parts[index].reserve(
+                    consumer, queues, limit, now_ms, lease_ms, own_acks,
+                    min(wait, self._idle_cap or wait) if blocking else 0.0)
+            except BrokerUnavailableError as exc:
+                # One partition's node is down (a failover): serve the others meanwhile.
+                failure = failure or exc
+                if own_acks:
+                    self._keep_unsent(consumer, index, own_acks)
+                continue
+            answered += 1
+            self._forget(own_acks)
+            if reservation.deliveries:
+                self._flush_acks(consumer, pending)
+                return self._took(consumer, start, index, reservation)
+            if reservation.next_eta_ms is not None:
+                etas.append(reservation.next_eta_ms)
+        self._flush_acks(consumer, pending)
+        if failure is not None and answered == 0:
+            raise failure  # nothing answered: the caller backs off, as with one server
+        return Reservation((), min(etas) if etas else None)
+
+    def _took(self, consumer: str, start: int, index: int, reservation: Reservation) -> Reservation:
+        with self._lock:
+            for delivery in reservation.deliveries:
+                self._owner[delivery.id] = index
+        streak = self._streak.get(consumer, 0) + 1 if index == start else 1
+        if streak >= STICKY_RESERVATIONS:  # let the other partitions be served first next time
+            self._start[consumer], self._streak[consumer] = (index + 1) % self._n, 0
+        else:
+            self._start[consumer], self._streak[consumer] = index, streak
+        return reservation
+
+    def ack(self, consumer: str, ids: Sequence[str]) -> None:
+        for index, group in self._by_partition(ids).items():
+            self._parts[index].ack(consumer, group)
+            self._forget(group)
+
+    def _owner_of(self, task_id: str) -> int | None:
+        with self._lock:
+            known = self._owner.get(task_id)
+        if known is not None:
+            return known
+        for index, part in enumerate(self._parts):  # the parent settling for a dead child: ask each
+            found = part.lookup(task_id)
+            if found is not None and found.queue:
+                return index
+        return None
+
+    def retry(self, consumer: str, task: OutgoingTask) -> None:
+        index = self._owner_of(task.id)
+        if index is None:
+            # Owned nowhere (recovered meanwhile): the task was handed back already; storing the retry
+            # anyway keeps it, as the single-partition script would.
+            index = 0
+        self._parts[index].retry(consumer, task)
+        self._forget((task.id,))
+
+    def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
+                    now_ms: int) -> None:
+        index = self._owner_of(task_id)
+        self._parts[0 if index is None else index].dead_letter(consumer, task_id, queue, payload, reason, now_ms)
+        self._forget((task_id,))
+
+    def release(self, consumer: str, ids: Sequence[str]) -> int:
+        released = 0
+        for index, group in self._by_partition(ids).items():
+            released += self._parts[index].release(consumer, group)
+            self._forget(group)
+        return released
+
+    # -- supervision ---------------------------------------------------------------------------------
+    def _every(self, call: Callable[[RedisBroker], T]) -> list[T]:
+        """``call`` on every partition, even when some fail (a lease left unrenewed in a reachable partition
+        would hand running tasks to someone else); the first failure is raised after all were tried."""
+        results: list[T] = []
+        failure: BrokerUnavailableError | None = None
+        for part in self._parts:
+            try:
+                results.append(call(part))
+            except BrokerUnavailableError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return results
+
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
+        self._every(lambda part: part.renew_leases(consumers, until_ms))
+
+    def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
+        return sum(self._every(lambda part: part.recover_consumer(consumer, crashed_ids)))
+
+    def lookup(self, task_id: str) -> Delivery | None:
+        with self._lock:
+            known = self._owner.get(task_id)
+        order = [known] if known is not None else []
+        for index in [*order, *(i for i in range(self._n) if i != known)]:
+            found = self._parts[index].lookup(task_id)
+            if found is not None:
+                return found
+        return None
+
+    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
+        self._check_layout()
+        self._parts[0].heartbeat(worker_id, info, now_ms)
+
+    def forget_worker(self, worker_id: str) -> None:
+        self._parts[0].forget_worker(worker_id)
+
+    def subscribe_broadcast(self) -> BroadcastSubscription:
+        return self._parts[0].subscribe_broadcast()
+
+    # -- cron ----------------------------------------------------------------------------------------
+    def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
+        self._check_layout()
+        return self._parts[0].claim_cron_tick(schedule_key, fire_ms, task)
+
+    def last_cron_tick(self, schedule_key: str) -> int | None:
+        return self._parts[0].last_cron_tick(schedule_key)
+
+    # -- inspection and administration ---------------------------------------------------------------
+    def partition_stats(self, queues: Sequence[str]) -> list[list[QueueStats]]:
+        """``queue_stats`` of each partition, in partition order (``hexq info`` shows them)."""
+        return [part.queue_stats(queues) for part in self._parts]
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        per_partition = self.partition_stats(queues)
+        return [QueueStats(rows[0].name, sum(r.pending for r in rows), sum(r.eta for r in rows),
+                           sum(r.in_flight for r in rows)) for rows in zip(*per_partition, strict=True)]
+
+    def in_flight(self, limit: int = 1000) -> list[InFlight]:
+        rows = [row for part in self._parts for row in part.in_flight(limit)]
+        return sorted(rows, key=lambda row: row.since_ms)[:limit]
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = [row for part in self._parts for row in part.dead_letters(limit)]
+        return sorted(rows, key=lambda row: row.failed_at_ms, reverse=True)[:max(limit, 0)]
+
+    def dead_count(self) -> int:
+        return sum(part.dead_count() for part in self._parts)
+
+    def workers(self) -> list[WorkerBeat]:
+        return self._parts[0].workers()
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        return sum(part.requeue_dead(ids) for part in self._parts)
+
+    def purge_dead(self) -> int:
+        return sum(part.purge_dead() for part in self._parts)
+
+    def purge_queue(self, queue: str) -> tuple[int, int]:
+        counts = [part.purge_queue(queue) for part in self._parts]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+    def close(self) -> None:
+        for part in self._parts:
+            part.close()
+        if self._router is not None:
+            self._router.close()
+
