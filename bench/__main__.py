@@ -115,11 +115,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["machine"] = report.machine(server.version(), sqlite_dir)
             proxy = None if args.no_proxy or "proxy" not in config.workloads or "redis" not in brokers \
                 else Proxy(server.port).__enter__()
+            # the cost workload's completion counter lives on a server of its own (see bench/cost.py)
+            counter_server = RedisServer() if "cost" in config.workloads and "redis" in brokers else None
             try:
                 if proxy is not None:
                     results["proxy_rtt_ms"] = proxy.added_rtt_ms(server.url)
                     log(f"proxy adds {results['proxy_rtt_ms']:.2f} ms per round trip")
-                harness = Harness(server.url, proxy.url if proxy else None, config, logdir, sqlite_dir)
+                if counter_server is not None:
+                    counter_server.start()
+                harness = Harness(server.url, proxy.url if proxy else None, config, logdir, sqlite_dir,
+                                  counter_server.url if counter_server else None)
                 ceilings: list[float] = []
                 proxied: list[float] = []
                 sqlite_ceilings: list[float] = []
@@ -149,6 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 if proxy is not None:
                     proxy.__exit__()
+                if counter_server is not None:
+                    counter_server.stop()
     finally:
         if sqlite_dir is not None:
             kill_all()  # no worker or client may still hold a database file when its folder goes

@@ -14,13 +14,20 @@ from typing import Any
 import attrs
 import redis
 
+from bench import cost as redis_cost
 from bench.apps.common import DONE_KEY, LOW_KEY, STAMPS_KEY
 from bench.procs import REPO, ProcessTree, bench_env
 from bench.systems.base import System
 from bench.workloads import Timeout, percentile, stamp_delays_ms, steady_rate, wait_for_count
 
 Cells = dict[str, Any]  # metric -> number, or a status string such as "timeout"
-WORKLOADS = ("processing", "batch", "latency", "priority", "proxy")  # what --workloads can pick
+# The cost workload's cells: Redis CPU µs and commands per task, for enqueue, processing and both.
+COST_CELLS = ("cpu_enq", "cpu_proc", "cpu_total", "cmd_enq", "cmd_proc", "cmd_total")
+WORKLOADS = ("processing", "batch", "latency", "priority", "proxy", "cost")  # what --workloads can pick
+
+
+# Seconds between the last completion and the final reading: a worker acknowledges after the task body.
+COST_SETTLE = 0.25
 
 
 class StepError(Exception):
@@ -54,6 +61,9 @@ class Harness:
     config: Config
     logdir: Path
     sqlite_dir: Path | None = None  # where the SQLite systems' database files are made (one folder each)
+    # A second server for the completion counter of the cost workload, so that neither the harness's
+    # polling nor the tasks' INCRs reach the server whose CPU is measured.
+    counter_url: str | None = None
     redis: redis.Redis = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -99,8 +109,9 @@ class Harness:
             raise StepError("no folder for SQLite databases was given to the harness")
         return self.sqlite_dir / system.name / "bench.db"
 
-    def workers(self, system: System, url: str, label: str, priority: bool = False) -> ProcessTree:
-        env = self.env(system, url, BENCH_COUNTER_URL=self.url)
+    def workers(self, system: System, url: str, label: str, priority: bool = False,
+                counter_url: str | None = None) -> ProcessTree:
+        env = self.env(system, url, BENCH_COUNTER_URL=counter_url or self.url)
         argvs = system.priority_argvs(url) if priority else system.worker_argvs(url)
         return ProcessTree.spawn(argvs, env=env, cwd=str(REPO), log=self.logdir / f"{label}.log")
 
@@ -131,9 +142,10 @@ class Harness:
             ("latency", "latency+eta", ("lat_p50", "lat_p99", "eta_p50", "eta_p99", "eta_min"), self.latency),
             ("priority", "priority", ("prio_p50", "prio_p99", "prio_sent"), self.priority),
             ("proxy", "proxy", ("proxy", "proxy_steady"), self.proxied),
+            ("cost", "cost", COST_CELLS, self.cost),
         ]
         skip = {"batch": not system.has_batch, "priority": not system.has_priority,
-                "proxy": self.proxy_url is None}
+                "proxy": self.proxy_url is None, "cost": self.counter_url is None}
         for workload, step, keys, fn in steps:
             if workload not in self.config.workloads or skip.get(workload) or workload in system.skips:
                 continue
@@ -248,3 +260,35 @@ class Harness:
             self.rates(cells, "proxy", n, start, tree)
         finally:
             tree.kill()
+
+    def cost(self, system: System, cells: Cells, label: str) -> None:
+        """What N tasks cost the Redis server (``bench/cost.py``): N single enqueues with no worker running,
+        then the worker command from its start until the last completion (its start-up included) and a
+        short settle, so acknowledgements a worker sends after the task body are counted too."""
+        assert self.counter_url is not None
+        n = self.config.n
+        counter = redis.Redis.from_url(self.counter_url, socket_timeout=30)
+        self.fresh(system)
+        counter.flushall()
+        before = redis_cost.read(self.redis)
+        self.client(system, "enqueue", 30 + n / 100, label + "-enqueue", n=n)
+        queued = redis_cost.read(self.redis)
+        tree = self.workers(system, self.url, label + "-workers", counter_url=self.counter_url)
+        try:
+            samples = wait_for_count(counter, n, stall=self.config.stall, cap=self.config.cap,
+                                     alive=tree.alive, partial=True)
+            time.sleep(COST_SETTLE)
+            finished = redis_cost.read(self.redis)
+        finally:
+            tree.kill()
+            counter.close()
+        done = samples[-1][1]
+        enq, proc = queued - before, finished - queued
+        cells["cpu_enq"], cells["cmd_enq"] = enq.cpu_us_per(n), enq.commands_per(n)
+        cells["cpu_proc"], cells["cmd_proc"] = proc.cpu_us_per(done), proc.commands_per(done)
+        cells["cpu_total"] = cells["cpu_enq"] + cells["cpu_proc"]
+        cells["cmd_total"] = cells["cmd_enq"] + cells["cmd_proc"]
+        if done < n:
+            cells["cost_done"] = done
+        breakdown = {"enqueue": enq.breakdown(n), "processing": proc.breakdown(done)}
+        (self.logdir / f"{label}-commands.json").write_text(json.dumps(breakdown, indent=1) + "\n")

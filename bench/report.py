@@ -32,6 +32,10 @@ ROWS: list[tuple[str, str, str, str, str]] = [
     ("pss", "worker PSS after processing (MiB, shared pages split) ↓", "mib", "low", "processing"),
     ("proxy", "processing via +1 ms proxy, start → done (tasks/s) ↑", "rate", "high", "proxy"),
     ("proxy_steady", "processing via +1 ms proxy, steady (tasks/s) ↑", "rate", "high", "proxy"),
+    ("cpu_enq", "Redis CPU per task, enqueue (µs) ↓", "us", "low", "cost"),
+    ("cpu_proc", "Redis CPU per task, processing (µs) ↓", "us", "low", "cost"),
+    ("cpu_total", "Redis CPU per task, total (µs) ↓", "us", "low", "cost"),
+    ("cmd_total", "Redis commands per task (scripts' commands counted) ↓", "count", "low", "cost"),
     ("ceiling", "ceiling: raw redis-py LPUSH+BLPOP loop (tasks/s)", "rate", "", "processing"),
     ("ceiling_proxy", "ceiling via +1 ms proxy (tasks/s)", "rate", "", "proxy"),
     ("ceiling_sqlite", "ceiling: raw sqlite3 INSERT, then SELECT+DELETE (tasks/s)", "rate", "", "processing"),
@@ -50,6 +54,10 @@ CEILING_ROWS = {key for _, _, keys in BROKERS.values() for key in keys}
 def kind_of(key: str) -> str:
     """How a cell of this metric is formatted."""
     kinds = {row[0]: row[2] for row in ROWS}
+    if key.startswith("cmd_"):
+        return "count"
+    if key.startswith("cpu_"):
+        return "us"
     return kinds.get(key, "text" if key.endswith(("_sent", "_done", "_extra")) else "rate")
 
 
@@ -74,6 +82,10 @@ def fmt(value: Any, kind: str) -> str:
         return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
     if kind == "mib":
         return f"{value:.0f}"
+    if kind == "us":
+        return f"{value:.1f}"
+    if kind == "count":
+        return f"{value:.2f}"
     return str(value)
 
 
@@ -293,6 +305,15 @@ def notes(results: dict[str, Any]) -> list[str]:
             "- The SQLite ceiling is one sqlite3 connection (WAL, synchronous=NORMAL) doing, per task, one INSERT "
             "and one BEGIN IMMEDIATE transaction that SELECTs the oldest row and DELETEs it.",
         ]
+    if "cost" in ran:
+        lines.append(
+            "- Redis CPU and commands per task (`bench/cost.py`): the server's used_cpu_sys + used_cpu_user "
+            "(`INFO cpu`) and the sum of `calls` over `INFO commandstats`, read before and after N single "
+            "enqueues (no worker running) and again from starting the worker command (start-up included) to "
+            "the last completion plus 0.25 s; divided by the tasks. Commands run inside Lua scripts and "
+            "MULTI/EXEC count under their own names besides the EVALSHA/EXEC that ran them, for every system. "
+            "The completion counter is on a second redis-server for this workload, so the harness's polling "
+            "and the tasks' INCRs are not in the figures; the harness's INFO calls are left out.")
     if "priority" in ran:
         lines.append(
             f"- Priority under load: each system's priority app (`bench/apps/<system>_priority_app.py`), 2 worker "
@@ -314,6 +335,10 @@ def notes(results: dict[str, Any]) -> list[str]:
             lines.append(f"- {name}: {command}{system.get('priority', '')}")
     problems = [(n, e) for n, s in results["systems"].items() for e in s.get("errors", [])]
     for name, system in results["systems"].items():
+        done = [r["cost_done"] for r in system.get("reps", []) if isinstance(r.get("cost_done"), int)]
+        if done:
+            problems.append((name, f"cost: capped at {results['config']['cap']:.0f} s after "
+                                   f"{', '.join(map(str, done))} tasks (processing figures per task done)"))
         for key, what in (("proc", "processing"), ("proxy", "processing via proxy")):
             extra = [r[key + "_extra"] for r in system.get("reps", []) if r.get(key + "_extra")]
             if extra:
