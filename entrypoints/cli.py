@@ -143,7 +143,21 @@ def _snapshot(app: HexQ) -> dict[str, Any]:
                        "age_seconds": round((now_ms - f.since_ms) / 1000, 3)} for f in broker.in_flight(100)],
         "workers": [{"worker": w.worker_id, "heartbeat_age_seconds": round((now_ms - w.last_beat_ms) / 1000, 3),
                      **_json_or_raw(w.info)} for w in broker.workers()],
+        "partitions": _partitions(broker, app.queues.names),
     }
+
+
+def _partitions(broker: Any, queues: list[str]) -> list[dict[str, Any]]:
+    """Per partition of an app spread over several (``partitions=N``, or a cluster): depths and node."""
+    if not hasattr(broker, "partition_stats"):
+        return []
+    rows = []
+    for index, (stats, node) in enumerate(zip(broker.partition_stats(queues), broker.partition_nodes(), strict=True)):
+        rows.append({"partition": index, "node": node, "pending": sum(s.pending for s in stats),
+                     "eta": sum(s.eta for s in stats), "in_flight": sum(s.in_flight for s in stats),
+                     "queues": {s.name: {"pending": s.pending, "eta": s.eta, "in_flight": s.in_flight}
+                                for s in stats}})
+    return rows
 
 
 def _json_or_raw(text: str) -> dict[str, Any]:
@@ -159,6 +173,10 @@ def _print_snapshot(snapshot: dict[str, Any]) -> None:
     print(f"{'queue':<32} {'prio':>4} {'pending':>9} {'eta':>7} {'in flight':>10}")
     for q in snapshot["queues"]:
         print(f"{q['name']:<32} {q['priority']:>4} {q['pending']:>9} {q['eta']:>7} {q['in_flight']:>10}")
+    if snapshot["partitions"]:
+        print(f"{'partition':<32} {'node':>21} {'pending':>9} {'eta':>7} {'in flight':>10}")
+        for p in snapshot["partitions"]:
+            print(f"{p['partition']:<32} {p['node'] or '-':>21} {p['pending']:>9} {p['eta']:>7} {p['in_flight']:>10}")
     print(f"dead letters: {snapshot['dead']}")
     if snapshot["in_flight"]:
         print("in flight (oldest first):")

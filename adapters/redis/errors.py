@@ -60,7 +60,7 @@ _AUTH_PREFIXES = ("NOAUTH", "WRONGPASS", "NOPERM", "INVALIDPASSWORD")
 _UNAVAILABLE_PREFIXES = ("LOADING", "BUSY ", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
 
 
-def translate(exc: rx.RedisError, where: str) -> Exception | None:
+def translate(exc: rx.RedisError | rx.RedisClusterException, where: str) -> Exception | None:
     """The hexq error for ``exc``, or None when it is not one hexq knows how to explain.
 
     ``where`` is the redacted URL. Redis error texts never contain the password, but ours are built
@@ -102,7 +102,7 @@ def translate(exc: rx.RedisError, where: str) -> Exception | None:
     return None
 
 
-def _cluster_error(exc: rx.RedisError, text: str, where: str) -> Exception | None:
+def _cluster_error(exc: rx.RedisError | rx.RedisClusterException, text: str, where: str) -> Exception | None:
     """Errors only a Redis Cluster gives: a server that is not one, slots nobody serves, a slot that moved."""
     lower = text.lower()
     if isinstance(exc, rx.RedisClusterException) and "cluster mode is not enabled" in lower:
@@ -136,8 +136,9 @@ class Translated:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, rx.RedisError):
-            mapped = translate(exc, self.where)
+        # RedisClusterException is not a RedisError in redis-py (it derives from Exception).
+        if isinstance(exc, (rx.RedisError, rx.RedisClusterException)):
+            mapped = translate(exc, self.where)  # type: ignore[arg-type,unused-ignore]
             if mapped is not None:
                 raise mapped from exc
 

@@ -308,6 +308,12 @@ class PartitionedBroker:
         """``queue_stats`` of each partition, in partition order (``hexq info`` shows them)."""
         return [part.queue_stats(queues) for part in self._parts]
 
+    def partition_nodes(self) -> list[str | None]:
+        """The ``host:port`` serving each partition on a cluster (None on one server), for ``hexq info``."""
+        if self._router is None:
+            return [None] * self._n
+        return ["{}:{}".format(*self._router.primary_for(part.keys.tag)) for part in self._parts]
+
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         per_partition = self.partition_stats(queues)
         return [QueueStats(rows[0].name, sum(r.pending for r in rows), sum(r.eta for r in rows),

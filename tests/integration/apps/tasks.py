@@ -2,7 +2,7 @@
 
 Configured from the environment so each test gets its own broker or prefix: HEXQ_TEST_URL (the broker under
 test: a Redis or an sqlite: URL), HEXQ_TEST_BOOK_URL (the Redis the reports go to; default HEXQ_TEST_URL),
-HEXQ_TEST_PREFIX, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SCHEDULES=1.
+HEXQ_TEST_PREFIX, HEXQ_TEST_PARTITIONS, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SCHEDULES=1.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ RESULTS = f"{PREFIX}-results"
 app = HexQ(
     url=URL,
     prefix=PREFIX,
+    partitions=int(os.environ.get("HEXQ_TEST_PARTITIONS", "1")),
     queues=[(0, "high"), (1, "medium"), "low"],
     concurrency=int(os.environ.get("HEXQ_TEST_CONCURRENCY", "2")),
     async_concurrency=4,

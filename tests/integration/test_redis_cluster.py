@@ -1,0 +1,170 @@
+"""hexq on a real Redis Cluster (3 primaries, 3 replicas, started by the suite: ``cluster.py``), with one app
+spread over 3 partitions: real ``hexq worker`` and ``hexq scheduler`` processes, tasks enqueued from this
+process, and bad inputs. The tasks report to the session's own (non-cluster) Redis.
+
+Redis only (``redis_only``): it is about the Redis adapter on a cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from workers import ROOT, Proc, app_env, wait_for
+
+from hexq import HexQ
+from hexq.adapters.redis.errors import NotAClusterError
+from hexq.core.errors import BrokerUnavailableError, ConfigError
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis_only]
+PARTITIONS = "3"
+
+
+class OnCluster:
+    """Workers, schedulers and the test app on the cluster, with the test's prefix."""
+
+    def __init__(self, url: str, prefix: str, book_url: str, tmp: Path) -> None:
+        self.url, self.prefix, self.book_url, self.tmp = url, prefix, book_url, tmp
+        self.procs: list[Proc] = []
+        self.book = redis.Redis.from_url(book_url, decode_responses=True)
+        self.app = HexQ(url=url, prefix=prefix, partitions=int(PARTITIONS), queues=[(0, "high"), (1, "medium"), "low"])
+
+    def env(self, **extra: str) -> dict[str, str]:
+        import os
+
+        return dict(os.environ, HEXQ_TEST_URL=self.url, HEXQ_TEST_BOOK_URL=self.book_url,
+                    HEXQ_TEST_PREFIX=self.prefix, HEXQ_TEST_PARTITIONS=PARTITIONS, PYTHONUNBUFFERED="1", **extra)
+
+    def start(self, command: str, *args: str, **env: str) -> Proc:
+        proc = Proc([command, "--app=tests.integration.apps.tasks:app", *args], self.env(**env),
+                    self.tmp / f"{command}-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, *args: str, **env: str) -> Proc:
+        before = len(self.app.broker.workers())
+        proc = self.start("worker", *args, **env)
+        wait_for(lambda: len(self.app.broker.workers()) > before, 30, f"a worker to start:\n{proc.output()}")
+        return proc
+
+    def tags(self) -> list[str]:
+        return [json.loads(item)["tag"] for item in self.book.lrange(f"{self.prefix}-results", 0, -1)]
+
+    def tasks(self) -> Any:
+        return app_env(self.url, self.prefix, self.book_url, HEXQ_TEST_PARTITIONS=PARTITIONS)
+
+    def info(self) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-m", "hexq.entrypoints.cli", "info", "--json",
+                              "--app=tests.integration.apps.tasks:app"], cwd=ROOT, env=self.env(),
+                             capture_output=True, text=True, timeout=60, check=True)
+        return dict(json.loads(out.stdout))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill_group()
+        self.app.broker.close()
+        self.book.delete(f"{self.prefix}-results")
+        self.book.close()
+
+
+@pytest.fixture
+def on_cluster(redis_cluster: Any, redis_url: str, hexq_prefix: str, tmp_path: Path) -> Iterator[OnCluster]:
+    running = OnCluster(redis_cluster.url(), hexq_prefix, redis_url, tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_one_app_spreads_over_three_nodes_and_every_task_runs(on_cluster: OnCluster) -> None:
+    with on_cluster.tasks() as tasks:
+        for i in range(150):
+            tasks.record.delay(f"t{i}")
+        tasks.record.delay_many([tasks.record.bind(f"b{i}") for i in range(150)])
+    partitions = on_cluster.info()["partitions"]
+    assert len({p["node"] for p in partitions}) == 3, partitions  # three partitions, three primaries
+    assert [p["pending"] for p in partitions] == [100, 100, 100]
+    on_cluster.worker("--concurrency=3")
+    wait_for(lambda: len(on_cluster.tags()) >= 300, 60, "300 tasks to run")
+    time.sleep(0.5)
+    assert sorted(on_cluster.tags()) == sorted([f"t{i}" for i in range(150)] + [f"b{i}" for i in range(150)])
+    assert all(p["pending"] == 0 and p["in_flight"] == 0 for p in on_cluster.info()["partitions"])
+
+
+def test_eta_priority_broadcast_and_crash_recovery_on_the_cluster(on_cluster: OnCluster) -> None:
+    workers = [on_cluster.worker("--concurrency=2"), on_cluster.worker("--concurrency=2")]
+    with on_cluster.tasks() as tasks:
+        due = time.time() + 1.5
+        tasks.record.delay("eta", eta=1.5)
+        assert tasks.who_am_i.broadcast("everyone") == 2
+        tasks.crash_once.delay("phoenix")
+        for i in range(20):
+            tasks.record.delay(f"r{i}")
+    wait_for(lambda: {"eta", "phoenix", *(f"r{i}" for i in range(20))} <= set(on_cluster.tags()), 30,
+             "the eta task, the crashed task and 20 others")
+    wait_for(lambda: on_cluster.tags().count("everyone") == 2, 10, "the broadcast on both workers")
+    results = [json.loads(item) for item in on_cluster.book.lrange(f"{on_cluster.prefix}-results", 0, -1)]
+    ran_at = next(r["at"] for r in results if r["tag"] == "eta")
+    assert ran_at >= due - 0.01  # never early
+    assert on_cluster.tags().count("phoenix") == 1  # recovered from the dead child, run once to the end
+    for proc in workers:
+        proc.signal(15)
+    assert [proc.wait(30) for proc in workers] == [0, 0]
+
+
+def test_two_schedulers_fire_each_cron_tick_once(on_cluster: OnCluster) -> None:
+    on_cluster.start("scheduler", HEXQ_TEST_SCHEDULES="1")
+    on_cluster.start("scheduler", HEXQ_TEST_SCHEDULES="1")
+    on_cluster.worker("--concurrency=2", HEXQ_TEST_SCHEDULES="1")
+    wait_for(lambda: on_cluster.tags().count("cron") >= 4, 20, "four cron ticks")
+    results = [json.loads(item) for item in on_cluster.book.lrange(f"{on_cluster.prefix}-results", 0, -1)]
+    seconds = [int(r["at"]) for r in results if r["tag"] == "cron"]
+    assert len(seconds) == len(set(seconds)), seconds  # one tick per second, whatever two schedulers do
+
+
+def test_a_cluster_url_on_a_plain_server_says_so(redis_url: str) -> None:
+    url = redis_url.replace("redis://", "redis+cluster://").rsplit("/", 1)[0]
+    app = HexQ(url=url, queues=["default"])
+
+    @app.task
+    def noop() -> None: ...
+
+    with pytest.raises(NotAClusterError, match=r"is not one .cluster mode is not enabled.*redis://host:port"):
+        noop.delay()
+    app.broker.close()
+
+
+def test_a_cluster_with_uncovered_slots_is_reported(tmp_path: Path) -> None:
+    from cluster import start_partial_cluster
+
+    partial = start_partial_cluster(tmp_path)
+    try:
+        app = HexQ(url=partial.url(), queues=["default"])
+
+        @app.task
+        def noop() -> None: ...
+
+        with pytest.raises(BrokerUnavailableError, match="does not serve every hash slot"):
+            noop.delay()
+        app.broker.close()
+    finally:
+        partial.stop()
+
+
+def test_a_changed_partition_count_is_refused(on_cluster: OnCluster) -> None:
+    with on_cluster.tasks() as tasks:
+        tasks.record.delay("first")
+    other = HexQ(url=on_cluster.url, prefix=on_cluster.prefix, partitions=5, queues=["default"])
+
+    @other.task
+    def record(tag: str) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"spread over 3 partitions.*partitions=5"):
+        record.delay("second")
+    other.broker.close()
