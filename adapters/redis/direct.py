@@ -49,9 +49,10 @@ class DirectCommand:
                 connection = self._connection()
                 connection.send_command(*command)
                 return connection.read_response()
-            except rx.ReadOnlyError:
-                # A replica answered: a demoted primary behind a name or address that moved. The write was
-                # refused, so sending it again is safe, on a new connection that resolves the address anew.
+            except (rx.ReadOnlyError, rx.MovedError):
+                # A replica answered: a demoted primary behind a name or address that moved; or a cluster node
+                # that no longer serves the slot (MOVED). The write was refused, so sending it again is safe,
+                # on a new connection that resolves the address anew (cluster.py asks the cluster again).
                 # (A Sentinel connection turns READONLY into ConnectionError itself, handled below.)
                 self._drop(connection)
                 if attempt == 2:
