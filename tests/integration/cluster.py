@@ -117,7 +117,7 @@ def _text(reply: object) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
-def _command(client: redis.Redis, *args: str | int) -> object:  # type: ignore[type-arg]
+def raw_command(client: redis.Redis, *args: str | int) -> object:  # type: ignore[type-arg]
     """A raw command: the CLUSTER subcommands as separate words, so that redis-py (whatever its version)
     applies none of its reply parsers and the reply is the server's text."""
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
@@ -214,7 +214,7 @@ class ClusterServer(RedisServer):
         self.killed_at = None
         super().start(timeout)
         with contextlib.closing(self.probe()) as client:
-            self.node_id = _text(_command(client, "CLUSTER", "MYID"))
+            self.node_id = _text(raw_command(client, "CLUSTER", "MYID"))
 
     def kill(self, signal: int = SIGKILL) -> None:
         """Send ``signal`` (SIGKILL: no goodbye, no flush); waits for the process to exit unless the signal
@@ -240,12 +240,12 @@ class ClusterServer(RedisServer):
 
     def cluster_info(self) -> dict[str, str]:
         with contextlib.closing(self.probe()) as client:
-            text = _text(_command(client, "CLUSTER", "INFO"))
+            text = _text(raw_command(client, "CLUSTER", "INFO"))
         return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
     def cluster_nodes(self) -> list[NodeView]:
         with contextlib.closing(self.probe()) as client:
-            text = _text(_command(client, "CLUSTER", "NODES"))
+            text = _text(raw_command(client, "CLUSTER", "NODES"))
         return [NodeView.parse(line) for line in text.splitlines() if line.strip()]
 
 
@@ -307,11 +307,11 @@ class LocalRedisCluster:
             # A unique config epoch per node before it knows any other (what redis-cli --cluster create
             # does): no epoch collision to resolve, so the first failover's election starts clean.
             with contextlib.closing(server.probe()) as client:
-                _command(client, "CLUSTER", "SET-CONFIG-EPOCH", server.index + 1)
+                raw_command(client, "CLUSTER", "SET-CONFIG-EPOCH", server.index + 1)
         first = self.servers[0]
         with contextlib.closing(first.probe()) as client:
             for server in self.servers[1:]:
-                _command(client, "CLUSTER", "MEET", HOST, server.port)
+                raw_command(client, "CLUSTER", "MEET", HOST, server.port)
         self._wait(self._all_known, deadline, "every node to know every other node (CLUSTER MEET)")
         for server, ranges in zip(self._primaries_built, self._assignment, strict=True):
             if ranges:
@@ -320,20 +320,20 @@ class LocalRedisCluster:
         for index, server in enumerate(self.servers[n:]):
             primary = self._primaries_built[index % n]
             with contextlib.closing(server.probe()) as client:
-                _command(client, "CLUSTER", "REPLICATE", primary.node_id)
+                raw_command(client, "CLUSTER", "REPLICATE", primary.node_id)
         self._wait(self.problems, deadline, "the cluster to be healthy")
 
     @staticmethod
     def _add_slots(server: ClusterServer, ranges: list[tuple[int, int]]) -> None:
         with contextlib.closing(server.probe()) as client:
             try:
-                _command(client, "CLUSTER", "ADDSLOTSRANGE", *[s for r in ranges for s in r])
+                raw_command(client, "CLUSTER", "ADDSLOTSRANGE", *[s for r in ranges for s in r])
             except redis.ResponseError as exc:  # before 7.0: no ADDSLOTSRANGE
                 if "unknown" not in str(exc).lower():
                     raise
                 slots = [s for first, last in ranges for s in range(first, last + 1)]
                 for i in range(0, len(slots), 1000):
-                    _command(client, "CLUSTER", "ADDSLOTS", *slots[i:i + 1000])
+                    raw_command(client, "CLUSTER", "ADDSLOTS", *slots[i:i + 1000])
 
     def _all_known(self) -> list[str]:
         problems = []

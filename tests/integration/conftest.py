@@ -8,7 +8,12 @@ The broker under test: every test that takes ``broker_kind`` (directly, or throu
 the session's Redis, or ``sqlite:///<the test's tmp dir>/hexq.db``. Whatever the broker, the tasks report
 what happened to the session's Redis (``{prefix}-results``): it is the harness's bookkeeping, not hexq's.
 A test about Redis itself (TLS, ACLs, maxmemory, outages, the key layout, PUBLISH) is marked
-``redis_only`` and says why in its docstring: if it takes ``broker_kind`` it gets ``[redis]`` only."""
+``redis_only`` and says why in its docstring: if it takes ``broker_kind`` it gets ``[redis]`` only.
+
+Redis Cluster (``cluster.py``): ``redis_cluster`` is one cluster of 3 primaries and 3 replicas for the session
+(a test may kill nodes of it only if it leaves it healthy again, e.g. with ``restart_node``: a check after
+each test restarts what is down and fails the test that left it so); ``fresh_redis_cluster`` is one of the
+test's own; ``partial_redis_cluster`` is a session's cluster with slots served by no one (CLUSTERDOWN)."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from cluster import LocalRedisCluster, start_partial_cluster
 from redis_server import NoServerError, RedisServer, server_binary
 from workers import Cluster
 
@@ -157,3 +163,62 @@ def cluster(broker_url: str, redis_url: str, hexq_prefix: str, tmp_path: Path) -
         yield running
     finally:
         running.close()
+
+
+# -- Redis Cluster -------------------------------------------------------------------------------------
+_session_clusters: list[LocalRedisCluster] = []  # the started redis_cluster, checked after every test
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A real cluster (3 primaries, 3 replicas) for the session, started on first use. Leave it healthy:
+    a test that kills a node restarts it (``restart_node``), or takes ``fresh_redis_cluster`` instead."""
+    _require_binary()
+    cluster = LocalRedisCluster(tmp_path_factory.getbasetemp())
+    try:
+        cluster.start()
+        _session_clusters.append(cluster)
+        yield cluster
+    finally:
+        if cluster in _session_clusters:
+            _session_clusters.remove(cluster)
+        cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def _redis_cluster_left_healthy(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, if the session's cluster is running: a node left down is restarted and the test
+    fails (it had to leave the cluster as it found it); a passing blip (a node briefly seen failing on a
+    loaded machine) is waited out. Nothing at all while no test has started the cluster."""
+    yield
+    for cluster in list(_session_clusters):
+        down = [s.address for s in cluster.servers if s.pid is None]
+        if down:
+            cluster.heal()
+            pytest.fail(f"{request.node.nodeid} left nodes of the session's redis_cluster down: {down} "
+                        "(restarted now); restart them (restart_node) or use fresh_redis_cluster", pytrace=False)
+        if cluster.problems():
+            cluster.wait_healthy(timeout=30)
+
+
+@pytest.fixture
+def fresh_redis_cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
+    """A cluster of the test's own (3 primaries, 3 replicas), to kill nodes of; killed at the end."""
+    _require_binary()
+    cluster = LocalRedisCluster(tmp_path)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def partial_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """Three primaries, no replica, slots 10923-16383 served by no one: ``cluster_state:fail``, every
+    command answered CLUSTERDOWN. Do not change it."""
+    _require_binary()
+    cluster = start_partial_cluster(tmp_path_factory.getbasetemp())
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
