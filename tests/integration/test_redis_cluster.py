@@ -6,7 +6,9 @@ Redis only (``redis_only``): it is about the Redis adapter on a cluster."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,8 +38,6 @@ class OnCluster:
         self.app = HexQ(url=url, prefix=prefix, partitions=int(PARTITIONS), queues=[(0, "high"), (1, "medium"), "low"])
 
     def env(self, **extra: str) -> dict[str, str]:
-        import os
-
         return dict(os.environ, HEXQ_TEST_URL=self.url, HEXQ_TEST_BOOK_URL=self.book_url,
                     HEXQ_TEST_PREFIX=self.prefix, HEXQ_TEST_PARTITIONS=PARTITIONS, PYTHONUNBUFFERED="1", **extra)
 
@@ -215,7 +215,7 @@ def test_sigkill_of_a_primary_under_load_loses_no_acknowledged_task(fresh_redis_
         tags = running.tags()
         results = [json.loads(item) for item in running.book.lrange(f"{hexq_prefix}-results", 0, -1)]
         times = sorted(r["at"] for r in results if r["at"] >= killed_at)
-        longest_gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+        longest_gap = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
         lost = set(acknowledged) - set(tags)
         duplicated = len(tags) - len(set(tags))
         print(f"\ncluster failover: {len(acknowledged)} acknowledged, {refused} refused, lost {len(lost)}, "
