@@ -418,7 +418,7 @@ class LocalRedisCluster:
             if not problems:
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {time.monotonic() - started:.1f}s waiting for {what}: "
+                raise AssertionError(f"gave up waiting for {what} after {time.monotonic() - started:.1f}s: "
                                      + "; ".join(problems[:12]) + f"\n{self.logs()}")
             time.sleep(0.05)
 

@@ -46,7 +46,7 @@ def test_the_cluster_is_built_as_asked(redis_cluster: LocalRedisCluster) -> None
     covered = sorted(s for n in primaries for first, last in n.slots for s in range(first, last + 1))
     assert covered == list(range(SLOTS))  # every slot once
     assert all(5400 < sum(last - first + 1 for first, last in n.slots) < 5500 for n in primaries)
-    assert sorted(r.primary_port for r in replicas) == sorted(p.port for p in primaries)  # one each
+    assert sorted(r.primary_port or 0 for r in replicas) == sorted(p.port for p in primaries)  # one each
     assert all(not r.slots for r in replicas)
     assert redis_cluster.url() == "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in redis_cluster.servers)
     assert redis_cluster.url("a=1").endswith("?a=1")
@@ -139,9 +139,11 @@ def test_a_plain_connection_to_the_wrong_node_is_redirected(redis_cluster: Local
 def test_redis_cluster_on_a_plain_server(private_redis: Callable[..., RedisServer]) -> None:
     """Not a cluster: RedisClusterException at construction (not a RedisError subclass), at once."""
     server = private_redis()
-    for make in (lambda: RedisCluster(host="127.0.0.1", port=server.port),
-                 lambda: RedisCluster.from_url(server.url),
-                 lambda: RedisCluster(host="127.0.0.1", port=server.port, require_full_coverage=True)):
+    makers: list[Callable[[], object]] = [
+        lambda: RedisCluster(host="127.0.0.1", port=server.port),
+        lambda: RedisCluster.from_url(server.url),
+        lambda: RedisCluster(host="127.0.0.1", port=server.port, require_full_coverage=True)]
+    for make in makers:
         started = time.monotonic()
         with pytest.raises(redis.exceptions.RedisClusterException) as caught:
             make()
@@ -195,7 +197,7 @@ def test_redis_cluster_on_a_cluster_with_slots_uncovered(partial_redis_cluster: 
 def _write_until_ok(client: RedisCluster, key: str, timeout: float = 20.0) -> tuple[float, list[str]]:  # type: ignore[type-arg]
     """SET ``key`` until it succeeds; returns the seconds it took and the errors seen on the way."""
     started = time.monotonic()
-    errors = []
+    errors: list[str] = []
     while True:
         try:
             client.set(key, "after")
