@@ -31,6 +31,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, SSLConnection
 
 from hexq.adapters.redis.cluster_settings import ClusterSettings
+from hexq.adapters.redis.errors import is_redirect
 from hexq.adapters.redis.partitions import slot_of_tag
 
 # A stale view is refreshed at most this often (seconds): during a failover every connection attempt fails,
@@ -129,10 +130,11 @@ class _Pinned:
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
-        except (rx.MovedError, rx.AskError):
-            # The reply was read whole, but this node no longer serves the slot: never reuse the connection.
-            self._router.suspect()
-            self.disconnect()  # type: ignore[attr-defined]
+        except rx.ResponseError as exc:
+            if is_redirect(exc):
+                # The reply was read whole, but this node no longer serves the slot: never reuse the connection.
+                self._router.suspect()
+                self.disconnect()  # type: ignore[attr-defined]
             raise
         except (rx.ConnectionError, rx.TimeoutError):
             self._router.suspect()

@@ -24,6 +24,8 @@ import redis
 import redis.connection
 import redis.exceptions as rx
 
+from hexq.adapters.redis.errors import is_redirect
+
 # redis-py >= 5 lets a read carry its own timeout; older versions read with the socket's.
 _READ_TIMEOUTS = "timeout" in inspect.signature(redis.connection.Connection.read_response).parameters
 
@@ -49,16 +51,17 @@ class DirectCommand:
                 connection = self._connection()
                 connection.send_command(*command)
                 return connection.read_response()
-            except (rx.ReadOnlyError, rx.MovedError):
-                # A replica answered: a demoted primary behind a name or address that moved; or a cluster node
-                # that no longer serves the slot (MOVED). The write was refused, so sending it again is safe,
-                # on a new connection that resolves the address anew (cluster.py asks the cluster again).
+            except rx.ReadOnlyError:
+                # A replica answered: a demoted primary behind a name or address that moved. The write was
+                # refused, so sending it again is safe, on a new connection that resolves the address anew.
                 # (A Sentinel connection turns READONLY into ConnectionError itself, handled below.)
                 self._drop(connection)
                 if attempt == 2:
                     raise
-            except rx.ResponseError:
-                raise  # the error reply was read whole: the connection is still in step
+            except rx.ResponseError as exc:
+                if not is_redirect(exc) or attempt == 2:
+                    raise  # the error reply was read whole: the connection is still in step
+                self._drop(connection)  # MOVED/ASK: refused, not run; once more where the cluster says
             except (rx.ConnectionError, rx.TimeoutError, OSError):
                 self._drop(connection)  # (None when it could not even connect)
                 # Once more on a fresh connection: a held connection may have been closed by the server

@@ -102,6 +102,14 @@ def translate(exc: rx.RedisError | rx.RedisClusterException, where: str) -> Exce
     return None
 
 
+def is_redirect(exc: BaseException) -> bool:
+    """A MOVED or ASK reply: the cluster serves that slot elsewhere now. redis-py >= 6 raises MovedError or
+    AskError for them; 5.x a plain ResponseError whose text starts with the word."""
+    if isinstance(exc, rx.AskError):  # MovedError is a subclass
+        return True
+    return isinstance(exc, rx.ResponseError) and str(exc).lstrip("-").startswith(("MOVED ", "ASK "))
+
+
 def _cluster_error(exc: rx.RedisError | rx.RedisClusterException, text: str, where: str) -> Exception | None:
     """Errors only a Redis Cluster gives: a server that is not one, slots nobody serves, a slot that moved."""
     lower = text.lower()
@@ -114,7 +122,7 @@ def _cluster_error(exc: rx.RedisError | rx.RedisClusterException, text: str, whe
         return BrokerUnavailableError(
             f"the Redis Cluster at {where} does not serve every hash slot ({text}): a failover may be under way, "
             "or slots were never assigned (redis-cli --cluster check / fix); workers keep retrying")
-    if isinstance(exc, rx.AskError):  # MOVED and ASK: the slot moved (a failover, resharding) mid-command
+    if is_redirect(exc):  # MOVED and ASK: the slot moved (a failover, resharding) mid-command
         return BrokerUnavailableError(
             f"a slot moved in the Redis Cluster at {where} ({type(exc).__name__}: {text}); hexq asks the cluster "
             "where it is now, and the command is retried")
