@@ -70,6 +70,9 @@ class RedisBroker(RedisInspection):
         self._tasks_key = self._keys.tasks
         self._wake_key = self._keys.wake
         self._grace_ms = rules.expiry_grace_ms
+        # Per consumer of this process: True when Redis holds its idle mark (its last reservation found
+        # nothing), False when it may (a reply was lost); absent when it holds none. See wake() in _lib.lua.
+        self._idle: dict[str, bool] = {}
         self._scripts = Scripts(client, self._tasks_key)
         self._enqueue_sha: str = self._scripts.script("enqueue").sha
         self._reserve_sha: str = self._scripts.script("reserve").sha
@@ -129,17 +132,28 @@ class RedisBroker(RedisInspection):
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
                 acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
-        if wait >= 0.001 and acks:
+        waits = wait >= 0.001
+        if waits and acks:
             self.ack(consumer, acks)
             acks = ()
+        if waits and limit > 0 and not self._idle.get(consumer):
+            # Only a marked consumer is woken (wake() in _lib.lua), and the mark comes from a reservation
+            # that finds nothing: without one first, a task stored just before the BLPOP would wake nobody.
+            first = self.reserve(consumer, queues, limit, now_ms, lease_ms)
+            if first.deliveries:
+                return first
         received = self._received
         received.before_reserve(consumer, now_ms)
-        args: list[str | int] = [consumer, limit, now_ms, lease_ms, self._grace_ms, len(queues), *queues, *acks]
+        idle = 2 if waits else int(consumer in self._idle)
+        args: list[str | int] = [consumer, limit, now_ms, lease_ms, self._grace_ms, idle,
+                                 self._rules.stale_worker_ms, len(queues), *queues, *acks]
         try:
             with self._translator:
-                reply = self._wait_then_reserve(wait, args) if wait >= 0.001 else self._raw_script("reserve", args)
+                reply = self._wait_then_reserve(wait, queues, args) if waits else self._raw_script("reserve", args)
         except BrokerUnavailableError:
             received.reply_lost(consumer)
+            if limit > 0:
+                self._idle[consumer] = False
             raise
         next_eta = None if reply[0] is None else int(reply[0])
         queue = reply[1].decode() if reply[1] is not None else ""
@@ -148,16 +162,22 @@ class RedisBroker(RedisInspection):
             for i in range(2, len(reply), 3)
         )
         received.handed(consumer, acks, deliveries)
+        if limit > 0:  # the script marked the consumer idle, or cleared its mark
+            if deliveries:
+                self._idle.pop(consumer, None)
+            else:
+                self._idle[consumer] = True
         return Reservation(deliveries, next_eta)
 
-    def _wait_then_reserve(self, wait: float, args: Sequence[str | int]) -> Any:
-        """BLPOP on the wake list and the reservation, sent together on this thread's blocking
-        connection: Redis runs the reservation the moment the wake-up arrives, so an idle worker gets a
-        new task in one round trip instead of two (wake, then reserve). Each reply must come within the
+    def _wait_then_reserve(self, wait: float, queues: Sequence[str], args: Sequence[str | int]) -> Any:
+        """BLPOP on the wake lists of ``queues`` (and the shared one that producers of earlier versions
+        push to) and the reservation, sent together on this thread's blocking connection: Redis runs the
+        reservation the moment the wake-up arrives, so an idle worker gets a new task in one round trip
+        instead of two (wake, then reserve). Each reply must come within the
         wait plus ``BLOCKING_READ_MARGIN``: past that the connection is dropped and the call fails as if it
         had been lost (what it reserved, if anything, is handed back by the next reserve)."""
         _, reply = self._blocking_direct.pipelined(
-            ("BLPOP", self._wake_key, wait),
+            ("BLPOP", *[self._keys.wake_list(queue) for queue in queues], self._wake_key, wait),
             ("EVALSHA", self._reserve_sha, 1, self._tasks_key, *args),
             raw=True, timeout=wait + BLOCKING_READ_MARGIN,
         )
@@ -183,11 +203,11 @@ class RedisBroker(RedisInspection):
     def ack(self, consumer: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        # An empty reserve is the cheapest atomic ack: it runs the same ack step and takes nothing. Its
-        # now_ms of 0 finds no expired lease, so the grace it is given does not matter.
+        # An empty reserve is the cheapest atomic ack: it runs the same ack step and takes nothing (so it
+        # marks nobody idle). Its now_ms of 0 finds no expired lease, so the grace it is given does not matter.
         try:
             with self._translator:
-                self._scripts.run("reserve", [consumer, 0, 0, 0, 0, 0, *ids])
+                self._scripts.run("reserve", [consumer, 0, 0, 0, 0, 0, 0, 0, *ids])
         except BrokerUnavailableError:
             self._received.unsure(consumer)
             raise

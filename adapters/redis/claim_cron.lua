@@ -2,6 +2,6 @@
 local last = redis.call("hget", CRON, ARGV[1])
 if last and tonumber(last) >= tonumber(ARGV[2]) then return 0 end
 redis.call("hset", CRON, ARGV[1], ARGV[2])
-store_record(ARGV[3])
-wake(1)
+local queue = store_record(ARGV[3])
+if queue then wake(queue) end
 return 1

@@ -1,6 +1,7 @@
 -- ARGV: one packed record per task (see store_record).
+local touched = {}
 for i = 1, #ARGV do
-  store_record(ARGV[i])
+  touched[#touched + 1] = store_record(ARGV[i])
 end
-wake(#ARGV)
+wake_each(touched)
 return #ARGV

@@ -21,7 +21,8 @@ key                   type    contents
                               eta tasks enqueued with a dedup key (both directions, so promotion can
                               forget the key of a task it moves without scanning)
 {p}:crashes           hash    task id -> times a process died while running it
-{p}:owned:<consumer>  list    ids the consumer reserved, in reservation order
+{p}:owned:<consumer>  list    ids the consumer reserved, in reservation order (acknowledgements cut the
+                              head with LTRIM: the same list and order as before, so nothing migrates)
 {p}:inflight          hash    task id -> ``since_ms|queue|consumer`` of every owned task
 {p}:leases            zset    consumer -> lease deadline ms
 {p}:suspects          hash    consumer -> ms when its lease was first seen expired (cleared on renewal)
@@ -30,7 +31,14 @@ key                   type    contents
 {p}:cron              hash    schedule key -> last fire ms
 {p}:workers           zset    worker id -> last heartbeat ms
 {p}:workerinfo        hash    worker id -> info JSON written by the worker
-{p}:wake              list    wake tokens (at most 64) popped by idle workers with BLPOP
+{p}:idle:<queue>      zset    consumer -> ms it last found every queue it serves empty and went to wait;
+                              cleared when it takes work, dropped after the stale-worker age (and the key
+                              expires then too)
+{p}:wake:<queue>      list    at most one wake token, pushed when the queue became non-empty while someone
+                              was idle on it; idle workers BLPOP the wake lists of their queues
+{p}:wake              list    the wake list of hexq before per-queue wake-ups (tokens for everyone, up to
+                              64, on every enqueue): no longer written, but still in every worker's BLPOP,
+                              so producers not yet upgraded keep waking upgraded workers
 {p}:broadcast         pubsub  channel of broadcast payloads
 {p}:meta              hash    ``partitions`` -> how many partitions the app's keys are spread over; absent
                               (one partition, the layout above) until an app runs with ``partitions`` > 1
@@ -45,17 +53,18 @@ partition 0 only.
 Scripts (``adapters/redis/*.lua``, each prefixed by the key preamble and ``_lib.lua``) and the keys they
 write:
 
-- ``enqueue``: tasks, q:*, eta:*, etakeys:*, wake.
+- ``enqueue``: tasks, q:*, eta:*, etakeys:*, wake:* (reads idle:*).
 - ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight); promotion (eta:*, q:*, etakeys:*) of
   the served queues; suspicion (suspects) and recovery of up to 10 expired consumers (leases, suspects,
-  owned:*, inflight, crashes, q:*, wake); then q:<served>, owned:<consumer>, inflight, leases; reads
-  tasks, crashes, eta:* (next eta).
-- ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, wake.
+  owned:*, inflight, crashes, q:*, wake:*); then q:<served>, owned:<consumer>, inflight, leases; idle:* of
+  the served queues (marked when it takes nothing, cleared when it takes work) and wake:* (the wake-up passed
+  on); reads tasks, crashes, eta:* (next eta).
+- ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, wake:*.
 - ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead.
-- ``release``: owned:<consumer>, inflight, q:*, wake.
-- ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, wake.
+- ``release``: owned:<consumer>, inflight, q:*, wake:*.
+- ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, wake:*.
 - ``claim_cron``: cron, then as ``enqueue``.
-- ``requeue_dead``: dead, crashes, tasks, q:*, wake.
+- ``requeue_dead``: dead, crashes, tasks, q:*, wake:*.
 - ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes.
 
 Single-command or MULTI/EXEC operations: renew_leases (leases, suspects), heartbeat and forget_worker
@@ -91,6 +100,8 @@ FAMILIES: dict[str, str] = {
     "etakey": "eta:",
     "dedupkey": "etakeys:",
     "ownedkey": "owned:",
+    "idlekey": "idle:",
+    "wakekey": "wake:",
 }
 
 
@@ -180,6 +191,12 @@ class Keys:
     @property
     def wake(self) -> str:
         return self.base + SINGLE_KEYS["WAKE"]
+
+    def idle(self, queue: str) -> str:
+        return self.base + FAMILIES["idlekey"] + queue
+
+    def wake_list(self, queue: str) -> str:
+        return self.base + FAMILIES["wakekey"] + queue
 
     @property
     def broadcast(self) -> str:

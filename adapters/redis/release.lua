@@ -14,5 +14,5 @@ for i = 2, #ARGV do
   end
 end
 for i = #back, 1, -1 do redis.call("lpush", qkey(queues[i]), back[i]) end
-wake(#back)
+wake_each(queues)
 return #back

@@ -3,7 +3,7 @@ local all = ARGV[1] == "all"
 local wanted = {}
 for i = 2, #ARGV do wanted[ARGV[i]] = true end
 local records = redis.call("lrange", DEAD, 0, -1)
-local requeued = 0
+local requeued, touched = 0, {}
 for i = #records, 1, -1 do
   local raw = records[i]
   local ok, letter = pcall(cjson.decode, raw)
@@ -13,11 +13,11 @@ for i = #records, 1, -1 do
     if not all then redis.call("lrem", DEAD, 1, raw) end
     if type(id) == "string" and type(letter.queue) == "string" and type(letter.payload) == "string" then
       redis.call("hdel", CRASHES, id)
-      store(id, letter.queue, letter.payload, "", "")
+      if store(id, letter.queue, letter.payload, "", "") then touched[#touched + 1] = letter.queue end
       requeued = requeued + 1
     end
   end
 end
 if all then redis.call("del", DEAD) end
-wake(requeued)
+wake_each(touched)
 return requeued

@@ -1,14 +1,17 @@
--- ARGV: consumer, limit, now_ms, lease_ms, grace_ms, n_queues, queue..., ack id...
--- grace_ms is LeaseRules.expiry_grace_ms, passed by the caller: policy is not written in the scripts.
--- Returns {next_eta_ms or nil, served queue or nil, id, payload or nil, crashes, id, ...}.
+-- ARGV: consumer, limit, now_ms, lease_ms, grace_ms, idle, stale_ms, n_queues, queue..., ack id...
+-- grace_ms and stale_ms are LeaseRules.expiry_grace_ms and stale_worker_ms, passed by the caller: policy is
+-- not written in the scripts. idle: "0" the consumer is not marked idle, "1" it may be (an earlier
+-- reservation found nothing), "2" it may be and this call follows its BLPOP of the wake lists (see wake()
+-- in _lib.lua). Returns {next_eta_ms or nil, served queue or nil, id, payload or nil, crashes, id, ...}.
 local consumer, now = ARGV[1], ARGV[3]
 local limit = math.min(tonumber(ARGV[2]), CHUNK)
 local grace = tonumber(ARGV[5])
-local nq = tonumber(ARGV[6])
+local idle, stale = ARGV[6], tonumber(ARGV[7])
+local nq = tonumber(ARGV[8])
 local queues = {}
-for i = 1, nq do queues[i] = ARGV[6 + i] end
+for i = 1, nq do queues[i] = ARGV[8 + i] end
 local acks = {}
-for i = 7 + nq, #ARGV do acks[#acks + 1] = ARGV[i] end
+for i = 9 + nq, #ARGV do acks[#acks + 1] = ARGV[i] end
 -- Each reservation recovers at most this many expired consumers, so one call never holds Redis for long;
 -- the next reservations recover the rest.
 local RECOVER_PER_RESERVE = 10
@@ -32,8 +35,35 @@ local function recover_expired()
   end
 end
 
+-- Found every queue empty: idle on each until a reservation takes work. Marks not renewed for the
+-- stale-worker age (their consumer died idle) are dropped, and a queue nobody marks any more loses its key.
+local function mark_idle()
+  local t = tonumber(now)
+  for _, queue in ipairs(queues) do
+    local key = idlekey(queue)
+    redis.call("zremrangebyscore", key, "-inf", "(" .. (t - stale))
+    redis.call("zadd", key, t, consumer)
+    redis.call("pexpire", key, stale)
+  end
+end
+
+-- Took work: no longer idle. After its BLPOP (which may have taken the token of a queue that is still not
+-- empty) or after promoting eta tasks, it passes the wake-up on to the next idle consumer of each queue it
+-- leaves non-empty (the invariant in _lib.lua).
+local function busy(woken)
+  if idle ~= "0" then
+    for _, queue in ipairs(queues) do redis.call("zrem", idlekey(queue), consumer) end
+  end
+  if woken then
+    for _, queue in ipairs(queues) do
+      if redis.call("llen", qkey(queue)) > 0 then wake(queue) end
+    end
+  end
+end
+
 ack(consumer, acks)
-for _, queue in ipairs(queues) do promote(queue, now) end
+local promoted = 0
+for _, queue in ipairs(queues) do promoted = promoted + promote(queue, now) end
 recover_expired()
 
 local taken, served = {}, false
@@ -57,6 +87,13 @@ for _, queue in ipairs(queues) do
 end
 
 local out = {next_eta, served}
+if limit > 0 then
+  if #taken == 0 then
+    mark_idle()
+    return out
+  end
+  busy(idle == "2" or promoted > 0)
+end
 if #taken == 0 then return out end
 redis.call("rpush", ownedkey(consumer), unpack(taken))
 local record = now .. "|" .. served .. "|" .. consumer

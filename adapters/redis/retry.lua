@@ -1,6 +1,5 @@
 -- ARGV: consumer, id, queue, payload, eta_ms or "".
 disown(ARGV[1], ARGV[2])
 redis.call("hdel", CRASHES, ARGV[2])
-store(ARGV[2], ARGV[3], ARGV[4], ARGV[5], "")
-wake(1)
+if store(ARGV[2], ARGV[3], ARGV[4], ARGV[5], "") then wake(ARGV[3]) end
 return 1

@@ -188,9 +188,12 @@ def test_every_key_shares_the_prefix_hash_slot(private_redis: PrivateRedis) -> N
     broker.heartbeat("w1", "{}", T0)
     broker.recover_consumer("c1", [])
     take(broker, ["low"], consumer="c2", limit=1)
+    take(broker, ["calm"], consumer="c3")  # idle on "calm"...
+    broker.enqueue([task("w", "calm")])  # ...so this leaves a wake token
     keys = server.client().keys("*")
     expected = {"{app}:" + k for k in ("tasks", "eta:default", "etakeys:default", "owned:c2", "inflight",
-                                       "leases", "dead", "cron", "workers", "workerinfo", "wake", "q:low")}
+                                       "leases", "dead", "cron", "workers", "workerinfo", "idle:calm",
+                                       "wake:calm", "q:low")}
     assert expected <= set(keys)
     assert {key_slot(k.encode()) for k in keys} == {key_slot(b"app")}
     broker.close()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from hexq.core.errors import BrokerUnavailableError
 from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask, QueueStats
 from hexq.core.rules import LeaseRules
 
@@ -57,6 +58,42 @@ def settle(broker: Broker, now_ms: int) -> None:
 
 def ids(deliveries: list[Delivery]) -> list[str]:
     return [d.id for d in deliveries]
+
+
+Waiters = dict[str, tuple[threading.Thread, list[str]]]
+
+
+def waiting(broker: Broker, consumers: list[tuple[str, str]], limit: int, wait: float = 5.0) -> Waiters:
+    """Each (consumer, queue) in a thread of its own: an empty reservation (so it is idle), then waiting
+    ones (a wake-up may be spurious) until one takes something or ``wait`` s passed; ``finished`` reads
+    what it got."""
+    def run(consumer: str, queue: str, out: list[str]) -> None:
+        end = time.monotonic() + wait
+        first = True
+        while not out and (left := end - time.monotonic()) > 0:
+            try:
+                out += ids(list(broker.reserve(consumer, [queue], limit, T0, LEASE, (), 0.0 if first else left)
+                                .deliveries))
+            except BrokerUnavailableError:
+                # Callers retry (as workers do): SQLite may refuse one of two threads' writes at once
+                # ("database is locked") without waiting for its busy timeout.
+                time.sleep(0.01)
+                continue
+            first = False
+
+    out: Waiters = {}
+    for consumer, queue in consumers:
+        out[consumer] = (threading.Thread(target=run, args=(consumer, queue, got := [])), got)
+        out[consumer][0].start()
+    return out
+
+
+def finished(waiters: Waiters, consumer: str, within: float) -> list[str]:
+    """What the waiter took, once it returned, which must be within ``within`` s (its wait is longer)."""
+    thread, got = waiters[consumer]
+    thread.join(within)
+    assert not thread.is_alive(), f"{consumer} was not woken within {within} s"
+    return got
 
 
 def stats(broker: Broker, queue: str = "default") -> tuple[int, int, int]:
@@ -200,6 +237,21 @@ class ConsumerContract(_Contract):
             timer.cancel()
         assert ids(list(got)) == ["late"]
         assert 0.1 < time.monotonic() - started < 3.0
+
+    def test_a_task_wakes_the_waiter_of_its_queue_while_a_waiter_of_another_queue_waits_too(
+            self, broker: Broker) -> None:
+        got = waiting(broker, [("c1", "other"), ("c2", "default")], 1)
+        time.sleep(0.2)
+        broker.enqueue([task("a")])
+        assert finished(got, "c2", 2.0) == ["a"]
+        broker.enqueue([task("b", "other")])
+        assert finished(got, "c1", 2.0) == ["b"]
+
+    def test_a_burst_wakes_every_idle_waiter_it_has_work_for(self, broker: Broker) -> None:
+        got = waiting(broker, [("c1", "default"), ("c2", "default")], 1)
+        time.sleep(0.2)
+        broker.enqueue([task("a"), task("b")])
+        assert sorted(finished(got, "c1", 2.0) + finished(got, "c2", 2.0)) == ["a", "b"]
 
     def test_a_waiting_reservation_times_out_empty_when_idle(self, broker: Broker) -> None:
         started = time.monotonic()

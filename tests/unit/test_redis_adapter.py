@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import fakeredis
 import pytest
 import redis
 import redis.exceptions as rx
-from broker_contract import GRACE, T0, ids, settle, stats, take, task
+from broker_contract import GRACE, LEASE, STALE_WORKER, T0, ids, settle, stats, take, task
 
 from hexq.adapters.redis import keys as key_layout
 from hexq.adapters.redis.broker import RedisBroker
@@ -50,6 +51,8 @@ DEPLOYED_LAYOUT = {
     "{p}:crashes": "hash", "{p}:owned:<consumer>": "list", "{p}:inflight": "hash", "{p}:leases": "zset",
     "{p}:suspects": "hash", "{p}:dead": "list", "{p}:cron": "hash", "{p}:workers": "zset",
     "{p}:workerinfo": "hash", "{p}:wake": "list", "{p}:broadcast": "pubsub",
+    # Added with per-queue wake-ups; {p}:wake, which they replace, is still read (producers of before).
+    "{p}:idle:<queue>": "zset", "{p}:wake:<queue>": "list",
     # Added with partitions: written only by an app with partitions > 1, so today's deployments hold none.
     "{p}:meta": "hash",
 }
@@ -85,6 +88,8 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: broker.renew_leases(["c2"], later + 30_000),
         lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),
         lambda: broker.heartbeat("w1", "{}", T0),
+        lambda: take(broker, "calm", consumer="c3"),  # finds nothing: idle on "calm"...
+        lambda: broker.enqueue([task("w", "calm")]),  # ...so this leaves it a wake token
     ]
     seen: dict[str, str] = {}
     for step in steps:
@@ -95,7 +100,8 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
     subscription.close()
     rows = {key: documented_row(key) for key in seen}
     assert None not in rows.values(), f"undocumented keys: {[k for k, row in rows.items() if row is None]}"
-    not_in_a_cycle = {"{p}:broadcast": "pubsub", "{p}:meta": "hash"}  # a channel; meta only when partitioned
+    # a channel; meta only when partitioned; the shared wake list only producers of earlier versions write
+    not_in_a_cycle = {"{p}:broadcast": "pubsub", "{p}:meta": "hash", "{p}:wake": "list"}
     assert {row: seen[key] for key, row in rows.items()} | not_in_a_cycle == DEPLOYED_LAYOUT
     assert channels == ["{app}:broadcast"]
 
@@ -164,10 +170,68 @@ def test_dead_letters_are_json_newest_first(broker: RedisBroker, client: Any) ->
     assert [json.loads(r)["id"] for r in client.lrange(P + "dead", 0, -1)] == ["b", "a"]
 
 
-def test_wake_tokens_are_capped(broker: RedisBroker, client: Any) -> None:
+def test_no_wake_token_while_nobody_is_idle(broker: RedisBroker, client: Any) -> None:
     broker.enqueue([task(str(i)) for i in range(200)])
     broker.enqueue([task("x")])
-    assert client.llen(P + "wake") == 64
+    assert client.keys(P + "wake*") == [] and client.keys(P + "idle*") == []
+
+
+def test_an_idle_consumer_is_woken_once_and_unmarked_when_it_takes_work(broker: RedisBroker, client: Any) -> None:
+    assert take(broker, ["high", "default"]) == []
+    assert client.zscore(P + "idle:default", "c1") == T0 and client.zscore(P + "idle:high", "c1") == T0
+    for name in "abc":
+        broker.enqueue([task(name)])
+    assert client.lrange(P + "wake:default", 0, -1) == ["1"]  # one token: the queue became non-empty once
+    assert client.keys(P + "wake:high") == []
+    assert ids(take(broker, ["high", "default"])) == ["a", "b", "c"]
+    assert client.keys(P + "idle*") == []
+    broker.enqueue([task("d")])
+    assert client.llen(P + "wake:default") == 1  # the token the consumer never waited for, not another
+
+
+def test_an_eta_task_wakes_an_idle_consumer_to_look_again(broker: RedisBroker, client: Any) -> None:
+    assert take(broker) == []
+    broker.enqueue([task("later", eta_ms=T0 + 500)])
+    assert client.llen(P + "wake:default") == 1
+
+
+def test_a_woken_consumer_passes_the_wake_up_on(broker: RedisBroker, client: Any) -> None:
+    assert take(broker, consumer="c1") == [] and take(broker, consumer="c2") == []
+    broker.enqueue([task("a"), task("b")])
+    assert client.llen(P + "wake:default") == 1
+    got = broker.reserve("c1", ["default"], 1, T0, LEASE, (), 1.0).deliveries  # takes the token, then "a"
+    assert ids(list(got)) == ["a"]
+    assert client.llen(P + "wake:default") == 1  # for c2, still idle, as "b" waits
+    assert client.zrange(P + "idle:default", 0, -1) == ["c2"]
+
+
+def test_stale_idle_marks_are_dropped(broker: RedisBroker, client: Any) -> None:
+    assert take(broker, consumer="gone") == []
+    assert take(broker, consumer="c2", now_ms=T0 + STALE_WORKER + 1) == []
+    assert client.zrange(P + "idle:default", 0, -1) == ["c2"]
+    assert 0 < client.pttl(P + "idle:default") <= STALE_WORKER
+
+
+def test_a_waiting_consumer_also_hears_the_shared_wake_list_of_earlier_producers(
+        broker: RedisBroker, client: Any) -> None:
+    client.rpush(P + "wake", "1")
+    client.rpush(P + "q:default", "old")  # as a producer of the previous version stores a task
+    client.hset(P + "tasks", "old", "p-old")
+    assert take(broker, "other") == []
+    started = time.monotonic()
+    assert broker.reserve("c1", ["default"], 10, T0, LEASE, (), 5.0).deliveries[0].id == "old"
+    assert time.monotonic() - started < 2.0
+
+
+def test_acks_cut_the_head_of_the_owned_list(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task(name) for name in "abcde"])
+    take(broker)
+    broker.ack("c1", ["a", "b"])
+    assert client.lrange(P + "owned:c1", 0, -1) == ["c", "d", "e"]
+    broker.ack("c1", ["d"])  # not at the head: still found
+    assert client.lrange(P + "owned:c1", 0, -1) == ["c", "e"]
+    broker.ack("c1", ["e", "c", "zz"])
+    assert client.exists(P + "owned:c1") == 0 and broker.in_flight() == []
 
 
 def test_big_batches_are_split_but_keep_order(broker: RedisBroker) -> None:
