@@ -29,17 +29,20 @@ OWN_COMMANDS = frozenset({"info"})
 @attrs.frozen
 class Reading:
     cpu_s: float  # used_cpu_sys + used_cpu_user of the server, seconds
+    user_s: float  # used_cpu_user alone: the server's own code (the rest is the kernel's, mostly sockets)
     calls: dict[str, int]  # command name -> calls so far
 
     def __sub__(self, earlier: Reading) -> Usage:
         names = set(self.calls) | set(earlier.calls)
         calls = {name: self.calls.get(name, 0) - earlier.calls.get(name, 0) for name in names}
-        return Usage(self.cpu_s - earlier.cpu_s, {k: v for k, v in calls.items() if v})
+        return Usage(self.cpu_s - earlier.cpu_s, self.user_s - earlier.user_s,
+                     {k: v for k, v in calls.items() if v})
 
 
 @attrs.frozen
 class Usage:
     cpu_s: float
+    user_s: float
     calls: dict[str, int]
 
     def cpu_us_per(self, tasks: int) -> float:
@@ -49,16 +52,20 @@ class Usage:
         return sum(self.calls.values()) / tasks
 
     def breakdown(self, tasks: int) -> dict[str, float]:
-        """Commands per task by name, most frequent first (for profiling; written to the step's log)."""
+        """User and system CPU µs, then commands, per task by name, most frequent first (for profiling;
+        written to the step's log)."""
         ranked = sorted(self.calls.items(), key=lambda item: -item[1])
-        return {name: round(calls / tasks, 3) for name, calls in ranked}
+        return {"cpu_user_us": round(self.user_s * 1e6 / tasks, 2),
+                "cpu_sys_us": round((self.cpu_s - self.user_s) * 1e6 / tasks, 2),
+                **{name: round(calls / tasks, 3) for name, calls in ranked}}
 
 
 def read(client: redis.Redis) -> Reading:
     """One ``INFO cpu commandstats`` (one command, so the reading is of one instant)."""
     raw: Any = client.execute_command("INFO", "cpu", "commandstats")  # type: ignore[no-untyped-call]
     info = raw if isinstance(raw, dict) else {}
-    cpu = float(info.get("used_cpu_sys", 0.0)) + float(info.get("used_cpu_user", 0.0))
+    user = float(info.get("used_cpu_user", 0.0))
+    cpu = float(info.get("used_cpu_sys", 0.0)) + user
     calls: dict[str, int] = {}
     for key, value in info.items():
         if not key.startswith("cmdstat_") or not isinstance(value, dict):
@@ -66,4 +73,4 @@ def read(client: redis.Redis) -> Reading:
         name = key.removeprefix("cmdstat_")
         if name not in OWN_COMMANDS:
             calls[name] = int(value.get("calls", 0))
-    return Reading(cpu, calls)
+    return Reading(cpu, user, calls)

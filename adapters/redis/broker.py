@@ -75,6 +75,7 @@ class RedisBroker(RedisInspection):
         self._idle: dict[str, bool] = {}
         self._scripts = Scripts(client, self._tasks_key)
         self._enqueue_sha: str = self._scripts.script("enqueue").sha
+        self._push_sha: str = self._scripts.script("push").sha
         self._reserve_sha: str = self._scripts.script("reserve").sha
         self._translator = translated(self._where)
         self._direct = DirectCommand(client.connection_pool)
@@ -105,11 +106,15 @@ class RedisBroker(RedisInspection):
         with self._translator:
             if len(batches) == 1:
                 # Straight to EVALSHA on this thread's own connection (see direct.py): the pool and
-                # Script wrappers cost more CPU than the command itself on a single .delay().
+                # Script wrappers cost more CPU than the command itself on a single .delay(). A runnable
+                # task goes through push, the cheaper script for one.
+                one = tasks[0] if len(tasks) == 1 and tasks[0].eta_ms is None else None
+                name, sha = ("push", self._push_sha) if one else ("enqueue", self._enqueue_sha)
+                args = [one.id, one.queue, one.payload] if one else batches[0]
                 try:
-                    self._direct("EVALSHA", self._enqueue_sha, 1, self._tasks_key, *batches[0])
+                    self._direct("EVALSHA", sha, 1, self._tasks_key, *args)
                 except redis.exceptions.NoScriptError:
-                    self._scripts.run("enqueue", batches[0])
+                    self._scripts.run(name, args)
                 return
             # Pipelined so Redis runs one chunk while we send the next. Plain EVALSHA: redis-py's Script
             # objects would add a SCRIPT EXISTS round trip to a pipeline. A chunk refused with NOSCRIPT

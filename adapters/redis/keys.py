@@ -53,7 +53,8 @@ partition 0 only.
 Scripts (``adapters/redis/*.lua``, each prefixed by the key preamble and ``_lib.lua``) and the keys they
 write:
 
-- ``enqueue``: tasks, q:*, eta:*, etakeys:*, wake:* (reads idle:*).
+- ``enqueue``: tasks, q:*, eta:*, etakeys:*, wake:* (reads idle:*); ``push`` (one runnable task): tasks,
+  q:*, wake:* (reads idle:*).
 - ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight); promotion (eta:*, q:*, etakeys:*) of
   the served queues; suspicion (suspects) and recovery of up to 10 expired consumers (leases, suspects,
   owned:*, inflight, crashes, q:*, wake:*); then q:<served>, owned:<consumer>, inflight, leases; idle:* of

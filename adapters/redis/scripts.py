@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 NAMES = (
     "enqueue",
+    "push",
     "reserve",
     "retry",
     "dead_letter",
