@@ -21,22 +21,30 @@ local function hmget_many(key, ids)
 end
 
 -- Wake-ups. A consumer that finds every queue it serves empty, and is about to wait, marks itself idle on
--- each of them (idlekey(queue): consumer -> ms, written by reserve in the same script that saw them empty),
--- then blocks on their wake lists (wakekey(queue)) with BLPOP. Whoever makes a queue non-empty calls
--- wake(queue), which pushes one token if anyone is idle on it and none is waiting there already. The
--- invariant this keeps, script by script: a non-empty queue with idle consumers has a token in its wake
--- list. So a task stored between a consumer's empty reservation and its BLPOP finds it marked and leaves a
--- token that the BLPOP takes at once: no wake-up is lost in that gap. A BLPOP that takes the token breaks
--- the invariant until the reservation pipelined behind it runs, which restores it (reserve.lua: it re-marks
--- itself if it finds nothing, so the queue is empty, or else pushes a token for the next idle consumer of
--- every queue it leaves non-empty, passing the wake-up on). One token per queue is enough for that, and a
--- busy queue costs no token at all: enqueue calls wake only when its RPUSH made the queue non-empty.
--- Marks of consumers that died idle cost at most one token per queue (a spurious wake-up of the next
--- consumer to wait there) and are dropped when older than the stale-worker age (mark_idle in reserve.lua).
+-- each of them (idlekey(queue): consumer -> ms, written by reserve in the same script that saw them empty)
+-- and arms them (armedkey(queue): one token), then blocks on their wake lists (wakekey(queue)) with BLPOP.
+-- Whoever stores a task fires the queue's armed token into its wake list (wake(): one LMOVE, which does
+-- nothing when the queue is not armed, so a busy queue costs no token, and a plain MULTI can do it: the
+-- single .delay() needs no script, see RedisBroker.enqueue). Two invariants, kept by every script and MULTI:
+--   1. someone idle on a queue => the queue is armed or its wake list holds a token;
+--   2. the queue is not empty and someone is idle on it => its wake list holds a token.
+-- So a task stored between a consumer's empty reservation and its BLPOP fires the token the consumer armed,
+-- and the BLPOP takes it at once: no wake-up is lost in that gap. A BLPOP that takes a token may break
+-- both until the reservation pipelined behind it runs, which restores them (reserve.lua): it finds nothing
+-- (every queue it serves is empty) and arms them again, or it takes work and, for each of its queues that
+-- other consumers are idle on, leaves a token if the queue is still not empty (passing the wake-up on) or
+-- arms it. Marks of consumers that died idle cost at most a token per queue (a spurious wake-up of the
+-- next consumer to wait there) and are dropped after the stale-worker age (mark_idle in reserve.lua).
 local function wake(queue)
-  if redis.call("exists", idlekey(queue)) == 0 then return end
-  local tokens = wakekey(queue)
-  if redis.call("llen", tokens) == 0 then redis.call("rpush", tokens, "1") end
+  redis.call("lmove", armedkey(queue), wakekey(queue), "LEFT", "RIGHT")
+end
+
+-- Invariant 1 for a queue someone is idle on: a token armed, unless one is in the wake list already.
+local function arm(queue)
+  local armed = armedkey(queue)
+  if redis.call("llen", armed) == 0 and redis.call("llen", wakekey(queue)) == 0 then
+    redis.call("rpush", armed, "1")
+  end
 end
 
 -- wake() once per queue of a list (queues may repeat).
@@ -124,7 +132,8 @@ local function ack(consumer, ids)
     end
   end
   call_many("hdel", TASKS, ids)
-  call_many("hdel", CRASHES, ids)
+  -- Crash counts are rare: when there are none at all, one EXISTS spares passing every id again.
+  if redis.call("exists", CRASHES) == 1 then call_many("hdel", CRASHES, ids) end
   if #gone > 0 then call_many("hdel", INFLIGHT, gone) end
 end
 

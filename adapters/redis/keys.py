@@ -34,8 +34,10 @@ key                   type    contents
 {p}:idle:<queue>      zset    consumer -> ms it last found every queue it serves empty and went to wait;
                               cleared when it takes work, dropped after the stale-worker age (and the key
                               expires then too)
-{p}:wake:<queue>      list    at most one wake token, pushed when the queue became non-empty while someone
-                              was idle on it; idle workers BLPOP the wake lists of their queues
+{p}:armed:<queue>     list    at most one token, put there for the consumers idle on the queue; storing a
+                              task moves it to the wake list (LMOVE, a no-op when there is none)
+{p}:wake:<queue>      list    wake tokens (one, rarely two) for the consumers idle on the queue, who BLPOP
+                              the wake lists of their queues
 {p}:wake              list    the wake list of hexq before per-queue wake-ups (tokens for everyone, up to
                               64, on every enqueue): no longer written, but still in every worker's BLPOP,
                               so producers not yet upgraded keep waking upgraded workers
@@ -53,22 +55,23 @@ partition 0 only.
 Scripts (``adapters/redis/*.lua``, each prefixed by the key preamble and ``_lib.lua``) and the keys they
 write:
 
-- ``enqueue``: tasks, q:*, eta:*, etakeys:*, wake:* (reads idle:*); ``push`` (one runnable task): tasks,
-  q:*, wake:* (reads idle:*).
+- ``enqueue``: tasks, q:*, eta:*, etakeys:*, armed:*, wake:*; ``push`` (one runnable task, when the
+  MULTI below fails): tasks, q:*, armed:*, wake:*.
 - ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight); promotion (eta:*, q:*, etakeys:*) of
   the served queues; suspicion (suspects) and recovery of up to 10 expired consumers (leases, suspects,
-  owned:*, inflight, crashes, q:*, wake:*); then q:<served>, owned:<consumer>, inflight, leases; idle:* of
-  the served queues (marked when it takes nothing, cleared when it takes work) and wake:* (the wake-up passed
-  on); reads tasks, crashes, eta:* (next eta).
-- ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, wake:*.
+  owned:*, inflight, crashes, q:*, armed:*, wake:*); then q:<served>, owned:<consumer>, inflight, leases;
+  idle:* and armed:* of the served queues (marked and armed when it takes nothing, the mark cleared when it
+  takes work) and wake:* (the wake-up passed on); reads tasks, crashes, eta:* (next eta).
+- ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*.
 - ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead.
-- ``release``: owned:<consumer>, inflight, q:*, wake:*.
-- ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, wake:*.
+- ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*.
+- ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*.
 - ``claim_cron``: cron, then as ``enqueue``.
-- ``requeue_dead``: dead, crashes, tasks, q:*, wake:*.
+- ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*.
 - ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes.
 
-Single-command or MULTI/EXEC operations: renew_leases (leases, suspects), heartbeat and forget_worker
+Single-command or MULTI/EXEC operations: a single runnable ``.delay()`` (HSET tasks, RPUSH q:<queue>,
+LMOVE armed:<queue> to wake:<queue>), renew_leases (leases, suspects), heartbeat and forget_worker
 (workers, workerinfo), purge_dead (dead), publish (broadcast), and the read-only inspections and lookup.
 """
 
@@ -103,6 +106,7 @@ FAMILIES: dict[str, str] = {
     "ownedkey": "owned:",
     "idlekey": "idle:",
     "wakekey": "wake:",
+    "armedkey": "armed:",
 }
 
 
@@ -198,6 +202,9 @@ class Keys:
 
     def wake_list(self, queue: str) -> str:
         return self.base + FAMILIES["wakekey"] + queue
+
+    def armed(self, queue: str) -> str:
+        return self.base + FAMILIES["armedkey"] + queue
 
     @property
     def broadcast(self) -> str:

@@ -44,26 +44,47 @@ local function mark_idle()
     redis.call("zremrangebyscore", key, "-inf", "(" .. (t - stale))
     redis.call("zadd", key, t, consumer)
     redis.call("pexpire", key, stale)
+    arm(queue)
   end
 end
 
--- Took work: no longer idle. After its BLPOP (which may have taken the token of a queue that is still not
--- empty) or after promoting eta tasks, it passes the wake-up on to the next idle consumer of each queue it
--- leaves non-empty (the invariant in _lib.lua).
+-- Took work: no longer idle. After its BLPOP (which may have taken a token) or after promoting eta tasks,
+-- it restores the invariants of _lib.lua for each queue others are idle on: a token if the queue is still
+-- not empty (the wake-up passed on to the next idle consumer), else the queue armed.
 local function busy(woken)
   if idle ~= "0" then
     for _, queue in ipairs(queues) do redis.call("zrem", idlekey(queue), consumer) end
   end
-  if woken then
-    for _, queue in ipairs(queues) do
-      if redis.call("llen", qkey(queue)) > 0 then wake(queue) end
+  if not woken then return end
+  for _, queue in ipairs(queues) do
+    if redis.call("exists", idlekey(queue)) == 1 then
+      local tokens = wakekey(queue)
+      if redis.call("llen", qkey(queue)) == 0 then
+        arm(queue)
+      elseif redis.call("llen", tokens) == 0 then
+        redis.call("rpush", tokens, "1")
+      end
     end
   end
 end
 
+local function earliest_eta(queue)
+  local first = redis.call("zrange", etakey(queue), 0, 0, "WITHSCORES")
+  return first[2] and tonumber(first[2])
+end
+
 ack(consumer, acks)
-local promoted = 0
-for _, queue in ipairs(queues) do promoted = promoted + promote(queue, now) end
+-- The earliest eta of each queue is read first, and promotion runs only when it is due: one command per
+-- queue when nothing is, instead of a range query for promotion and another for the next eta.
+local next_eta, promoted, t = false, 0, tonumber(now)
+for _, queue in ipairs(queues) do
+  local eta = earliest_eta(queue)
+  if eta and eta <= t then
+    promoted = promoted + promote(queue, now)
+    eta = earliest_eta(queue)
+  end
+  if eta and (not next_eta or eta < next_eta) then next_eta = eta end
+end
 recover_expired()
 
 local taken, served = {}, false
@@ -74,15 +95,6 @@ if limit > 0 then
       taken, served = ids, queue
       break
     end
-  end
-end
-
-local next_eta = false
-for _, queue in ipairs(queues) do
-  local first = redis.call("zrange", etakey(queue), 0, 0, "WITHSCORES")
-  if first[2] then
-    local eta = tonumber(first[2])
-    if not next_eta or eta < next_eta then next_eta = eta end
   end
 end
 
@@ -107,7 +119,7 @@ redis.call("zadd", LEASES, tonumber(now) + tonumber(ARGV[4]), consumer)
 -- A consumer that reserves is alive: a suspicion raised while its lease looked expired no longer holds.
 redis.call("hdel", SUSPECTS, consumer)
 local payloads = redis.call("hmget", TASKS, unpack(taken))
-local crashes = redis.call("hmget", CRASHES, unpack(taken))
+local crashes = redis.call("exists", CRASHES) == 1 and redis.call("hmget", CRASHES, unpack(taken)) or {}
 for i, id in ipairs(taken) do
   out[#out + 1] = id
   out[#out + 1] = payloads[i]

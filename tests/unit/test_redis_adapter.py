@@ -52,7 +52,7 @@ DEPLOYED_LAYOUT = {
     "{p}:suspects": "hash", "{p}:dead": "list", "{p}:cron": "hash", "{p}:workers": "zset",
     "{p}:workerinfo": "hash", "{p}:wake": "list", "{p}:broadcast": "pubsub",
     # Added with per-queue wake-ups; {p}:wake, which they replace, is still read (producers of before).
-    "{p}:idle:<queue>": "zset", "{p}:wake:<queue>": "list",
+    "{p}:idle:<queue>": "zset", "{p}:armed:<queue>": "list", "{p}:wake:<queue>": "list",
     # Added with partitions: written only by an app with partitions > 1, so today's deployments hold none.
     "{p}:meta": "hash",
 }
@@ -88,8 +88,9 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: broker.renew_leases(["c2"], later + 30_000),
         lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),
         lambda: broker.heartbeat("w1", "{}", T0),
-        lambda: take(broker, "calm", consumer="c3"),  # finds nothing: idle on "calm"...
-        lambda: broker.enqueue([task("w", "calm")]),  # ...so this leaves it a wake token
+        lambda: take(broker, "calm", consumer="c3"),  # finds nothing: idle on "calm", which it arms...
+        lambda: broker.enqueue([task("w", "calm")]),  # ...so this fires a wake token
+        lambda: take(broker, "quiet", consumer="c3"),  # armed, and left so
     ]
     seen: dict[str, str] = {}
     for step in steps:
@@ -179,10 +180,11 @@ def test_no_wake_token_while_nobody_is_idle(broker: RedisBroker, client: Any) ->
 def test_an_idle_consumer_is_woken_once_and_unmarked_when_it_takes_work(broker: RedisBroker, client: Any) -> None:
     assert take(broker, ["high", "default"]) == []
     assert client.zscore(P + "idle:default", "c1") == T0 and client.zscore(P + "idle:high", "c1") == T0
+    assert client.llen(P + "armed:default") == 1 and client.llen(P + "armed:high") == 1
     for name in "abc":
         broker.enqueue([task(name)])
-    assert client.lrange(P + "wake:default", 0, -1) == ["1"]  # one token: the queue became non-empty once
-    assert client.keys(P + "wake:high") == []
+    assert client.lrange(P + "wake:default", 0, -1) == ["1"]  # the armed token, fired once
+    assert client.keys(P + "armed:default") == [] and client.keys(P + "wake:high") == []
     assert ids(take(broker, ["high", "default"])) == ["a", "b", "c"]
     assert client.keys(P + "idle*") == []
     broker.enqueue([task("d")])
@@ -203,6 +205,30 @@ def test_a_woken_consumer_passes_the_wake_up_on(broker: RedisBroker, client: Any
     assert ids(list(got)) == ["a"]
     assert client.llen(P + "wake:default") == 1  # for c2, still idle, as "b" waits
     assert client.zrange(P + "idle:default", 0, -1) == ["c2"]
+    got = broker.reserve("c2", ["default"], 1, T0, LEASE, (), 1.0).deliveries
+    assert ids(list(got)) == ["b"] and client.keys(P + "wake:default") == []
+
+
+def test_a_woken_consumer_that_emptied_the_queue_arms_it_for_the_others(broker: RedisBroker, client: Any) -> None:
+    assert take(broker, consumer="c1") == [] and take(broker, consumer="c2") == []
+    broker.enqueue([task("a")])
+    assert ids(list(broker.reserve("c1", ["default"], 5, T0, LEASE, (), 1.0).deliveries)) == ["a"]
+    assert client.llen(P + "armed:default") == 1  # c2 is still idle: the next task must wake it
+    broker.enqueue([task("b")])
+    assert client.llen(P + "wake:default") == 1
+
+
+def test_a_single_task_the_multi_could_not_store_goes_through_the_push_script(
+        broker: RedisBroker, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert take(broker) == []  # idle, so the task must also fire the armed token
+
+    def lost(*commands: Any, **options: Any) -> list[Any]:
+        raise rx.ConnectionError("lost before the reply")
+
+    monkeypatch.setattr(broker._direct, "pipelined", lost)
+    broker.enqueue([task("a")])
+    assert client.lrange(P + "q:default", 0, -1) == ["a"] and client.hget(P + "tasks", "a") == "p-a"
+    assert client.llen(P + "wake:default") == 1
 
 
 def test_stale_idle_marks_are_dropped(broker: RedisBroker, client: Any) -> None:
