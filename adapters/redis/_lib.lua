@@ -39,11 +39,14 @@ local function wake(queue)
   redis.call("lmove", armedkey(queue), wakekey(queue), "LEFT", "RIGHT")
 end
 
--- Invariant 1 for a queue someone is idle on: a token armed, unless one is in the wake list already.
-local function arm(queue)
+-- Invariant 1 for a queue someone is idle on: a token armed, unless one is in the wake list already. It
+-- lasts as long as idle marks do (ttl_ms, the stale-worker age): a queue nobody waits on any more (a dead
+-- worker's broadcast queue) keeps no key.
+local function arm(queue, ttl_ms)
   local armed = armedkey(queue)
   if redis.call("llen", armed) == 0 and redis.call("llen", wakekey(queue)) == 0 then
     redis.call("rpush", armed, "1")
+    redis.call("pexpire", armed, ttl_ms)
   end
 end
 

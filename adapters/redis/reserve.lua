@@ -44,7 +44,7 @@ local function mark_idle()
     redis.call("zremrangebyscore", key, "-inf", "(" .. (t - stale))
     redis.call("zadd", key, t, consumer)
     redis.call("pexpire", key, stale)
-    arm(queue)
+    arm(queue, stale)
   end
 end
 
@@ -60,7 +60,7 @@ local function busy(woken)
     if redis.call("exists", idlekey(queue)) == 1 then
       local tokens = wakekey(queue)
       if redis.call("llen", qkey(queue)) == 0 then
-        arm(queue)
+        arm(queue, stale)
       elseif redis.call("llen", tokens) == 0 then
         redis.call("rpush", tokens, "1")
       end
