@@ -15,19 +15,35 @@ tables of ``adapters/sqlite/schema.py``; a raw entry is a row in state 0 (queued
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import redis
 
 BROKER_KINDS = ("redis", "sqlite")
+# The same Redis adapter behind a Redis Cluster (3 primaries, 3 replicas; one partition, so every ordering
+# the tests check holds: tests/integration/test_redis_cluster.py covers three) and behind Sentinel (a
+# primary, a replica, three sentinels). The integration suite runs on all four; HEXQ_TEST_BROKERS narrows it.
+TOPOLOGY_KINDS = ("cluster", "sentinel")
+INTEGRATION_KINDS = (*BROKER_KINDS, *TOPOLOGY_KINDS)
 
 
 def kind_of(url: str) -> str:
-    return "sqlite" if url.startswith("sqlite:") else "redis"
+    if url.startswith("sqlite:"):
+        return "sqlite"
+    if url.startswith(("redis+cluster:", "rediss+cluster:")):
+        return "cluster"
+    if url.startswith(("redis+sentinel:", "rediss+sentinel:")):
+        return "sentinel"
+    return "redis"
+
+
+def is_redis(kind: str) -> bool:
+    """Any kind of Redis deployment (hexq's Redis adapter), as opposed to SQLite."""
+    return kind != "sqlite"
 
 
 def sqlite_url(directory: Path) -> str:
@@ -35,9 +51,24 @@ def sqlite_url(directory: Path) -> str:
     return "sqlite://" + quote(str((directory / "hexq.db").resolve()))
 
 
-def url_for(kind: str, redis_url: str, directory: Path) -> str:
-    """The app URL of the broker under test: the session's Redis, or a new database file in ``directory``."""
-    return redis_url if kind == "redis" else sqlite_url(directory)
+def url_for(kind: str, redis_url: str, directory: Path, topology: Callable[[str], str] | None = None) -> str:
+    """The app URL of the broker under test: the session's Redis, a new database file in ``directory``, or
+    the URL ``topology(kind)`` gives for the session's cluster or Sentinel deployment."""
+    if kind == "redis":
+        return redis_url
+    if kind == "sqlite":
+        return sqlite_url(directory)
+    if topology is None:
+        raise ValueError(f"broker kind {kind!r} needs the session's {kind} deployment")
+    return topology(kind)
+
+
+def topology_url(request: Any, kind: str) -> str:
+    """The URL of the session's Redis Cluster or Sentinel deployment (pytest fixtures of conftest.py, started
+    on first use); ``request`` is a pytest FixtureRequest."""
+    if kind == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url())
+    return str(request.getfixturevalue("session_sentinels").url())
 
 
 class BrokerState(Protocol):
@@ -74,11 +105,32 @@ class BrokerState(Protocol):
     def close(self) -> None: ...
 
 
+def _raw_client(url: str) -> redis.Redis:  # type: ignore[type-arg]
+    """A plain client of the node that holds the prefix's keys: the server, the node of a cluster that owns
+    the prefix's slot (one partition: every key carries that hash tag), or the primary the sentinels name."""
+    kind = kind_of(url)
+    if kind == "cluster":
+        from redis.cluster import RedisCluster
+
+        from hexq.adapters.redis.cluster_settings import parse_cluster_url
+
+        nodes = parse_cluster_url(url).nodes
+        return RedisCluster(host=nodes[0][0], port=nodes[0][1], decode_responses=True)  # type: ignore[return-value]
+    if kind == "sentinel":
+        from redis.sentinel import Sentinel
+
+        from hexq.adapters.redis.sentinel_settings import parse_sentinel_url
+
+        target = parse_sentinel_url(url)
+        return Sentinel(list(target.sentinels)).master_for(target.service, decode_responses=True)  # type: ignore[no-any-return]
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
 class RedisState:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)  # type: ignore[type-arg]
+        self.client: redis.Redis = _raw_client(url)  # type: ignore[type-arg]
         self.prefix = prefix
 
     def key(self, name: str) -> str:
@@ -226,4 +278,4 @@ class SqliteState:
 
 
 def broker_state(url: str, prefix: str) -> BrokerState:
-    return SqliteState(url) if kind_of(url) == "sqlite" else RedisState(url, prefix)
+    return SqliteState(url) if kind_of(url) == "sqlite" else RedisState(url, prefix)  # every Redis kind

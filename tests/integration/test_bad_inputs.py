@@ -41,7 +41,7 @@ from workers import ROOT, Cluster, Proc, wait_for
 from hexq import ConfigError, CronTask, HexQ, Queue, SerializationError, UnknownQueueError
 from hexq.core.errors import BrokerAuthError, BrokerFullError, CronError, PayloadTooLargeError
 from hexq.core.message import Codec, TaskMessage
-from tests.integration.broker_state import url_for
+from tests.integration.broker_state import topology_url, url_for
 
 pytestmark = pytest.mark.integration
 
@@ -161,11 +161,12 @@ def dead_by_tag(cluster: BadCluster, tag: str, timeout: float = 20) -> dict[str,
 
 # -- fixtures ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def shared(broker_kind: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+def shared(broker_kind: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[Shared]:
     """One worker (one child) for every row that needs no special configuration, one per broker kind."""
     tmp = tmp_path_factory.mktemp(f"bad-{broker_kind}")
-    cluster = BadCluster(url_for(broker_kind, redis_server.url, tmp), f"test-bad-{uuid.uuid4().hex[:10]}", tmp,
-                         book_url=redis_server.url)
+    url = url_for(broker_kind, redis_server.url, tmp, lambda kind: topology_url(request, kind))
+    cluster = BadCluster(url, f"test-bad-{uuid.uuid4().hex[:10]}", tmp, book_url=redis_server.url)
     try:
         worker = cluster.worker("--concurrency=1")
         yield Shared(cluster, worker, cluster.tasks())

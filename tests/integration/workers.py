@@ -27,7 +27,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from tests.integration.broker_state import BrokerState, broker_state, kind_of  # noqa: E402
+from tests.integration.broker_state import BrokerState, broker_state, is_redis, kind_of  # noqa: E402
 
 APP = "tests.integration.apps.tasks:app"
 FORK_WARNING = "use of fork() may lead to deadlocks"  # Python 3.12+ (see tests/conftest.py)
@@ -82,7 +82,7 @@ class Cluster:
         self.prefix = prefix
         self.tmp = tmp
         self.book_url = book_url or url
-        if kind_of(self.book_url) != "redis":
+        if kind_of(self.book_url) != "redis":  # a plain server, whatever the broker under test
             raise ValueError(f"the bookkeeping store must be a Redis, got {self.book_url}")
         self.procs: list[Proc] = []
         self.book = redis.Redis.from_url(self.book_url, decode_responses=True)  # the tasks' reports
@@ -92,7 +92,7 @@ class Cluster:
     @property
     def redis(self) -> redis.Redis:  # type: ignore[type-arg]
         """A raw client of the broker under test, for tests that are about Redis itself."""
-        if self.kind != "redis":
+        if not is_redis(self.kind):
             raise TypeError(f"cluster.redis is for a Redis broker; this one is {self.url}")
         return self.state.client  # type: ignore[attr-defined,no-any-return]
 
@@ -175,7 +175,7 @@ class Cluster:
         """Delete what this cluster left in Redis (a Redis broker's keys, the tasks' reports); an SQLite
         database is a file in the test's temporary directory."""
         keys = list(self.book.scan_iter(match=f"{self.prefix}-*", count=1000))
-        if self.kind == "redis":
+        if is_redis(self.kind):
             keys += list(self.redis.scan_iter(match="{" + self.prefix + "}*", count=1000))
         if keys:
             self.book.delete(*keys)
