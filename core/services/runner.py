@@ -92,12 +92,13 @@ class TaskRunner:
             return None
         return prepared
 
-    def _decode(self, delivery: Delivery, payload: str | bytes) -> tuple[TaskMessage, TaskDef] | None:
+    def _decode(self, delivery: Delivery, payload: str | bytes,
+                owner: str | None = None) -> tuple[TaskMessage, TaskDef] | None:
         try:
             message = self.codec.decode(payload)
             return message, self.registry.get(message.name)
         except (MalformedPayloadError, UnknownTaskError) as exc:
-            self._reject(delivery, f"{type(exc).__name__}: {exc}")
+            self._reject(delivery, f"{type(exc).__name__}: {exc}", owner)
             return None
 
     def _may_run_again(self, delivery: Delivery, message: TaskMessage) -> bool:
@@ -214,7 +215,7 @@ class TaskRunner:
                        f"failed, and its failure could not be recorded: {safe_str(exc)}")
 
     def _failed(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,
-                kind: FailureKind, error: BaseException | None, duration: float) -> None:
+                kind: FailureKind, error: BaseException | None, duration: float, owner: str | None = None) -> None:
         # Each crash was an attempt too: the task ran, and its worker died under it.
         retries_used = message.retries + delivery.crashes
         decision = after_failure(kind, limits, task.options, retries_used, error, self.rand())
@@ -226,11 +227,11 @@ class TaskRunner:
                         message.queue, kind.replace("_", " "), duration, retries_used + 1)
         if message.broadcast or isinstance(decision, GiveUp):
             reason = decision.reason if isinstance(decision, GiveUp) else "broadcast task failed"
-            self._dead(delivery.id, message.queue, delivery.payload, reason)
+            self._dead(delivery.id, message.queue, delivery.payload, reason, owner)
             self.metrics.finished(message.name, message.queue, "dead_lettered", duration)
             return
         self.metrics.finished(message.name, message.queue, "retried", duration)
-        self.retry(delivery.id, message, retries_used + 1, decision.delay)
+        self.retry(delivery.id, message, retries_used + 1, decision.delay, owner=owner)
         log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
                  decision.delay, decision.reason)
 
@@ -240,45 +241,57 @@ class TaskRunner:
         ``delivery`` is the task as the broker holds it now, its crash count included, so the attempt is
         counted as a run inside the child counts it. ``consumer`` is the one that owns it (the dead child's),
         for whom it is retried or dead-lettered; this runner's own by default.
+
+        The write is sent once and never kept: if the broker refuses it, the error goes up and the caller
+        records the failure again from a fresh ``lookup`` (the parent driver retries its whole ``Settle``).
+        A kept copy would be sent as well, storing the retry twice.
         """
-        if consumer is not None and consumer != self.consumer:
-            attrs.evolve(self, consumer=consumer, pending_acks=[]).fail_outside(delivery, kind)
-            return
         if delivery.payload is None:
             return  # settled meanwhile: acknowledged late by a consumer whose lease had expired
-        prepared = self._decode(delivery, delivery.payload)
+        owner = consumer or self.consumer
+        prepared = self._decode(delivery, delivery.payload, owner)
         if prepared is not None:
             message, task = prepared
-            self._failed(delivery, message, task, self.limits_for(message, task), kind, None, 0.0)
+            self._failed(delivery, message, task, self.limits_for(message, task), kind, None, 0.0, owner)
 
-    def retry(self, task_id: str, message: TaskMessage, retries: int, delay: float) -> None:
-        """Replace the owned task ``task_id`` by the next attempt of ``message``."""
-        self.flush_acks()
+    def retry(self, task_id: str, message: TaskMessage, retries: int, delay: float, *,
+              owner: str | None = None) -> None:
+        """Replace the owned task ``task_id`` by the next attempt of ``message``; ``owner`` as in ``_settle``."""
         now = self.clock.now()
         retried = attrs.evolve(message, retries=retries, eta=now + delay if delay > 0 else None)
         eta_ms = math.ceil((now + delay) * 1000) if delay > 0 else None
         outgoing = OutgoingTask(task_id, message.queue, self.codec.encode(retried), eta_ms)
-        self._settle(lambda: self.broker.retry(self.consumer, outgoing))
+        self._settle(lambda consumer: self.broker.retry(consumer, outgoing), owner)
 
-    def _reject(self, delivery: Delivery, reason: str) -> None:
+    def _reject(self, delivery: Delivery, reason: str, owner: str | None = None) -> None:
         log.error("task %s from queue %s sent to the dead-letter list: %s", delivery.id, delivery.queue, reason)
-        self._dead(delivery.id, delivery.queue, delivery.payload, reason)
+        self._dead(delivery.id, delivery.queue, delivery.payload, reason, owner)
 
-    def _dead(self, task_id: str, queue: str, payload: str | bytes | None, reason: str) -> None:
+    def _dead(self, task_id: str, queue: str, payload: str | bytes | None, reason: str,
+              owner: str | None = None) -> None:
         if isinstance(payload, bytes):  # kept for the operator, readable, with the bad bytes escaped
             payload = payload.decode("utf-8", "backslashreplace")
         text, now_ms = payload, int(self.clock.now() * 1000)
-        self._settle(lambda: self.broker.dead_letter(self.consumer, task_id, queue, text, reason, now_ms))
+        self._settle(lambda consumer: self.broker.dead_letter(consumer, task_id, queue, text, reason, now_ms),
+                     owner)
 
-    def _settle(self, write: Callable[[], None]) -> None:
-        """Send a write that settles an owned task (a retry, a dead letter), after the pending acks.
+    def _settle(self, write: Callable[[str], None], owner: str | None = None) -> None:
+        """Send a write that settles an owned task (a retry, a dead letter) for the consumer that owns it.
 
+        ``owner`` None: this runner's consumer, after its pending acks (acks first, as they were taken).
         If the broker is unreachable, the write is kept and sent again by ``flush_settles``: the task stays
         owned by this live consumer, whose lease its worker parent keeps renewing, so nobody else would ever
         settle it. Sending it twice (a reply lost, then sent again) can store a retry twice, which
-        at-least-once delivery allows.
+        at-least-once delivery allows. Kept before anything is sent, so that no failure (of the acks
+        either) can leave the task owned with no write to settle it.
+
+        ``owner`` given (``fail_outside``): sent once, and a refusal goes up to the caller, who records the
+        failure again; nothing is kept, and this runner's own acks are not involved.
         """
-        self.pending_settles.append(write)
+        if owner is not None:
+            write(owner)
+            return
+        self.pending_settles.append(lambda: write(self.consumer))
         self.flush_settles()
 
     def flush_settles(self) -> None:

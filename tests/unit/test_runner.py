@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from hexq.adapters.memory import FakeClock, MemoryBroker
-from hexq.core.errors import SoftTimeout
+from hexq.core.errors import BrokerUnavailableError, SoftTimeout
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.policy import AppDefaults, TaskOptions
 from hexq.core.ports import Delivery, OutgoingTask
@@ -498,6 +498,76 @@ def test_fail_outside_ignores_a_task_already_settled_elsewhere() -> None:
     world = make_world()
     world.runner.fail_outside(Delivery("t1", "default", None), "hard_timeout")
     assert world.broker.dead_letters() == [] and world.stats() == (0, 0, 0)
+
+
+class Outage:
+    """The world's broker, refusing every write that settles a task while ``down``, as one gone away would."""
+
+    def __init__(self, inner: MemoryBroker) -> None:
+        self.inner = inner
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name not in ("ack", "retry", "dead_letter"):
+            return attribute
+
+        def write(*args: Any) -> Any:
+            if self.down:
+                raise BrokerUnavailableError("connection refused")
+            return attribute(*args)
+
+        return write
+
+
+def test_fail_outside_keeps_no_refused_write_to_send_again_later() -> None:
+    """The worker parent records a hard timeout for the dead child's consumer and, if the broker refuses
+    it, settles the whole child again later from a fresh lookup. A refused write kept as well would be sent
+    with the next hard timeout, even though the task was settled meanwhile: it would run again."""
+    world = make_world(max_retries=2)
+    world.task("stuck", lambda: None, hard_timeout=10.0)
+    outage = Outage(world.broker)
+    recorder = attrs.evolve(world.runner, broker=outage, consumer="worker-parent")
+    world.send("stuck", task_id="t1")
+    [t1] = world.broker.reserve("dead-child-1", ["default"], 1, world.now_ms(), LEASE_MS).deliveries
+    outage.down = True
+    with pytest.raises(BrokerUnavailableError):
+        recorder.fail_outside(t1, "hard_timeout", consumer="dead-child-1")
+    outage.down = False
+    # Meanwhile t1 went back (its consumer recovered), ran elsewhere and was acknowledged: the parent's
+    # fresh lookup finds nothing to record.
+    world.broker.recover_consumer("dead-child-1", ["t1"])
+    world.run()
+    assert world.broker.lookup("t1") is None
+    world.send("stuck", task_id="t2")
+    [t2] = world.broker.reserve("dead-child-2", ["default"], 1, world.now_ms(), LEASE_MS).deliveries
+    recorder.fail_outside(t2, "hard_timeout", consumer="dead-child-2")
+    assert world.broker.lookup("t1") is None, "t1's refused retry was sent with t2's"
+    assert world.stored("t2").retries == 1 and world.stats() == (1, 0, 0)
+    assert recorder.pending_settles == [] and world.runner.pending_settles == []
+
+
+def test_a_retry_is_kept_when_the_acks_before_it_are_refused() -> None:
+    """Acks go first, and are sent with the retry when the task fails; if the broker refuses them, the retry
+    must be kept as well, or the failed task stays owned by this live consumer with nothing to settle it."""
+    world = make_world(defer_acks=True, max_retries=2)
+
+    def flaky() -> None:
+        raise ValueError("try again")
+
+    world.task("flaky", flaky, retry_on=(ValueError,))
+    outage = Outage(world.broker)
+    world.runner.broker = outage
+    world.send("add", 1, 2, task_id="t1")
+    world.send("flaky", task_id="t2")
+    world.run()  # t1 succeeds: its ack waits for the next reservation
+    outage.down = True
+    with pytest.raises(BrokerUnavailableError):
+        world.run()  # t2 fails: the acks, then its retry, are refused
+    outage.down = False
+    world.runner.flush_settles()
+    assert world.broker.in_flight() == []
+    assert world.stored("t2").retries == 1 and world.broker.lookup("t1") is None
 
 
 # -- task ids the running board cannot hold -----------------------------------------------------------
