@@ -1,5 +1,6 @@
-"""Every outgoing task is built here: tasks sent by producers, cron ticks, and a worker's copies of
-broadcasts, all with one id scheme that sorts by creation time and takes its time from the Clock."""
+"""Every outgoing task is built here: tasks sent by producers, cron ticks and broadcasts (whose per-worker
+copies the broker stores, see ``Producer.broadcast``), all with one id scheme that sorts by creation time
+and takes its time from the Clock."""
 
 from __future__ import annotations
 
@@ -52,8 +53,3 @@ class TaskFactory:
         # Rounded up: a task due at 12.3456 s must not become visible at 12.345 s (eta is never early).
         return OutgoingTask(task_id, queue, self.codec.encode(message), math.ceil(eta * 1000),
                             message.fingerprint())
-
-    def copy(self, payload: str, queue: str) -> OutgoingTask:
-        """Another stored copy of an encoded task (a worker's copy of a broadcast) under an id of its own:
-        acknowledging one copy must not delete another."""
-        return OutgoingTask(self.ids.new(), queue, payload)

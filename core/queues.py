@@ -12,6 +12,14 @@ from hexq.core.errors import ConfigError, UnknownQueueError
 from hexq.core.validation import check_name, optional_whole_number, whole_number
 
 QUEUE_NAME_MAX_LENGTH = 200
+# A worker's private queue, which the broker fills with its copies of each broadcast and its children serve
+# first, is this prefix and the worker id; '@' cannot appear in a user queue name (check_name).
+BROADCAST_QUEUE_PREFIX = "@broadcast."
+
+
+def broadcast_queue(worker_id: str) -> str:
+    """The worker's private queue for broadcasts."""
+    return BROADCAST_QUEUE_PREFIX + worker_id
 
 
 def check_queue_name(name: object) -> str:

@@ -12,9 +12,15 @@ import attrs
 EXPIRY_GRACE_MS = 3000
 # A worker heartbeat older than this belongs to a worker that died without saying goodbye: forget it.
 STALE_WORKER_MS = 10 * 60 * 1000
+# A broadcast is copied for the workers whose last heartbeat is at most this old. A worker parent beats at
+# least once a second (min(1 s, lease_timeout / 4)), so this is ten missed beats: more than a beat delayed by
+# one slow broker call (a socket timeout) or a short outage, so a live worker is not skipped; short enough
+# that a worker killed without a goodbye stops being counted (and sent copies nobody runs) within seconds.
+LIVE_WORKER_MS = 10_000
 
 
 @attrs.frozen
 class LeaseRules:
     expiry_grace_ms: int = EXPIRY_GRACE_MS
     stale_worker_ms: int = STALE_WORKER_MS
+    live_worker_ms: int = LIVE_WORKER_MS

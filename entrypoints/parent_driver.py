@@ -6,8 +6,7 @@ signalling processes, and every broker call.
 - The main thread watches processes every ``interval`` (20 ms): it reaps exits, reads the running board,
   feeds both to the machine with the time, and carries out process actions at once. It never calls the
   broker, so a slow or black-holed Redis cannot delay a hard timeout or the replacement of a child.
-- The broker thread carries out broker actions in order and reports each result back to the machine;
-  between actions it waits for broadcasts on the subscription.
+- The broker thread carries out broker actions in order and reports each result back to the machine.
 
 The machine is not thread-safe: every call into it holds ``_lock``, and no I/O happens under the lock.
 """
@@ -22,14 +21,12 @@ from typing import Protocol
 
 from hexq.core.errors import HexqError
 from hexq.core.ports import (
-    BroadcastSubscription,
     Clock,
     Consumer,
     Delivery,
     Inspection,
     Metrics,
     ProcessControl,
-    Producer,
     RunningBoard,
     Supervision,
 )
@@ -41,10 +38,8 @@ from hexq.core.services.parent_events import (
     CheckMemory,
     Finish,
     Kill,
-    Relay,
     Settle,
     Spawn,
-    Subscribe,
     Terminate,
 )
 
@@ -53,10 +48,8 @@ log = logging.getLogger("hexq.worker")
 WATCH_INTERVAL = 0.02  # hard timeouts fire, and dead children are noticed, within about this much
 
 
-class ParentBroker(Supervision, Consumer, Producer, Inspection, Protocol):
-    """The broker roles a worker parent uses, plus dropping its private broadcast queue at exit."""
-
-    def purge_queue(self, queue: str) -> tuple[int, int]: ...
+class ParentBroker(Supervision, Consumer, Inspection, Protocol):
+    """The broker roles a worker parent uses."""
 
 
 # Records a task that ran past its hard timeout as a failed attempt of the dead consumer that owned it.
@@ -78,7 +71,6 @@ class ParentDriver:
         self._interval = interval
         self._lock = threading.Lock()
         self._actions: queue.SimpleQueue[BrokerAction] = queue.SimpleQueue()
-        self._subscription: BroadcastSubscription | None = None
         self._stop_requested = False
 
     def request_stop(self) -> None:
@@ -144,26 +136,10 @@ class ParentDriver:
     def _broker_loop(self) -> None:
         while not self.machine.finished:
             try:
-                action = self._actions.get(timeout=0.0 if self._subscription else self._interval)
+                action = self._actions.get(timeout=self._interval)
             except queue.Empty:
-                if self._subscription is not None:
-                    self._wait_for_broadcast(self._subscription)
                 continue
             self._execute(action)
-
-    def _wait_for_broadcast(self, subscription: BroadcastSubscription) -> None:
-        try:
-            payload = subscription.get(self._interval)
-        except HexqError as exc:
-            self._close_subscription()
-            with self._lock:
-                self.machine.subscription_lost(exc, self._clock.monotonic())
-            return
-        if payload is not None:
-            with self._lock:
-                actions = self.machine.broadcast_received(payload)
-            for action in actions:
-                self._execute(action)  # type: ignore[arg-type]  # broadcasts only lead to broker actions
 
     def _execute(self, action: BrokerAction) -> None:
         error: BaseException | None = None
@@ -183,13 +159,8 @@ class ParentDriver:
             self._settle(action)
         elif isinstance(action, Beat):
             self._beat(action)
-        elif isinstance(action, Subscribe):
-            self._close_subscription()
-            self._subscription = self._broker.subscribe_broadcast()
-        elif isinstance(action, Relay):
-            self._broker.enqueue([action.task])
         elif isinstance(action, Finish):
-            self._finish(action)
+            self._finish()
 
     def _settle(self, action: Settle) -> None:
         crashed = list(action.crashed)
@@ -218,22 +189,10 @@ class ParentDriver:
             self._metrics.queue_depths({s.name: s.pending for s in stats}, {s.name: s.eta for s in stats},
                                        {s.name: s.in_flight for s in stats})
 
-    def _finish(self, action: Finish) -> None:
-        self._close_subscription()
-        errors: list[HexqError] = []
-        for step in (lambda: self._broker.purge_queue(action.broadcast_queue),
-                     lambda: self._broker.forget_worker(self.machine.config.worker_id)):
-            try:
-                step()
-            except HexqError as exc:
-                errors.append(exc)
-        if errors:
-            log.warning("could not tidy up after this worker (%s); its heartbeat expires by itself", errors[0])
-
-    def _close_subscription(self) -> None:
-        if self._subscription is not None:
-            try:
-                self._subscription.close()
-            except Exception:  # closing is best effort: the connection may be gone already
-                pass
-            self._subscription = None
+    def _finish(self) -> None:
+        try:
+            self._broker.forget_worker(self.machine.config.worker_id)
+        except HexqError as exc:
+            # The heartbeat stops counting for broadcasts after LeaseRules.live_worker_ms, and the next
+            # worker's heartbeat forgets this one (and its private queue) after stale_worker_ms.
+            log.warning("could not tidy up after this worker (%s); its heartbeat expires by itself", exc)

@@ -25,8 +25,8 @@ from hexq.adapters.posix.processes import PosixProcessControl
 from hexq.adapters.redis.errors import NotAClusterError
 from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
 from hexq.core.ports import Broker, Delivery, Metrics, NoMetrics
+from hexq.core.queues import broadcast_queue
 from hexq.core.services.parent import ParentConfig, WorkerParent
-from hexq.core.services.parent_events import broadcast_queue
 from hexq.core.services.runner import TaskRunner
 from hexq.entrypoints import bootstrap
 from hexq.entrypoints.app import HexQ
@@ -106,7 +106,7 @@ def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixPro
         heartbeat_interval=min(1.0, app.lease_timeout / 4), info=info,
         report_depths=not isinstance(metrics, NoMetrics),
     )
-    machine = WorkerParent(config, app.codec, bootstrap.task_factory(app, app.clock))
+    machine = WorkerParent(config)
     # One runner records every hard timeout, each on behalf of the dead child's consumer.
     recorder = TaskRunner(app.registry, app.codec, broker, app.clock, plan.worker_id, bootstrap.process_random(),
                           metrics=metrics)

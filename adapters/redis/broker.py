@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions
 from redis.client import NEVER_DECODE
 
-from hexq.adapters.redis.broadcast import RedisSubscription
-from hexq.adapters.redis.client import blocking_twin, bytes_twin, clients_for, describe
+from hexq.adapters.redis.client import blocking_twin, clients_for, describe
 from hexq.adapters.redis.codec import chunks, dead_letter_record, in_flight_record, packed
 from hexq.adapters.redis.direct import DirectCommand
 from hexq.adapters.redis.durable import DurableEnqueue
@@ -39,6 +38,7 @@ from hexq.adapters.redis.settings import DEFAULT_WAIT_TIMEOUT_MS
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.message import stored_text as text
 from hexq.core.ports import Delivery, OutgoingTask, Reservation
+from hexq.core.queues import BROADCAST_QUEUE_PREFIX
 from hexq.core.rules import LeaseRules
 
 if TYPE_CHECKING:
@@ -81,8 +81,6 @@ class RedisBroker(RedisInspection):
         self._translator = translated(self._where)
         self._direct = DirectCommand(client.connection_pool)
         self._blocking_direct = DirectCommand(self._blocking.connection_pool)
-        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-        self._confirm_timeout = float(timeout) if timeout else 15.0
         self._wait_replicas = wait_replicas  # read by every enqueue: 0 keeps it on the plain path
         self._wait_timeout_ms = wait_timeout_ms
         self._durable = DurableEnqueue(client, self._direct, self._scripts, self._tasks_key, self._translator,
@@ -154,9 +152,12 @@ class RedisBroker(RedisInspection):
         done = replies[-1]
         return isinstance(done, list) and not any(isinstance(reply, Exception) for reply in (*replies, *done))
 
-    def publish_broadcast(self, payload: str) -> int:
+    def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
+        # One script: the live workers read from {p}:workers and every copy stored in the same step. Not
+        # waited for by durable enqueue (wait_replicas): WAIT would need the script on a pinned connection.
+        live_since = now_ms - self._rules.live_worker_ms
         with self._translator:
-            return int(self._client.publish(self._keys.broadcast, payload))
+            return int(self._scripts.run("broadcast", [task.id, task.payload, live_since, BROADCAST_QUEUE_PREFIX]))
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
@@ -324,24 +325,13 @@ class RedisBroker(RedisInspection):
             pipe.hset(self._keys.workerinfo, worker_id, info)
             pipe.zrangebyscore(self._keys.workers, "-inf", f"({now_ms - self._rules.stale_worker_ms}")
             stale = pipe.execute()[2]
-            if stale:  # workers that died without a goodbye (SIGKILL, lost machine)
-                pipe = self._client.pipeline(transaction=True)
-                pipe.zrem(self._keys.workers, *stale)
-                pipe.hdel(self._keys.workerinfo, *stale)
-                pipe.execute()
+            if stale:  # workers that died without a goodbye (SIGKILL, lost machine): their queues go too
+                self._scripts.run("forget_workers", [now_ms - self._rules.stale_worker_ms, BROADCAST_QUEUE_PREFIX,
+                                                     *stale])
 
     def forget_worker(self, worker_id: str) -> None:
         with self._translator:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.zrem(self._keys.workers, worker_id)
-            pipe.hdel(self._keys.workerinfo, worker_id)
-            pipe.execute()
-
-    def subscribe_broadcast(self) -> RedisSubscription:
-        # Bytes, decoded by the subscription: a message that is not UTF-8 (anyone can PUBLISH) must be
-        # dropped, not break the connection's parser for every message after it.
-        return RedisSubscription(bytes_twin(self._client), self._keys.broadcast, self._where,
-                                 self._confirm_timeout)
+            self._scripts.run("forget_workers", ["", BROADCAST_QUEUE_PREFIX, worker_id])
 
     # -- cron --------------------------------------------------------------------------------------
     def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:

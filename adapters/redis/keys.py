@@ -14,7 +14,8 @@ the scripts and ``Keys`` write matches this table).
 ====================  ======  ===========================================================================
 key                   type    contents
 ====================  ======  ===========================================================================
-{p}:q:<queue>         list    runnable task ids; RPUSH at the tail, LPOP at the head (FIFO)
+{p}:q:<queue>         list    runnable task ids; RPUSH at the tail, LPOP at the head (FIFO); the queues
+                              ``@broadcast.<worker id>`` hold each worker's copies of broadcasts
 {p}:tasks             hash    task id -> payload, for every queued, waiting or owned task
 {p}:eta:<queue>       zset    task id -> eta ms, tasks waiting for their eta
 {p}:etakeys:<queue>   hash    ``k:<dedup key>`` -> task id and ``i:<task id>`` -> dedup key, for waiting
@@ -29,7 +30,8 @@ key                   type    contents
 {p}:dead              list    dead letters as JSON ``{id, queue, payload, reason, failed_at_ms}``,
                               newest first
 {p}:cron              hash    schedule key -> last fire ms
-{p}:workers           zset    worker id -> last heartbeat ms
+{p}:workers           zset    worker id -> last heartbeat ms; a broadcast is copied for the workers whose
+                              heartbeat is recent (LeaseRules.live_worker_ms)
 {p}:workerinfo        hash    worker id -> info JSON written by the worker
 {p}:idle:<queue>      zset    consumer -> ms it last found every queue it serves empty and went to wait;
                               cleared when it takes work, dropped after the stale-worker age (and the key
@@ -41,7 +43,6 @@ key                   type    contents
 {p}:wake              list    the wake list of hexq before per-queue wake-ups (tokens for everyone, up to
                               64, on every enqueue): no longer written, but still in every worker's BLPOP,
                               so producers not yet upgraded keep waking upgraded workers
-{p}:broadcast         pubsub  channel of broadcast payloads
 {p}:meta              hash    ``partitions`` -> how many partitions the app's keys are spread over; absent
                               (one partition, the layout above) until an app runs with ``partitions`` > 1
 ====================  ======  ===========================================================================
@@ -69,10 +70,14 @@ write:
 - ``claim_cron``: cron, then as ``enqueue``.
 - ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*.
 - ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes.
+- ``broadcast``: reads workers; tasks, q:@broadcast.<worker>, armed:*, wake:* (one copy per live worker).
+- ``forget_workers`` (``forget_worker``, and ``heartbeat`` for the stale ones): workers, workerinfo,
+  q:@broadcast.<worker>, tasks, crashes, and the idle:, armed: and wake: keys of that queue.
 
 Single-command or MULTI/EXEC operations: a single runnable ``.delay()`` (HSET tasks, RPUSH q:<queue>,
-LMOVE armed:<queue> to wake:<queue>), renew_leases (leases, suspects), heartbeat and forget_worker
-(workers, workerinfo), purge_dead (dead), publish (broadcast), and the read-only inspections and lookup.
+LMOVE armed:<queue> to wake:<queue>), renew_leases (leases, suspects), heartbeat (workers, workerinfo),
+purge_dead (dead), and the read-only inspections and lookup. hexq uses no pub/sub channel: until this
+version, broadcasts were PUBLISHed on ``{p}:broadcast`` and relayed by each worker.
 """
 
 from __future__ import annotations
@@ -95,7 +100,6 @@ SINGLE_KEYS: dict[str, str] = {
     "WORKERS": "workers",
     "WORKERINFO": "workerinfo",
     "WAKE": "wake",
-    "BROADCAST": "broadcast",
     "META": "meta",
 }
 # Keys per queue or per consumer: the Lua function that builds each -> the part between ``{p}:`` and the name.
@@ -205,10 +209,6 @@ class Keys:
 
     def armed(self, queue: str) -> str:
         return self.base + FAMILIES["armedkey"] + queue
-
-    @property
-    def broadcast(self) -> str:
-        return self.base + SINGLE_KEYS["BROADCAST"]
 
     @property
     def meta(self) -> str:

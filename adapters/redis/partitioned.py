@@ -7,9 +7,9 @@ over up to N nodes. What lives where:
 - tasks: a runnable task goes to the next partition in turn (each process starts at a random one, so
   producers do not all begin on the same node); a partition that cannot be reached is skipped and the task
   stored in the next. An eta task with a dedup key goes to the partition its key names (crc32), so that
-  enqueueing it again finds and moves the waiting one. A worker's copies of broadcasts ('@' queues) go to
-  partition 0.
-- cron claims, worker heartbeats, broadcasts and the recorded partition count (``{p}:meta``): partition 0.
+  enqueueing it again finds and moves the waiting one.
+- cron claims, worker heartbeats, broadcasts (the copies in each worker's '@' queue are written by one
+  script next to the heartbeats it reads) and the recorded partition count (``{p}:meta``): partition 0.
 - ownership, leases, dead letters and crash counts: in the partition the task is in. A consumer's lease is
   renewed in every partition, and a dead consumer is recovered in every partition.
 
@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from hexq.core.errors import BrokerUnavailableError, ConfigError
 from hexq.core.ports import (
-    BroadcastSubscription,
     DeadLetter,
     Delivery,
     InFlight,
@@ -129,8 +128,9 @@ class PartitionedBroker:
         assert failure is not None
         raise failure
 
-    def publish_broadcast(self, payload: str) -> int:
-        return self._parts[0].publish_broadcast(payload)
+    def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
+        self._check_layout()  # as enqueue does: every write of a process with another partition count is refused
+        return self._parts[0].broadcast(task, now_ms)
 
     # -- consuming -----------------------------------------------------------------------------------
     def _by_partition(self, ids: Iterable[str]) -> dict[int, list[str]]:
@@ -291,9 +291,6 @@ class PartitionedBroker:
 
     def forget_worker(self, worker_id: str) -> None:
         self._parts[0].forget_worker(worker_id)
-
-    def subscribe_broadcast(self) -> BroadcastSubscription:
-        return self._parts[0].subscribe_broadcast()
 
     # -- cron ----------------------------------------------------------------------------------------
     def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:

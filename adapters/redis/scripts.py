@@ -26,6 +26,8 @@ NAMES = (
     "claim_cron",
     "requeue_dead",
     "purge_queue",
+    "broadcast",
+    "forget_workers",
 )
 
 

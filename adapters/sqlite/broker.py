@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 
 from hexq.adapters.sqlite import statements
-from hexq.adapters.sqlite.broadcast import SqliteSubscription, publish
 from hexq.adapters.sqlite.database import Database, FileDatabase
 from hexq.adapters.sqlite.inspection import SqliteInspection
 from hexq.adapters.sqlite.settings import SqliteSettings
@@ -29,7 +28,7 @@ log = logging.getLogger("hexq.sqlite")
 
 class SqliteBroker(SqliteInspection):
     """Nothing is opened before the first call (and then once per thread and process). ``rules`` (the
-    expiry grace, the stale-worker age) come from the composition root."""
+    expiry grace, the stale-worker age, the live-worker age) come from the composition root."""
 
     def __init__(self, database: Database, *, rules: LeaseRules = _DEFAULT_RULES) -> None:
         self._db = database
@@ -52,8 +51,11 @@ class SqliteBroker(SqliteInspection):
         if self._db.write(statements.store, tasks):
             self._db.wake_waiters()
 
-    def publish_broadcast(self, payload: str) -> int:
-        return publish(self._db, payload)
+    def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
+        copies = self._db.write(statements.broadcast, task, now_ms - self._rules.live_worker_ms)
+        if copies:
+            self._db.wake_waiters()
+        return copies
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
@@ -119,9 +121,6 @@ class SqliteBroker(SqliteInspection):
 
     def forget_worker(self, worker_id: str) -> None:
         self._db.write(statements.forget_worker, worker_id)
-
-    def subscribe_broadcast(self) -> SqliteSubscription:
-        return SqliteSubscription(self._db)
 
     # -- cron --------------------------------------------------------------------------------------
     def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:

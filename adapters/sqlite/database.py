@@ -40,7 +40,7 @@ from typing import Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
 from hexq.adapters.sqlite.errors import SqliteFileError, translate
 from hexq.adapters.sqlite.schema import MIN_SQLITE, ensure_schema
 from hexq.adapters.sqlite.settings import SqliteSettings
-from hexq.adapters.sqlite.waking import CommitProbe, Listener, Waker
+from hexq.adapters.sqlite.waking import CommitProbe, Waker
 
 log = logging.getLogger("hexq.sqlite")
 
@@ -86,17 +86,11 @@ class Database(Protocol):
     def read(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args,
              **kwargs: P.kwargs) -> T: ...
 
-    def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None: ...
+    def wait(self, ready: Ready, timeout: float) -> None: ...
 
     def wake_waiters(self) -> None: ...
 
     def checkpoint(self) -> None: ...
-
-    def listener(self, kind: str) -> Listener | None: ...
-
-    def poke(self, path: str) -> bool:
-        """Wake the socket at ``path``; False only when nobody holds it any more."""
-        ...
 
     def close(self) -> None: ...
 
@@ -234,26 +228,17 @@ class FileDatabase:
         """After a commit that made tasks runnable: wake the waiting reservations of every process."""
         self.waker().wake_waiters()
 
-    def listener(self, kind: str) -> Listener:
-        return self.waker().listener(kind)
-
-    def poke(self, path: str) -> bool:
-        return self.waker().send(path)
-
-    def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None:
+    def wait(self, ready: Ready, timeout: float) -> None:
         """Return once ``ready(conn)`` holds, checked at once and after each commit seen, or after
-        ``timeout`` seconds. A commit is seen through a datagram on ``listener`` (one is bound for this
-        call when none is given) or through the commit probe (``waking.CommitProbe``), checked every
-        ``listener.poll_s``; a caller's own listener (a subscription's) is trusted for the whole timeout,
-        since a publisher always sends to it."""
-        self._guarded(self._wait, ready, timeout, listener)
+        ``timeout`` seconds. A commit is seen through a datagram on a socket bound for this call or through
+        the commit probe (``waking.CommitProbe``), checked every ``Listener.poll_s``."""
+        self._guarded(self._wait, ready, timeout)
 
-    def _wait(self, ready: Ready, timeout: float, listener: Listener | None) -> None:
+    def _wait(self, ready: Ready, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         conn = self.connection()
-        mine = listener is None
-        heard = self.listener("t") if listener is None else listener  # bound first: no commit after it is missed
-        poll_s = heard.poll_s if mine or heard.path is None else timeout
+        heard = self.waker().listener()  # bound first: no commit after it is missed
+        poll_s = heard.poll_s
         try:
             version = self._probe.token(conn)
             if ready(conn):
@@ -266,8 +251,7 @@ class FileDatabase:
                     if ready(conn):
                         return
         finally:
-            if mine:
-                heard.close()
+            heard.close()
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,6 @@ from typing import Concatenate
 
 from hexq.adapters.sqlite.database import P, Ready, T, transact
 from hexq.adapters.sqlite.schema import ensure_schema
-from hexq.adapters.sqlite.waking import Listener
 
 _template: tuple[int, sqlite3.Connection] | None = None
 _template_lock = threading.Lock()
@@ -60,13 +59,7 @@ class MemoryDatabase:
     def checkpoint(self) -> None:
         return None
 
-    def listener(self, kind: str) -> None:
-        return None
-
-    def poke(self, path: str) -> bool:
-        return True
-
-    def wait(self, ready: Ready, timeout: float, listener: Listener | None = None) -> None:
+    def wait(self, ready: Ready, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not ready(self._conn):

@@ -18,10 +18,8 @@ leases         consumer -> lease deadline ms, and when it was first seen expired
                of rewriting an index page each time it extends one
 dead           dead letters, ``seq`` ascending = oldest first
 cron           schedule key -> last fired tick ms
-workers        worker id -> last heartbeat ms and info JSON
-broadcasts     seq -> payload; the last ``BROADCASTS_KEPT`` are kept (so the largest seq is never reused),
-               each subscription reads those past the largest seq when it subscribed
-subscribers    live broadcast subscriptions and their wake-up socket, counted by publish_broadcast
+workers        worker id -> last heartbeat ms and info JSON (a broadcast is copied into the private queue,
+               in ``tasks``, of each worker whose heartbeat is recent)
 =============  =============================================================================================
 
 Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
@@ -29,6 +27,15 @@ Indexes are partial, one per state, so each hot query is a range scan of exactly
 id) WHERE state = 1`` (due tasks in eta order, the next eta), ``tasks_dedup UNIQUE (queue, dedup_key) WHERE
 state = 1`` (one waiting task per key), ``tasks_owned (consumer, since_ms, pos) WHERE state = 2`` (a consumer's tasks
 in reservation order); plus ``dead_id`` and ``workers_beat``.
+
+Versions. 1 had two more tables, ``broadcasts`` (payloads by sequence number) and ``subscribers`` (each
+worker parent's subscription, which copied every broadcast into its queue). 2 drops them: ``broadcast``
+writes the copies itself (``statements.broadcast``). A version 1 database is used as it is, not migrated:
+this code never reads those tables, and a process of the previous hexq still running on the file during an
+upgrade keeps working (its broadcasts reach only the workers of its own version, which read them; copies
+sent by this version reach both). A new database is version 2, which the previous hexq refuses with the
+message below (it would look for the tables). Once no process of version 1 is left, the two tables may be
+dropped by hand (``DROP TABLE broadcasts; DROP TABLE subscribers;``) and ``schema_version`` set to 2.
 """
 
 from __future__ import annotations
@@ -37,9 +44,9 @@ import sqlite3
 
 from hexq.adapters.sqlite.errors import SqliteSchemaError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OLDEST_USABLE_VERSION = 1  # version 1 only has two more tables that this version ignores
 QUEUED, WAITING, OWNED = 0, 1, 2
-BROADCASTS_KEPT = 1000  # a subscription reads every 20 ms: no burst between two reads is this long
 MIN_SQLITE = (3, 35, 0)  # upserts with several ON CONFLICT clauses
 
 _DDL = f"""
@@ -67,8 +74,6 @@ CREATE INDEX dead_id ON dead (id);
 CREATE TABLE cron (schedule_key TEXT PRIMARY KEY, last_fire_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE workers (worker_id TEXT PRIMARY KEY, last_beat_ms INTEGER NOT NULL, info TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX workers_beat ON workers (last_beat_ms);
-CREATE TABLE broadcasts (seq INTEGER PRIMARY KEY, payload TEXT NOT NULL);
-CREATE TABLE subscribers (id TEXT PRIMARY KEY, wake_path TEXT) WITHOUT ROWID;
 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION});
 """
 
@@ -82,8 +87,9 @@ def stored_version(conn: sqlite3.Connection) -> int | None:
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
-    """Create the layout in an empty database, accept this version, refuse a newer one. Runs once per
-    connection; the creation is one transaction, so racing processes create it once."""
+    """Create the layout in an empty database, accept this version and the older ones it can use as they are
+    (see the module docstring), refuse a newer one. Runs once per connection; the creation is one
+    transaction, so racing processes create it once."""
     version = stored_version(conn)
     if version is None:
         conn.execute("BEGIN IMMEDIATE")
@@ -102,3 +108,8 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
             f"the SQLite database {path} has schema version {version}, written by a newer hexq than this one "
             f"(which knows version {SCHEMA_VERSION}): upgrade hexq in every process that uses it, or point this "
             "one at another database file")
+    if version is not None and version < OLDEST_USABLE_VERSION:
+        raise SqliteSchemaError(
+            f"the SQLite database {path} has schema version {version}, which no hexq release wrote and this one "
+            f"cannot use (it uses versions {OLDEST_USABLE_VERSION} to {SCHEMA_VERSION}): point hexq at another "
+            "database file")

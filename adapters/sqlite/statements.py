@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
 from hexq.core.ports import OutgoingTask
+from hexq.core.queues import broadcast_queue
 
 CHUNK = 1000  # at most this many tasks taken or promoted per call, as the Redis scripts do
 # Each reservation recovers at most this many expired consumers, so one call never holds the write lock
@@ -58,6 +59,7 @@ _LEASE = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
           "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms, suspected_ms = NULL")
 _RENEW = ("INSERT INTO leases (consumer, until_ms) VALUES (?, ?) "
           "ON CONFLICT (consumer) DO UPDATE SET until_ms = excluded.until_ms, suspected_ms = NULL")
+_LIVE_WORKERS = "SELECT worker_id FROM workers WHERE last_beat_ms >= ? ORDER BY last_beat_ms, worker_id"
 _CLAIM = ("INSERT INTO cron (schedule_key, last_fire_ms) VALUES (?, ?) ON CONFLICT (schedule_key) "
           "DO UPDATE SET last_fire_ms = excluded.last_fire_ms WHERE excluded.last_fire_ms > cron.last_fire_ms")
 
@@ -87,6 +89,14 @@ def store(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> int:
         conn.executemany(_UPSERT_WAITING, [(t.id, t.queue, t.payload, t.eta_ms, t.dedup_key)
                                            for t in tasks if t.eta_ms is not None])
     return len(runnable)
+
+
+def broadcast(conn: sqlite3.Connection, task: OutgoingTask, live_since_ms: int) -> int:
+    """One copy of ``task`` for each worker whose last heartbeat is at least ``live_since_ms``, at the tail of
+    its private queue under the id "<task id>.<n>" (as broadcast.lua does). Returns how many."""
+    workers = [w for (w,) in conn.execute(_LIVE_WORKERS, (live_since_ms,))]
+    store(conn, [OutgoingTask(f"{task.id}.{n}", broadcast_queue(w), task.payload) for n, w in enumerate(workers, 1)])
+    return len(workers)
 
 
 def claim_cron(conn: sqlite3.Connection, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
@@ -229,8 +239,13 @@ def lookup(conn: sqlite3.Connection, task_id: str) -> tuple[str, bytes | None, i
 def heartbeat(conn: sqlite3.Connection, worker_id: str, info: str, now_ms: int, stale_ms: int) -> None:
     conn.execute("INSERT INTO workers (worker_id, last_beat_ms, info) VALUES (?, ?, ?) ON CONFLICT (worker_id) "
                  "DO UPDATE SET last_beat_ms = excluded.last_beat_ms, info = excluded.info", (worker_id, now_ms, info))
-    conn.execute("DELETE FROM workers WHERE last_beat_ms < ?", (now_ms - stale_ms,))  # died without a goodbye
+    stale = conn.execute("SELECT worker_id FROM workers WHERE last_beat_ms < ?", (now_ms - stale_ms,)).fetchall()
+    for (worker,) in stale:  # died without a goodbye (SIGKILL, lost machine)
+        forget_worker(conn, worker)
 
 
 def forget_worker(conn: sqlite3.Connection, worker_id: str) -> None:
+    """The heartbeat, and the worker's private queue with the broadcast copies waiting there (copies its
+    children own are settled as any task): nobody serves that queue any more."""
     conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+    conn.execute(f"DELETE FROM tasks WHERE state = {QUEUED} AND queue = ?", (broadcast_queue(worker_id),))

@@ -10,10 +10,6 @@ format, shared by every process and SQLite version that opens the database). ``P
 the same, but it opens and closes a read transaction, which cost a waiting worker over 1% of a core at
 125 checks a second; the pread costs about a microsecond, so the timer wake-ups are what is left.
 
-A broadcast subscription binds ``b-<...>`` for its whole life; publishers find those through the
-``subscribers`` table and count the ones that answer (a socket nobody holds any more is refused: its
-process is gone).
-
 Everything here may fail (a read-only folder, a path longer than a socket address allows, another user's
 socket): failures are ignored, and waiting falls back to polling alone.
 """

@@ -3,7 +3,6 @@ cross them. ``broker`` holds the broker's roles, ``runtime`` time, processes and
 
 from hexq.core.ports.broker import (
     Administration,
-    BroadcastSubscription,
     Broker,
     Consumer,
     CronStore,
@@ -25,7 +24,6 @@ from hexq.core.ports.runtime import Clock, Metrics, NoMetrics, ProcessControl, R
 
 __all__ = [
     "Administration",
-    "BroadcastSubscription",
     "Broker",
     "ChildExit",
     "Clock",

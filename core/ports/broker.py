@@ -5,8 +5,8 @@ each service depends only on the role it uses, and the contract suite is organis
 Every method states its contract; ``tests/unit/broker_contract.py`` checks each adapter against it. Times
 cross the boundary as integer milliseconds since the epoch, passed in by the caller, so adapters never read
 a clock of their own and tests control time. The rules that are policy rather than storage (how long an
-expired lease is only suspected, when a silent worker is forgotten) come from ``hexq.core.rules`` and are
-handed to the adapter by the composition root.
+expired lease is only suspected, when a silent worker is forgotten, which workers count as live) come from
+``hexq.core.rules`` and are handed to the adapter by the composition root.
 
 Vocabulary: a *consumer* is one worker child; it *owns* the tasks it reserved until it acknowledges,
 retries, dead-letters or releases them. A consumer's lease is renewed by ``renew_leases``. An expired lease
@@ -34,7 +34,7 @@ from hexq.core.ports.records import (
 
 
 class Producer(Protocol):
-    """What ``.delay()``, ``.broadcast()`` and a worker's broadcast relay need."""
+    """What ``.delay()`` and ``.broadcast()`` need."""
 
     def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
         """Store tasks; each one is stored atomically (payload and queue entry together) and in order.
@@ -45,8 +45,19 @@ class Producer(Protocol):
         """
         ...
 
-    def publish_broadcast(self, payload: str) -> int:
-        """Send a payload to every subscribed worker; returns how many received it."""
+    def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
+        """Store one copy of ``task`` (a runnable task: no eta, no dedup key) for every live worker, at the
+        tail of the worker's private queue ``hexq.core.queues.broadcast_queue(worker_id)``, which its
+        children serve first; returns how many copies were stored.
+
+        A worker is live when its last ``heartbeat`` is at least ``now_ms - LeaseRules.live_worker_ms``
+        (or later). Atomic: every live worker gets its copy or none does (on BrokerUnavailableError a lost
+        reply cannot tell which; sending again may run it twice on a worker). Each copy has an id of its own
+        (the task's id, '.', a number; so at most 11 bytes longer): acknowledging or dead-lettering one never
+        touches another. A copy is an ordinary task from then on (leases, crash recovery, at least once). A
+        worker whose first heartbeat comes after the call does not get it; with no live worker nothing is
+        stored and 0 is returned. ``task.queue`` is not used (the payload names the queue it was sent to).
+        """
         ...
 
 
@@ -119,16 +130,15 @@ class Supervision(Protocol):
         ...
 
     def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
-        """Record that a worker parent is alive (shown by ``info``). Heartbeats older than
-        ``LeaseRules.stale_worker_ms`` (workers that died without ``forget_worker``) are dropped."""
+        """Record that a worker parent is alive (shown by ``info``). Workers whose heartbeat is older than
+        ``LeaseRules.stale_worker_ms`` (they died without ``forget_worker``) are forgotten as
+        ``forget_worker`` does, in the same call."""
         ...
 
     def forget_worker(self, worker_id: str) -> None:
-        """Remove a worker's heartbeat, on clean exit."""
-        ...
-
-    def subscribe_broadcast(self) -> BroadcastSubscription:
-        """Start receiving broadcasts; only payloads published after this returns are received."""
+        """On a worker's clean exit, atomically: remove its heartbeat, and its private broadcast queue with
+        the copies waiting there (a broadcast stored meanwhile cannot be left behind). Copies its children
+        still own are not touched (they are settled as any task). Unknown workers are ignored."""
         ...
 
 
@@ -185,15 +195,6 @@ class Administration(Protocol):
     def purge_queue(self, queue: str) -> tuple[int, int]:
         """Delete a queue's pending tasks and its eta set; returns (pending deleted, eta deleted)."""
         ...
-
-
-class BroadcastSubscription(Protocol):
-    def get(self, timeout: float) -> str | bytes | None:
-        """The next broadcast payload, or None after ``timeout`` seconds without one. Bytes only when
-        what was published is not UTF-8 text."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class Broker(Producer, Consumer, Supervision, CronStore, Inspection, Administration, Protocol):

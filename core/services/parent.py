@@ -1,11 +1,13 @@
 """The worker parent as a state machine that performs no I/O, in the way h11 is.
 
 Facts go in: the start, a tick with the time and what the running board shows, a child's exit, memory
-readings, a broadcast that arrived, the result of each broker action, a stop request. Actions come out
-(``parent_events``): spawn, terminate or kill a child, check memory, settle a dead child's tasks, beat
-(renew leases and heartbeat), subscribe, relay a broadcast, finish. The driver
-(``hexq.entrypoints.parent_driver``) owns the threads, the lock, sleeping, forking and every broker call;
-this class never waits and never calls a port, so its tests feed facts and assert actions.
+readings, the result of each broker action, a stop request. Actions come out (``parent_events``): spawn,
+terminate or kill a child, check memory, settle a dead child's tasks, beat (renew leases and heartbeat),
+finish. Broadcasts need nothing from the parent beyond its heartbeat: the broker stores a copy in the
+worker's private queue for every worker whose heartbeat is fresh (``Producer.broadcast``), and the children
+serve that queue first. The driver (``hexq.entrypoints.parent_driver``) owns the threads, the lock, sleeping,
+forking and every broker call; this class never waits and never calls a port, so its tests feed facts and
+assert actions.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from typing import Any
 
 import attrs
 
-from hexq.core.errors import BrokerError, MalformedPayloadError
-from hexq.core.message import Codec
-from hexq.core.outgoing import TaskFactory
+from hexq.core.errors import BrokerError
 from hexq.core.ports import ChildExit
 from hexq.core.services.outage import OutageLog
 from hexq.core.services.parent_events import (
@@ -30,12 +30,9 @@ from hexq.core.services.parent_events import (
     Child,
     Finish,
     Kill,
-    Relay,
     Settle,
     Spawn,
-    Subscribe,
     Terminate,
-    broadcast_queue,
 )
 from hexq.core.services.respawn import RespawnPolicy
 
@@ -45,7 +42,6 @@ log = logging.getLogger("hexq.worker")
 BoardRow = Sequence[tuple[str, float]]
 SETTLE_RETRY_MAX = 1.0  # seconds between attempts to settle a dead child's tasks during an outage
 SETTLE_GIVE_UP_AFTER_STOP = 10.0  # at shutdown: leave what is still unsettled to lease expiry
-SUBSCRIBE_RETRY = 2.0
 DEPTHS_EVERY_BEATS = 5
 
 
@@ -64,8 +60,6 @@ class ParentConfig:
 @attrs.define
 class WorkerParent:
     config: ParentConfig
-    codec: Codec
-    factory: TaskFactory
     children: dict[int, Child] = attrs.field(factory=dict)  # by index
     respawns: RespawnPolicy = attrs.field(factory=RespawnPolicy)
     stopping: bool = False
@@ -78,15 +72,13 @@ class WorkerParent:
     _unsettled: list[tuple[float, Settle]] = attrs.field(factory=list)  # (when to try again, what)
     _settle_delay: float = 0.0
     _settling: int = 0  # Settle actions handed out and not completed yet
-    _subscribed: bool = False
-    _next_subscribe: float | None = None
     _finishing: bool = False
     _outage: OutageLog = attrs.field(factory=lambda: OutageLog(log))
 
     # -- facts ---------------------------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
         log.info("worker %s starting %d children", self.config.worker_id, self.config.concurrency)
-        return [Subscribe(), *(self._spawn(index) for index in range(self.config.concurrency))]
+        return [self._spawn(index) for index in range(self.config.concurrency)]
 
     def spawned(self, index: int, consumer: str, pid: int, now: float) -> None:
         self.children[index] = Child(index, consumer, pid, started_at=now)
@@ -96,9 +88,6 @@ class WorkerParent:
         if not self.stopping:
             actions += [self._spawn(index) for index in self.respawns.due(now)]
         actions += self._due_settles(now)
-        if self._next_subscribe is not None and now >= self._next_subscribe and not self._finishing:
-            self._next_subscribe = None
-            actions.append(Subscribe())
         if now >= self._next_beat:
             self._next_beat = now + self.config.heartbeat_interval
             actions.append(self._beat(wall_ms))
@@ -135,22 +124,6 @@ class WorkerParent:
         biggest.terminating_since = now
         return [Terminate(biggest.pid)]
 
-    def broadcast_received(self, payload: str | bytes) -> list[Action]:
-        try:
-            message = self.codec.decode(payload)
-        except MalformedPayloadError as exc:
-            log.error("dropping a malformed broadcast: %s", exc)
-            return []
-        text = payload if isinstance(payload, str) else payload.decode()  # it decoded, so it is UTF-8
-        # Through our private queue, under the same leases as any task: a child that is recycling or crashes
-        # does not lose it.
-        return [Relay(self.factory.copy(text, broadcast_queue(self.config.worker_id)), message.name)]
-
-    def subscription_lost(self, error: BaseException, now: float) -> None:
-        log.warning("broadcast subscription lost (%s); subscribing again", error)
-        self._subscribed = False
-        self._next_subscribe = now + 1.0
-
     def completed(self, action: BrokerAction, error: BaseException | None, now: float) -> list[Action]:
         """The driver carried out ``action``; ``error`` is the broker error it met, if any."""
         if error is None:
@@ -159,12 +132,6 @@ class WorkerParent:
             self._outage.failed(now, error)
         if isinstance(action, Settle):
             self._settled(action, error, now)
-        elif isinstance(action, Subscribe):
-            self._subscribed = error is None
-            if error is not None:
-                self._next_subscribe = now + SUBSCRIBE_RETRY
-        elif isinstance(action, Relay) and error is not None:
-            log.error("could not queue broadcast %s (%s): this worker misses it", action.name, error)
         elif isinstance(action, Finish):
             self.finished = True
             log.info("worker %s stopped", self.config.worker_id)
@@ -179,10 +146,6 @@ class WorkerParent:
         for child in self.children.values():
             child.terminating_since = now
         return [Terminate(child.pid) for child in self.children.values()]
-
-    @property
-    def subscribed(self) -> bool:
-        return self._subscribed
 
     # -- decisions -----------------------------------------------------------------------------------
     def _spawn(self, index: int) -> Spawn:
@@ -236,7 +199,7 @@ class WorkerParent:
         if unsettled:
             log.warning("leaving %d dead child(ren)'s tasks to lease expiry: the broker is unreachable",
                         len(self._unsettled) + self._settling)
-        return [Finish(broadcast_queue(self.config.worker_id))]
+        return [Finish()]
 
     def _beat(self, wall_ms: int) -> Beat:
         self._beats += 1

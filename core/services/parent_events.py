@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import attrs
 
-from hexq.core.ports import OutgoingTask
-
 
 @attrs.frozen
 class Spawn:
@@ -61,27 +59,13 @@ class Beat:
 
 
 @attrs.frozen
-class Subscribe:
-    """Open the broadcast subscription."""
-
-
-@attrs.frozen
-class Relay:
-    """Store this worker's copy of a broadcast in its private queue."""
-
-    task: OutgoingTask
-    name: str
-
-
-@attrs.frozen
 class Finish:
-    """Every child is gone: drop the private broadcast queue, close the subscription, forget the worker."""
-
-    broadcast_queue: str
+    """Every child is gone: forget the worker (its heartbeat, and its private broadcast queue with the copies
+    still waiting there, in one step: see ``Supervision.forget_worker``)."""
 
 
 ProcessAction = Spawn | Terminate | Kill | CheckMemory
-BrokerAction = Settle | Beat | Subscribe | Relay | Finish
+BrokerAction = Settle | Beat | Finish
 Action = ProcessAction | BrokerAction
 
 
@@ -94,8 +78,3 @@ class Child:
     terminating_since: float | None = None
     hard_killed_for: str | None = None  # the task it was SIGKILLed for running past its hard timeout
     killed_at_stop: bool = False  # SIGKILLed because it outlived the shutdown timeout
-
-
-def broadcast_queue(worker_id: str) -> str:
-    """The worker's private queue for broadcasts; '@' cannot appear in a user queue name."""
-    return f"@broadcast.{worker_id}"

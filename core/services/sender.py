@@ -44,8 +44,10 @@ class Sender:
         return [task.id for task in outgoing]
 
     def broadcast(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        """Run once on every running worker; returns how many workers received it."""
-        return self.broker.publish_broadcast(self._broadcast_task(name, args, kwargs).payload)
+        """Run once on every live worker; returns how many workers got a copy to run (see
+        ``Producer.broadcast``)."""
+        now = self.clock.now()
+        return self.broker.broadcast(self._broadcast_task(name, args, kwargs, now), int(now * 1000))
 
     def _outgoing(self, call: Send, now: float) -> OutgoingTask:
         definition = self.registry.get(call.name)
@@ -53,10 +55,10 @@ class Sender:
         eta = None if call.eta is None else eta_to_epoch(call.eta, now)
         return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta)
 
-    def _broadcast_task(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OutgoingTask:
+    def _broadcast_task(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], now: float) -> OutgoingTask:
         definition = self.registry.get(name)
         queue = self.registry.queues.default.name
-        return self.factory.new(definition.name, queue, args, kwargs, self.clock.now(), broadcast=True)
+        return self.factory.new(definition.name, queue, args, kwargs, now, broadcast=True)
 
     def _count(self, calls: Sequence[Send], outgoing: Sequence[OutgoingTask]) -> None:
         counts = Counter((call.name, task.queue) for call, task in zip(calls, outgoing, strict=True))
@@ -77,6 +79,6 @@ class InlineSender(Sender):
         return ids
 
     def broadcast(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        self.broker.enqueue([self._broadcast_task(name, args, kwargs)])
+        self.broker.enqueue([self._broadcast_task(name, args, kwargs, self.clock.now())])
         self.run_pending()
         return 1

@@ -267,7 +267,7 @@ class SqliteState:
             names = {0: "queued", 1: "waiting", 2: "owned"}
             for state, count in conn.execute("SELECT state, count(*) FROM tasks GROUP BY state"):
                 found[f"tasks {names.get(state, state)}"] = count
-            for table in ("leases", "dead", "cron", "workers", "subscribers"):
+            for table in ("leases", "dead", "cron", "workers"):
                 count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # fixed table names
                 if count:
                     found[table] = count

@@ -197,11 +197,9 @@ def test_after_a_failover_every_connection_resolves_the_new_primary(own_sentinel
     assert broker._blocking_direct._local.connection.port == new
     assert broker._client.connection_pool.get_master_address() == ("127.0.0.1", new)  # type: ignore[attr-defined]
     assert int(broker._client.execute_command("LLEN", f"{{{key_prefix}}}:q:default")) == 0
-    # Broadcast subscriptions (the worker parent's) are made on the new primary too.
-    subscription = broker.subscribe_broadcast()
-    assert broker.publish_broadcast("hello") == 1
-    assert subscription.get(2.0) == "hello"
-    subscription.close()
+    # Broadcasts are copied on the new primary too, for the workers whose heartbeats it holds.
+    broker.heartbeat("w1", "{}", int(time.time() * 1000))
+    assert broker.broadcast(OutgoingTask("everyone", "default", "hello"), int(time.time() * 1000)) == 1
     print(f"in-process failover: the producer enqueued again {resumed:.2f} s after the SIGKILL, after "
           f"{len(errors)} refused attempts (last: {errors[-1][:160] if errors else '-'})")
     broker.close()

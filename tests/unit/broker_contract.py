@@ -17,12 +17,14 @@ import pytest
 
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask, QueueStats
+from hexq.core.queues import broadcast_queue
 from hexq.core.rules import LeaseRules
 
 T0 = 1_700_000_000_000  # a realistic epoch-ms "now"
 LEASE = 30_000
 GRACE = LeaseRules().expiry_grace_ms  # how long an expired lease is only suspected (see Consumer.reserve)
 STALE_WORKER = LeaseRules().stale_worker_ms
+LIVE_WORKER = LeaseRules().live_worker_ms
 
 MakeBroker = Callable[[LeaseRules], Broker]
 
@@ -169,18 +171,70 @@ class ProducerContract(_Contract):
         assert stats(broker)[1] == 1
         assert ids(take(broker, now_ms=T0 + 50)) == ["a", "b"]
 
-    def test_broadcast_reaches_every_subscriber(self, broker: Broker) -> None:
-        assert broker.publish_broadcast("nobody") == 0
-        first = broker.subscribe_broadcast()
-        second = broker.subscribe_broadcast()
-        try:
-            assert broker.publish_broadcast("hello") == 2
-            assert first.get(2.0) == "hello"
-            assert second.get(2.0) == "hello"
-            assert first.get(0.05) is None
-        finally:
-            first.close()
-            second.close()
+    # -- broadcast ---------------------------------------------------------------------------------
+    def test_broadcast_stores_a_copy_for_each_live_worker_and_none_for_stale_ones(self, broker: Broker) -> None:
+        now = T0 + LIVE_WORKER
+        broker.heartbeat("gone", "{}", T0 - 1)  # silent for one millisecond more than the live age
+        broker.heartbeat("edge", "{}", T0)  # exactly the live age: still live
+        broker.heartbeat("fresh", "{}", now)
+        assert broker.broadcast(task("b", payload="hello"), now) == 2
+        copies = {w: take(broker, broadcast_queue(w)) for w in ("gone", "edge", "fresh")}
+        assert copies["gone"] == []
+        assert [(d.queue, d.payload, d.crashes) for w in ("edge", "fresh") for d in copies[w]] == [
+            (broadcast_queue("edge"), "hello", 0), (broadcast_queue("fresh"), "hello", 0)]
+        copy_ids = [d.id for w in ("edge", "fresh") for d in copies[w]]
+        # Ids of their own (never the task's), short enough for any task id a worker can run.
+        assert len(set(copy_ids)) == 2 and "b" not in copy_ids
+        assert all(len(i) <= len("b") + 11 for i in copy_ids)
+        assert stats(broker) == (0, 0, 0)  # nothing in the queue the task was sent to
+
+    def test_broadcast_with_no_live_worker_stores_nothing(self, broker: Broker) -> None:
+        assert broker.broadcast(task("b"), T0) == 0
+        broker.heartbeat("w1", "{}", T0)
+        assert broker.broadcast(task("c"), T0 + LIVE_WORKER + 1) == 0
+        assert take(broker, broadcast_queue("w1")) == [] and broker.in_flight() == []
+
+    def test_a_worker_that_starts_after_the_broadcast_does_not_get_it(self, broker: Broker) -> None:
+        broker.heartbeat("early", "{}", T0)
+        assert broker.broadcast(task("b"), T0) == 1
+        broker.heartbeat("late", "{}", T0 + 1)
+        assert take(broker, broadcast_queue("late")) == []
+        assert len(take(broker, broadcast_queue("early"))) == 1
+
+    def test_broadcast_copies_keep_the_order_of_broadcasts(self, broker: Broker) -> None:
+        broker.heartbeat("w1", "{}", T0)
+        for name in ("first", "second", "third"):
+            broker.broadcast(task(name, payload=name), T0)
+        assert [d.payload for d in take(broker, broadcast_queue("w1"))] == ["first", "second", "third"]
+
+    def test_each_copy_of_a_broadcast_is_settled_on_its_own(self, broker: Broker) -> None:
+        for worker in ("w1", "w2", "w3"):
+            broker.heartbeat(worker, "{}", T0)
+        assert broker.broadcast(task("b", payload="hello"), T0) == 3
+        (one,) = take(broker, broadcast_queue("w1"), consumer="c1")
+        (two,) = take(broker, broadcast_queue("w2"), consumer="c2")
+        (three,) = take(broker, broadcast_queue("w3"), consumer="c3")
+        broker.ack("c1", [one.id])
+        broker.dead_letter("c3", three.id, three.queue, three.payload, "r", T0)  # type: ignore[arg-type]
+        assert payload_of(broker, one.id) is None and payload_of(broker, two.id) == "hello"
+        assert broker.recover_consumer("c2", [two.id]) == 1  # c2 died running it: back, crash counted
+        assert [(d.id, d.payload, d.crashes) for d in take(broker, broadcast_queue("w2"))] == [(two.id, "hello", 1)]
+
+    @pytest.mark.parametrize("live_ms", [1000, 60_000])
+    def test_a_non_default_live_worker_age_is_honoured(self, make_broker: MakeBroker, live_ms: int) -> None:
+        broker = make_broker(LeaseRules(live_worker_ms=live_ms))
+        broker.heartbeat("w1", "{}", T0)
+        assert broker.broadcast(task("b"), T0 + live_ms) == 1
+        assert broker.broadcast(task("c"), T0 + live_ms + 1) == 0
+
+    def test_a_broadcast_wakes_an_idle_child_of_every_worker(self, broker: Broker) -> None:
+        broker.heartbeat("w1", "{}", T0)
+        broker.heartbeat("w2", "{}", T0)
+        got = waiting(broker, [("w1.0", broadcast_queue("w1")), ("w2.0", broadcast_queue("w2"))], limit=10)
+        time.sleep(0.2)  # both waiting
+        assert broker.broadcast(task("b", payload="hello"), T0) == 2
+        assert len(finished(got, "w1.0", 2.0)) == 1
+        assert len(finished(got, "w2.0", 2.0)) == 1
 
 
 class ConsumerContract(_Contract):
@@ -524,16 +578,30 @@ class SupervisionContract(_Contract):
         broker.heartbeat("new", "{}", T0 + stale_ms + 1)
         assert [w.worker_id for w in broker.workers()] == ["new"]
 
-    # -- broadcast ---------------------------------------------------------------------------------
-    def test_a_subscription_receives_only_later_broadcasts(self, broker: Broker) -> None:
-        broker.publish_broadcast("before")
-        subscription = broker.subscribe_broadcast()
-        try:
-            assert broker.publish_broadcast("after") == 1
-            assert subscription.get(2.0) == "after"
-            assert subscription.get(0.05) is None
-        finally:
-            subscription.close()
+    def test_forget_worker_drops_the_broadcast_copies_waiting_in_its_queue(self, broker: Broker) -> None:
+        broker.heartbeat("w1", "{}", T0)
+        broker.heartbeat("w2", "{}", T0)
+        broker.broadcast(task("first", payload="first"), T0)
+        (running,) = take(broker, broadcast_queue("w1"), consumer="w1.0")
+        broker.broadcast(task("second", payload="second"), T0)  # waits in w1's queue, and in w2's
+        broker.forget_worker("w1")
+        assert take(broker, broadcast_queue("w1"), consumer="w1.1") == []
+        # Copy ids are "<task id>.<n>" (Producer.broadcast): only w2's copy of "second" is left.
+        assert [payload_of(broker, f"second.{n}") for n in (1, 2)].count("second") == 1
+        assert [r.id for r in broker.in_flight()] == [running.id]  # a copy being run is settled as any task
+        broker.ack("w1.0", [running.id])
+        assert [d.payload for d in take(broker, broadcast_queue("w2"))] == ["first", "second"]
+        assert broker.broadcast(task("third"), T0) == 1  # w2 only
+
+    def test_a_stale_worker_pruned_by_a_heartbeat_loses_its_broadcast_copies(self, broker: Broker) -> None:
+        broker.heartbeat("dead", "{}", T0)
+        assert broker.broadcast(task("b", payload="hello"), T0) == 1
+        broker.heartbeat("alive", "{}", T0 + STALE_WORKER)
+        assert stats(broker, broadcast_queue("dead"))[0] == 1  # not stale yet
+        broker.heartbeat("alive", "{}", T0 + STALE_WORKER + 1)
+        assert [w.worker_id for w in broker.workers()] == ["alive"]
+        assert stats(broker, broadcast_queue("dead"))[0] == 0 and take(broker, broadcast_queue("dead")) == []
+        assert broker.in_flight() == []
 
 
 class CronStoreContract(_Contract):

@@ -63,7 +63,7 @@ class Running:
         clock = SystemClock()
         parent_config = ParentConfig(worker_id="w1", concurrency=concurrency, lease_ms=10_000,
                                      heartbeat_interval=0.05, **config)
-        self.machine = WorkerParent(parent_config, app.codec, bootstrap.task_factory(app, clock))
+        self.machine = WorkerParent(parent_config)
         recorder = TaskRunner(app.registry, app.codec, broker, clock, "w1", bootstrap.process_random())
 
         def record(delivery: Delivery, consumer: str) -> None:
@@ -140,19 +140,23 @@ def test_hard_timeout_kills_the_child_and_retries_the_task_as_a_failed_attempt(w
     running.stop()
 
 
-def test_a_broadcast_is_copied_into_this_workers_private_queue(world: Any) -> None:
+def test_a_broadcast_reaches_a_worker_through_its_heartbeat_and_its_clean_exit_drops_the_rest(
+        world: Any) -> None:
     app, broker = world
 
     @app.task
     def announce() -> None: ...
 
     running = Running(app, broker).start()
-    wait_until(lambda: running.machine.subscribed)
+    wait_until(broker.workers)
     assert announce.broadcast() == 1
-    (copy,) = wait_until(lambda: broker.reserve("probe", ["@broadcast.w1"], 5, int(time.time() * 1000),
-                                                1000).deliveries)
+    # Already in the worker's private queue when broadcast() returns: nothing for the parent to relay.
+    (copy,) = broker.reserve("probe", ["@broadcast.w1"], 5, int(time.time() * 1000), 1000).deliveries
     assert app.codec.decode(copy.payload or "").name == "announce"
+    assert announce.broadcast() == 1  # left waiting: no child of this test runs it
     running.stop()
+    assert broker.queue_stats(["@broadcast.w1"])[0].pending == 0  # forgotten with the worker
+    assert announce.broadcast() == 0
 
 
 def test_heartbeats_keep_the_leases_of_live_children(world: Any) -> None:

@@ -7,10 +7,7 @@ import json
 import logging
 from typing import Any
 
-from hexq.adapters.memory import FakeClock
 from hexq.core.errors import BrokerUnavailableError
-from hexq.core.message import Codec, TaskMessage
-from hexq.core.outgoing import TaskFactory, TaskIds
 from hexq.core.ports import ChildExit
 from hexq.core.services.parent import ParentConfig, WorkerParent
 from hexq.core.services.parent_events import (
@@ -19,10 +16,8 @@ from hexq.core.services.parent_events import (
     CheckMemory,
     Finish,
     Kill,
-    Relay,
     Settle,
     Spawn,
-    Subscribe,
     Terminate,
 )
 
@@ -33,7 +28,7 @@ WALL_MS = 1_700_000_000_000
 def machine(**config: Any) -> WorkerParent:
     config.setdefault("concurrency", 2)
     parent_config = ParentConfig(worker_id="w1", lease_ms=10_000, **config)
-    return WorkerParent(parent_config, Codec(), TaskFactory(Codec(), TaskIds(FakeClock(), lambda: "0badc0de")))
+    return WorkerParent(parent_config)
 
 
 def started(parent: WorkerParent, now: float = T0) -> list[Action]:
@@ -58,11 +53,11 @@ def of(kind: type, actions: list[Action]) -> list[Any]:
     return [a for a in actions if isinstance(a, kind)]
 
 
-def test_start_subscribes_and_spawns_one_child_per_slot_with_distinct_consumers() -> None:
+def test_start_spawns_one_child_per_slot_with_distinct_consumers() -> None:
     parent = machine(concurrency=3)
     actions = started(parent)
-    assert of(Subscribe, actions) == [Subscribe()]
     spawns = of(Spawn, actions)
+    assert actions == spawns  # nothing else: broadcasts need no subscription (the broker copies them)
     assert [s.index for s in spawns] == [0, 1, 2]
     assert len({s.consumer for s in spawns}) == 3 and all(s.consumer.startswith("w1.") for s in spawns)
 
@@ -137,27 +132,14 @@ def test_a_recycled_child_that_ignores_sigterm_is_killed_after_the_shutdown_time
     assert of(Kill, parent.tick(T0 + 6, WALL_MS, {})) == [Kill(102)]
 
 
-def test_a_broadcast_becomes_a_copy_in_this_workers_private_queue_under_a_new_id() -> None:
-    parent = machine()
-    payload = Codec().encode(TaskMessage("b" * 32, "announce", "default", (1,), {}, 0, 0.0, None, True))
-    (relay,) = parent.broadcast_received(payload)
-    assert isinstance(relay, Relay) and relay.name == "announce"
-    assert relay.task.queue == "@broadcast.w1" and relay.task.payload == payload
-    assert relay.task.id != "b" * 32 and len(relay.task.id) == 32  # short: fits the board whatever the host
-
-
-def test_a_malformed_broadcast_is_dropped() -> None:
-    assert machine().broadcast_received(b"\xff not json") == []
-
-
-def test_a_failed_subscription_is_tried_again_later() -> None:
-    parent = machine()
+def test_the_first_tick_beats_at_once_so_that_broadcasts_reach_a_new_worker() -> None:
+    # A broadcast is copied for the workers whose heartbeat is fresh (Producer.broadcast): a worker counts
+    # from its first beat, sent with the first tick, and keeps counting as long as it beats.
+    parent = machine(heartbeat_interval=1.0)
     started(parent)
-    parent.completed(Subscribe(), BrokerUnavailableError("down"), T0)
-    assert of(Subscribe, parent.tick(T0 + 1, WALL_MS, {})) == []
-    assert of(Subscribe, parent.tick(T0 + 2.1, WALL_MS, {})) == [Subscribe()]
-    parent.completed(Subscribe(), None, T0 + 2.2)
-    assert parent.subscribed
+    assert of(Beat, parent.tick(T0, WALL_MS, {}))[0].now_ms == WALL_MS
+    assert of(Beat, parent.tick(T0 + 0.5, WALL_MS + 500, {})) == []
+    assert of(Beat, parent.tick(T0 + 1.0, WALL_MS + 1000, {}))[0].now_ms == WALL_MS + 1000
 
 
 def test_settling_is_retried_with_a_growing_pause_while_the_broker_is_down() -> None:
@@ -219,9 +201,9 @@ def test_stop_terminates_waits_kills_stragglers_then_finishes_once_everything_is
     assert of(Finish, parent.tick(T0 + 5.3, WALL_MS, {})) == []  # two settles outstanding
     for action in settle:
         parent.completed(action, None, T0 + 5.3)
-    assert of(Finish, parent.tick(T0 + 5.4, WALL_MS, {})) == [Finish("@broadcast.w1")]
+    assert of(Finish, parent.tick(T0 + 5.4, WALL_MS, {})) == [Finish()]
     assert of(Finish, parent.tick(T0 + 5.5, WALL_MS, {})) == []
-    parent.completed(Finish("@broadcast.w1"), None, T0 + 5.5)
+    parent.completed(Finish(), None, T0 + 5.5)
     assert parent.finished
 
 
@@ -246,7 +228,6 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(caplog: A
     parent = machine()
     started(parent)
     for second in range(10):
-        parent.completed(Subscribe(), BrokerUnavailableError("refused"), T0 + second)
         parent.completed(Beat((), 0, "{}", 0), BrokerUnavailableError("refused"), T0 + second)
     parent.completed(Beat((), 0, "{}", 0), None, T0 + 10)
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]

@@ -136,8 +136,19 @@ def test_dedup_keys_and_broadcast_copies_have_a_partition_of_their_own(broker: P
     for i in range(5):
         broker.enqueue([task(f"e{i}", eta_ms=T0 + 1000 + i, dedup_key="same")])
     assert broker.queue_stats(["default"])[0].eta == 1
-    broker.enqueue([task("copy", "@broadcast.w1")])
+    broker.enqueue([task("copy", "@broadcast.w1")])  # a broadcast copy dead-lettered, then requeued
     assert depth_per_partition(broker, "@broadcast.w1") == [1, 0, 0]
+
+
+def test_broadcasts_are_copied_in_partition_zero_next_to_the_heartbeats(broker: PartitionedBroker) -> None:
+    broker.heartbeat("w1", "{}", T0)
+    broker.heartbeat("w2", "{}", T0)
+    assert broker.broadcast(task("everyone"), T0) == 2
+    assert depth_per_partition(broker, "@broadcast.w1") == [1, 0, 0]
+    assert len(drain(broker, "w2.0", ("@broadcast.w2",))) == 1  # served from partition 0 like any queue
+    broker.forget_worker("w1")
+    assert depth_per_partition(broker, "@broadcast.w1") == [0, 0, 0]
+    assert broker.broadcast(task("again"), T0) == 1
 
 
 def test_cron_and_heartbeats_live_in_partition_zero(broker: PartitionedBroker) -> None:

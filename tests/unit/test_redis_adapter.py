@@ -50,7 +50,8 @@ DEPLOYED_LAYOUT = {
     "{p}:q:<queue>": "list", "{p}:tasks": "hash", "{p}:eta:<queue>": "zset", "{p}:etakeys:<queue>": "hash",
     "{p}:crashes": "hash", "{p}:owned:<consumer>": "list", "{p}:inflight": "hash", "{p}:leases": "zset",
     "{p}:suspects": "hash", "{p}:dead": "list", "{p}:cron": "hash", "{p}:workers": "zset",
-    "{p}:workerinfo": "hash", "{p}:wake": "list", "{p}:broadcast": "pubsub",
+    "{p}:workerinfo": "hash", "{p}:wake": "list",
+    # {p}:broadcast, a pub/sub channel, held nothing: broadcasts are copied into '@broadcast.<worker>' queues.
     # Added with per-queue wake-ups; {p}:wake, which they replace, is still read (producers of before).
     "{p}:idle:<queue>": "zset", "{p}:armed:<queue>": "list", "{p}:wake:<queue>": "list",
     # Added with partitions: written only by an app with partitions > 1, so today's deployments hold none.
@@ -88,6 +89,9 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: broker.renew_leases(["c2"], later + 30_000),
         lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),
         lambda: broker.heartbeat("w1", "{}", T0),
+        lambda: take(broker, "@broadcast.w1", consumer="w1.0"),  # the worker's child, idle on its '@' queue...
+        lambda: broker.broadcast(task("everyone"), T0),  # ...is woken by its copy in q:@broadcast.w1
+        lambda: broker.forget_worker("w1"),  # which goes with the worker, with its idle mark and tokens
         lambda: take(broker, "calm", consumer="c3"),  # finds nothing: idle on "calm", which it arms...
         lambda: broker.enqueue([task("w", "calm")]),  # ...so this fires a wake token
         lambda: take(broker, "quiet", consumer="c3"),  # armed, and left so
@@ -96,15 +100,13 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
     for step in steps:
         step()
         seen.update({key: client.type(key) for key in client.keys("*")})
-    subscription = broker.subscribe_broadcast()
-    channels = client.pubsub_channels()
-    subscription.close()
     rows = {key: documented_row(key) for key in seen}
     assert None not in rows.values(), f"undocumented keys: {[k for k, row in rows.items() if row is None]}"
-    # a channel; meta only when partitioned; the shared wake list only producers of earlier versions write
-    not_in_a_cycle = {"{p}:broadcast": "pubsub", "{p}:meta": "hash", "{p}:wake": "list"}
+    # meta only when partitioned; the shared wake list only producers of earlier versions write
+    not_in_a_cycle = {"{p}:meta": "hash", "{p}:wake": "list"}
     assert {row: seen[key] for key, row in rows.items()} | not_in_a_cycle == DEPLOYED_LAYOUT
-    assert channels == ["{app}:broadcast"]
+    assert {"{app}:q:@broadcast.w1", "{app}:idle:@broadcast.w1", "{app}:wake:@broadcast.w1"} <= set(seen)
+    assert [key for key in client.keys("*") if "@broadcast" in key] == []
 
 
 def test_lua_and_python_name_keys_alike(client: Any) -> None:

@@ -1,5 +1,5 @@
-"""Waiting and broadcast across processes on one SQLite file: wake-ups, liveness of subscribers, stale
-sockets, polling when no wake-up folder can be used, and cron ticks claimed once by racing processes."""
+"""Waiting across processes on one SQLite file: wake-ups (by tasks and by broadcasts), stale sockets, polling
+when no wake-up folder can be used, and cron ticks claimed once by racing processes."""
 
 from __future__ import annotations
 
@@ -14,50 +14,35 @@ from broker_contract import LEASE, T0, ids, take, task
 
 from hexq.adapters.sqlite import SqliteBroker
 from hexq.adapters.sqlite.waking import CommitProbe, wake_folder
+from hexq.core.queues import broadcast_queue
 
 
 def open_at(path: Path) -> SqliteBroker:
     return SqliteBroker.from_url(f"sqlite://{path}")
 
 
-def test_a_subscriber_that_died_without_closing_is_not_counted(tmp_path: Path) -> None:
+def test_a_broadcast_wakes_a_worker_child_waiting_in_another_process(tmp_path: Path) -> None:
     broker = open_at(tmp_path / "b.db")
-    try:
-        live = broker.subscribe_broadcast()
-        pid = os.fork()
-        if pid == 0:
-            open_at(tmp_path / "b.db").subscribe_broadcast()
-            os._exit(0)  # killed, as it were: its subscription is never closed
-        os.waitpid(pid, 0)
-        assert broker.publish_broadcast("first") == 1  # the dead one's socket is refused
-        assert live.get(2.0) == "first"
-        assert broker.publish_broadcast("second") == 1
-        live.close()
-        assert broker.publish_broadcast("third") == 0
-    finally:
-        broker.close()
-
-
-def test_a_subscriber_in_another_process_gets_each_broadcast_once_in_order(tmp_path: Path) -> None:
-    broker = open_at(tmp_path / "b.db")
+    broker.heartbeat("w1", "{}", T0)
     read, write = os.pipe()
     ready_read, ready_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            subscription = open_at(tmp_path / "b.db").subscribe_broadcast()
+            child = open_at(tmp_path / "b.db")
             os.write(ready_write, b"!")
-            got = [subscription.get(5.0) for _ in range(3)]
-            got.append(subscription.get(0.2))
-            os.write(write, repr(got).encode())
+            began = time.monotonic()
+            got = child.reserve("w1.0", [broadcast_queue("w1")], 10, T0, LEASE, wait=5.0).deliveries
+            os.write(write, repr(([d.payload for d in got], time.monotonic() - began < 2.0)).encode())
         finally:
             os._exit(0)
     try:
         os.read(ready_read, 1)
-        assert [broker.publish_broadcast(p) for p in ("a", "b", "c")] == [1, 1, 1]
+        time.sleep(0.1)  # waiting
+        assert broker.broadcast(task("b", payload="hello"), T0) == 1
         os.close(write)
         with os.fdopen(read) as answer:
-            assert answer.read() == repr(["a", "b", "c", None])
+            assert answer.read() == repr((["hello"], True))
     finally:
         os.waitpid(pid, 0)
         broker.close()
