@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import report
+from bench import cluster, report
 from bench.harness import WORKLOADS, Config, Harness
 from bench.procs import REPO, kill_all
 from bench.proxy import Proxy
@@ -41,7 +41,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-proxy", action="store_true", help="skip the +1 ms proxy runs")
     parser.add_argument("--workloads", default="",
                         help=f"comma-separated workloads to run (default all): {','.join(WORKLOADS)}; "
-                             "e.g. --workloads priority")
+                             "e.g. --workloads priority; opt-in, never run by default: "
+                             f"{','.join(cluster.NAMES)} (hexq on a local Redis Cluster, bench/cluster.py)")
+    parser.add_argument("--cluster-replicas", type=int, default=1,
+                        help="replicas per primary of the cluster workloads' 3-primary cluster (default 1)")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="default bench/RESULTS.md; with --quick, bench/logs/RESULTS-quick.md; with "
@@ -50,9 +53,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.n, args.repeat = 200, 1
     chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if any(w not in WORKLOADS for w in chosen):
-        parser.error(f"unknown workload(s) {', '.join(w for w in chosen if w not in WORKLOADS)}; "
-                     f"choose from {', '.join(WORKLOADS)}")
+    args.cluster_workloads = [w for w in chosen if w in cluster.NAMES]
+    if any(w not in WORKLOADS + cluster.NAMES for w in chosen):
+        parser.error(f"unknown workload(s) {', '.join(w for w in chosen if w not in WORKLOADS + cluster.NAMES)}; "
+                     f"choose from {', '.join(WORKLOADS + cluster.NAMES)}")
     args.workload_names = tuple(w for w in WORKLOADS if w in chosen) if chosen else WORKLOADS
     if args.markdown is None:  # only a full run replaces RESULTS.md
         if args.quick:
@@ -182,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     try:
-        results = run(args)
+        results = run(args) if args.workload_names else None
+        clustered = cluster.run(args, args.cluster_workloads) \
+            if args.cluster_workloads and "hexq" in args.names else None
     except KeyboardInterrupt:
         log("interrupted: every worker, client, proxy and redis-server process was stopped")
         return 130
@@ -191,15 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         kill_all()
-    for title, (header, rows) in report.tables(results):
-        if title:
-            print(f"\n{title}\n")
-        print(report.render_text(header, rows))
-    print("\n" + "\n".join(report.notes(results)[2:]))
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    args.markdown.write_text(report.markdown_document(results))
-    log(f"wrote {args.json} and {args.markdown} in {results['seconds']:.0f} s")
+    if results is not None:
+        for title, (header, rows) in report.tables(results):
+            if title:
+                print(f"\n{title}\n")
+            print(report.render_text(header, rows))
+        print("\n" + "\n".join(report.notes(results)[2:]))
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        args.markdown.write_text(report.markdown_document(results))
+        log(f"wrote {args.json} and {args.markdown} in {results['seconds']:.0f} s")
+    if clustered is not None:
+        cluster.report(clustered, args.quick)
+    elif args.cluster_workloads:
+        log("cluster workloads: skipped (they measure hexq, which --only leaves out)")
     return 0
 
 
