@@ -13,10 +13,14 @@ over up to N nodes. What lives where:
 - ownership, leases, dead letters and crash counts: in the partition the task is in. A consumer's lease is
   renewed in every partition, and a dead consumer is recovered in every partition.
 
-Serving: a child reserves from one partition per call. It stays on a partition while it has work, for at
-most ``STICKY_RESERVATIONS`` reservations in a row, then moves on to the next, so no partition starves while
-another is busy: strict priority holds within a partition, and a task in another partition waits behind at
-most that many batches of the child (each sized to about 1-5 ms of work, ``BatchPlanner``). An idle child
+Serving: a child reserves from one partition per call, and stays on a partition while it has work, so that
+acknowledgements ride on the next reservation as with one partition. How long it stays depends on what the
+batch was: from the child's highest queue, nothing can be waiting for a higher one, so it stays for up to
+``STICKY_RESERVATIONS`` reservations in a row (no partition starves while another is busy); from a lower
+queue, a higher-priority task may be waiting in another partition, so the next reservation starts at the
+next partition. Strict priority holds within a partition; across partitions a higher-priority task waits
+behind at most N - 1 lower-priority batches of each busy child (each sized to about 1 ms of work when a
+higher queue could preempt it, ``BatchPlanner``) plus the task each is running. An idle child
 sweeps every partition once, then blocks on its *home* partition's wake list (children of a worker get
 homes in turn), for the whole idle wait when its worker's children cover every partition, else for at most
 ``SWEEP_WAIT`` so that a partition nobody blocks on is still looked at often.
@@ -52,6 +56,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 STICKY_RESERVATIONS = 4
 SWEEP_WAIT = 0.1
+
+
+def _top_queue(queues: Sequence[str]) -> str | None:
+    """The highest-priority app queue a child serves (its own '@' broadcast queue comes before it)."""
+    return next((queue for queue in queues if not queue.startswith("@")), None)
 
 
 class PartitionedBroker:
@@ -197,7 +206,7 @@ class PartitionedBroker:
             self._forget(own_acks)
             if reservation.deliveries:
                 self._flush_acks(consumer, pending)
-                return self._took(consumer, start, index, reservation)
+                return self._took(consumer, start, index, reservation, _top_queue(queues))
             if reservation.next_eta_ms is not None:
                 etas.append(reservation.next_eta_ms)
         self._flush_acks(consumer, pending)
@@ -205,12 +214,16 @@ class PartitionedBroker:
             raise failure  # nothing answered: the caller backs off, as with one server
         return Reservation((), min(etas) if etas else None)
 
-    def _took(self, consumer: str, start: int, index: int, reservation: Reservation) -> Reservation:
+    def _took(self, consumer: str, start: int, index: int, reservation: Reservation, top: str | None) -> Reservation:
         with self._lock:
             for delivery in reservation.deliveries:
                 self._owner[delivery.id] = index
         streak = self._streak.get(consumer, 0) + 1 if index == start else 1
-        if streak >= STICKY_RESERVATIONS:  # let the other partitions be served first next time
+        served = reservation.deliveries[0].queue
+        # Below the top queue, look in the next partition first: it may hold higher-priority work. A worker's
+        # own broadcast queue ('@', served first) ranks above everything, so it never counts as below.
+        limit = STICKY_RESERVATIONS if served == top or served.startswith("@") else 1
+        if streak >= limit:  # let the other partitions be served first next time
             self._start[consumer], self._streak[consumer] = (index + 1) % self._n, 0
         else:
             self._start[consumer], self._streak[consumer] = index, streak

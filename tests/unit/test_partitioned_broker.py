@@ -198,3 +198,34 @@ def test_reserve_fails_only_when_no_partition_answers(server: fakeredis.FakeServ
     broker = PartitionedBroker([Unreachable(client, PREFIX, tag=tag) for tag in partition_tags(PREFIX, 2)])
     with pytest.raises(BrokerUnavailableError):
         broker.reserve("c1", ["default"], 1, T0, LEASE)
+
+
+def test_a_higher_priority_task_in_another_partition_waits_at_most_n_minus_one_lower_batches(
+        server: fakeredis.FakeServer) -> None:
+    broker = partitioned(server)
+    for part in broker.partitions:
+        part.enqueue([task(f"low-{part.keys.tag}-{i}", "low") for i in range(20)])
+    queues = ["high", "low"]
+    taken: list[str] = []
+    acks: list[str] = []
+    for _ in range(5):  # busy on low work everywhere
+        got = broker.reserve("c1", queues, 1, T0, LEASE, acks).deliveries
+        acks = [d.id for d in got]
+    for k, part in enumerate(broker.partitions):
+        part.enqueue([task(f"high{k}", "high")])
+    for _ in range(2 * 3):
+        got = broker.reserve("c1", queues, 1, T0, LEASE, acks).deliveries
+        acks = [d.id for d in got]
+        taken += acks
+    # Each of the three high tasks is taken within N - 1 = 2 lower batches of the one before it.
+    positions = [taken.index(f"high{k}") for k in range(3)]
+    assert max(positions) <= 2 + 2, taken
+
+
+def test_work_from_the_top_queue_stays_on_its_partition(server: fakeredis.FakeServer) -> None:
+    broker = partitioned(server)
+    for part in broker.partitions:
+        part.enqueue([task(f"{part.keys.tag}-{i}", "high") for i in range(10)])
+    taken = [d.id for _ in range(STICKY_RESERVATIONS)
+             for d in broker.reserve("c1", ["high", "low"], 1, T0, LEASE).deliveries]
+    assert len({task_id.rsplit("-", 1)[0] for task_id in taken}) == 1  # acks keep riding on reservations
