@@ -29,7 +29,8 @@ from hexq.core.message import MAX_TASK_ID_BYTES
 log = logging.getLogger("hexq.worker")
 
 # The longest task id (in UTF-8 bytes) the board holds, a rule of the core: a worker dead-letters a delivery
-# with a longer id before it starts. hexq's own ids, broadcast copies included, are 32 hex characters.
+# with a longer id before it starts. hexq's own ids are 32 hex characters; a broadcast copy's adds a dot and
+# the copy's number (Producer.broadcast).
 
 # Native byte order and size on purpose: struct then copies the 8 bytes with a single memcpy, which compilers
 # turn into one load or store, atomic when aligned. The "<" formats go byte by byte, and a sequence number

@@ -12,7 +12,8 @@ import pytest
 import hexq.adapters.posix.board as board_module
 from hexq.adapters.posix.board import MAX_TASK_ID_BYTES, ChildReporter, SharedBoard
 
-# A broadcast copy's id (<id>.<host>.<pid>.<hex>) on a Kubernetes pod: longer than the 64 bytes the board kept.
+# A broadcast copy's id as an earlier hexq made them (<id>.<host>.<pid>.<hex>) on a Kubernetes pod: longer than
+# the 64 bytes the board kept then. Such ids may still be queued, and any producer may send long ids.
 # The real sequence struct, for the helpers below to use even while a test has patched the module's.
 _SEQUENCE = board_module._SEQUENCE
 POD_COPY_ID = "0123456789abcdef0123456789abcdef.hexq-worker-7d9f8b6c5d-x2k4q.default.svc.1234.a1b2c3"
