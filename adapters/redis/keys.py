@@ -43,6 +43,7 @@ key                   type    contents
 {p}:wake              list    the wake list of hexq before per-queue wake-ups (tokens for everyone, up to
                               64, on every enqueue): no longer written, but still in every worker's BLPOP,
                               so producers not yet upgraded keep waking upgraded workers
+{p}:announce          pubsub  one message per broadcast, ``<task id> <copies stored>`` (a channel, not a key)
 {p}:meta              hash    ``partitions`` -> how many partitions the app's keys are spread over; absent
                               (one partition, the layout above) until an app runs with ``partitions`` > 1
 ====================  ======  ===========================================================================
@@ -76,8 +77,11 @@ write:
 
 Single-command or MULTI/EXEC operations: a single runnable ``.delay()`` (HSET tasks, RPUSH q:<queue>,
 LMOVE armed:<queue> to wake:<queue>), renew_leases (leases, suspects), heartbeat (workers, workerinfo),
-purge_dead (dead), and the read-only inspections and lookup. hexq uses no pub/sub channel: until this
-version, broadcasts were PUBLISHed on ``{p}:broadcast`` and relayed by each worker.
+purge_dead (dead), and the read-only inspections and lookup. One pub/sub channel, ``{p}:announce``: the
+``broadcast`` script PUBLISHes ``<task id> <copies>`` there for anyone watching (a dashboard, ``redis-cli
+SUBSCRIBE``); no hexq process needs it. Until this version, broadcasts themselves were PUBLISHed on
+``{p}:broadcast`` and relayed by each worker; nothing publishes there any more, so a worker of an older
+version, still subscribed to it, never relays a second copy.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ SINGLE_KEYS: dict[str, str] = {
     "WORKERINFO": "workerinfo",
     "WAKE": "wake",
     "META": "meta",
+    "ANNOUNCE": "announce",
 }
 # Keys per queue or per consumer: the Lua function that builds each -> the part between ``{p}:`` and the name.
 FAMILIES: dict[str, str] = {

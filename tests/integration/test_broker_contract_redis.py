@@ -192,3 +192,20 @@ def test_big_batches_keep_order(redis_url: str, key_prefix: str) -> None:
         got += ids(batch)
     assert got == [f"t{i:05d}" for i in range(2500)]
     broker.close()
+
+
+def test_a_broadcast_is_announced_on_its_own_channel_with_the_copies_stored(redis_url: str, key_prefix: str) -> None:
+    """Redis only: the PUBLISH that the broadcast script adds, for watchers (a dashboard); the copies in the
+    workers' queues are what runs, so the message is informational."""
+    broker = broker_for(redis_url, key_prefix)
+    watcher = redis.Redis.from_url(redis_url, decode_responses=True).pubsub()
+    watcher.subscribe(f"{{{key_prefix}}}:announce")
+    assert watcher.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    now = int(time.time() * 1000)
+    broker.heartbeat("w1", "{}", now)
+    broker.heartbeat("w2", "{}", now)
+    assert broker.broadcast(task("b1"), now) == 2
+    message = watcher.get_message(timeout=5)
+    assert message is not None and message["data"] == "b1 2"
+    watcher.close()
+    broker.close()

@@ -225,10 +225,10 @@ def set_user(server: RedisServer, name: str, *rules: str) -> None:
 
 def hexq_user_rules(prefix: str) -> list[str]:
     """The least hexq needs, producer and worker alike: its own keys; reading, writing, scripts and MULTI;
-    no pub/sub (broadcasts are copied into queues) and nothing that Redis calls dangerous (KEYS, FLUSHALL,
-    CONFIG...)."""
-    return [f"~{{{prefix}}}*", "resetchannels", "-@all", "+@read", "+@write", "+@scripting", "+@connection",
-            "+@transaction", "-@dangerous"]
+    PUBLISH on its own channels only (a broadcast's announcement), no SUBSCRIBE; and nothing that Redis calls
+    dangerous (KEYS, FLUSHALL, CONFIG...)."""
+    return [f"~{{{prefix}}}*", "resetchannels", f"&{{{prefix}}}*", "-@all", "+@read", "+@write", "+@scripting",
+            "+@connection", "+@transaction", "+publish", "-@dangerous"]
 
 
 def assert_clean_outputs(cluster: SecureCluster, app: Any, worker: Proc) -> None:

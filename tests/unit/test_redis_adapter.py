@@ -56,6 +56,8 @@ DEPLOYED_LAYOUT = {
     "{p}:idle:<queue>": "zset", "{p}:armed:<queue>": "list", "{p}:wake:<queue>": "list",
     # Added with partitions: written only by an app with partitions > 1, so today's deployments hold none.
     "{p}:meta": "hash",
+    # A channel, not a key: one message per broadcast for whoever watches.
+    "{p}:announce": "pubsub",
 }
 
 
@@ -103,7 +105,7 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
     rows = {key: documented_row(key) for key in seen}
     assert None not in rows.values(), f"undocumented keys: {[k for k, row in rows.items() if row is None]}"
     # meta only when partitioned; the shared wake list only producers of earlier versions write
-    not_in_a_cycle = {"{p}:meta": "hash", "{p}:wake": "list"}
+    not_in_a_cycle = {"{p}:meta": "hash", "{p}:wake": "list", "{p}:announce": "pubsub"}
     assert {row: seen[key] for key, row in rows.items()} | not_in_a_cycle == DEPLOYED_LAYOUT
     assert {"{app}:q:@broadcast.w1", "{app}:idle:@broadcast.w1", "{app}:wake:@broadcast.w1"} <= set(seen)
     assert [key for key in client.keys("*") if "@broadcast" in key] == []
