@@ -40,14 +40,15 @@ local function wake(queue)
 end
 
 -- Invariant 1 for a queue someone is idle on: a token armed, unless one is in the wake list already. It
--- lasts as long as idle marks do (ttl_ms, the stale-worker age): a queue nobody waits on any more (a dead
--- worker's broadcast queue) keeps no key.
+-- lasts as long as idle marks do (ttl_ms, the stale-worker age, renewed by every idle wait, so it never
+-- expires under a waiting consumer): a queue nobody waits on any more (a dead worker's broadcast queue)
+-- keeps no key.
 local function arm(queue, ttl_ms)
   local armed = armedkey(queue)
   if redis.call("llen", armed) == 0 and redis.call("llen", wakekey(queue)) == 0 then
     redis.call("rpush", armed, "1")
-    redis.call("pexpire", armed, ttl_ms)
   end
+  redis.call("pexpire", armed, ttl_ms)
 end
 
 -- wake() once per queue of a list (queues may repeat).

@@ -240,6 +240,7 @@ def test_stale_idle_marks_are_dropped(broker: RedisBroker, client: Any) -> None:
     assert take(broker, consumer="c2", now_ms=T0 + STALE_WORKER + 1) == []
     assert client.zrange(P + "idle:default", 0, -1) == ["c2"]
     assert 0 < client.pttl(P + "idle:default") <= STALE_WORKER
+    assert 0 < client.pttl(P + "armed:default") <= STALE_WORKER  # renewed by every idle wait
 
 
 def test_a_waiting_consumer_also_hears_the_shared_wake_list_of_earlier_producers(
