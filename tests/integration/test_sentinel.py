@@ -157,6 +157,7 @@ def test_after_a_failover_every_connection_resolves_the_new_primary(own_sentinel
     broker = app.broker
     assert isinstance(broker, RedisBroker)
     old = own_sentinels.current_primary().port
+    assert ids(broker, "c1", int(time.time() * 1000)) == []  # idle (a wait follows an empty reservation)
     first = record.delay("before")
     assert ids(broker, "c1", int(time.time() * 1000), wait=0.2) == [first]
     assert broker._direct._local.connection.port == old
@@ -194,6 +195,9 @@ def test_after_a_failover_every_connection_resolves_the_new_primary(own_sentinel
     assert new != old
     assert broker._direct._local.connection.port == new
     assert ids(broker, "c1", int(time.time() * 1000), wait=0.2) == [second]
+    # That wait found the task in the reservation that comes before a consumer's first BLPOP (its last
+    # reply was lost, so it may not be marked idle); the next one blocks.
+    assert ids(broker, "c1", int(time.time() * 1000), wait=0.2) == []
     assert broker._blocking_direct._local.connection.port == new
     assert broker._client.connection_pool.get_master_address() == ("127.0.0.1", new)  # type: ignore[attr-defined]
     assert int(broker._client.execute_command("LLEN", f"{{{key_prefix}}}:q:default")) == 0
@@ -239,6 +243,10 @@ def test_readonly_reply_drops_the_connection_and_the_next_attempt_finds_the_prim
     client = redis.Redis(connection_pool=SentinelConnectionPool(SERVICE, stub, decode_responses=True))
     blocking = redis.Redis(connection_pool=SentinelConnectionPool(SERVICE, stub, decode_responses=True))
     broker = RedisBroker(client, key_prefix, blocking_client=blocking)
+    # Idle first (a wait follows an empty reservation); the pooled connection lands on the replica first.
+    with pytest.raises(BrokerUnavailableError, match="previous master is now a slave|read only replica"):
+        ids(broker, "c1", int(time.time() * 1000))
+    assert ids(broker, "c1", int(time.time() * 1000)) == []
     stub.asked = 0
     broker.enqueue([task("ro1")])
     # The blocking wait is not sent twice by itself (a BLPOP may have consumed a wake-up): it fails as a lost
@@ -248,6 +256,9 @@ def test_readonly_reply_drops_the_connection_and_the_next_attempt_finds_the_prim
         ids(broker, "c1", int(time.time() * 1000), wait=0.1)
     assert broker._blocking_direct._local.connection is None
     assert ids(broker, "c1", int(time.time() * 1000), wait=0.1) == ["ro1"]
+    # ro1 came from the reservation made before a BLPOP when the consumer may not be marked idle (its last
+    # reply was lost); the next wait blocks, on a new connection to the primary.
+    assert ids(broker, "c1", int(time.time() * 1000), wait=0.1) == []
     assert broker._blocking_direct._local.connection.port == primary
     broker.close()
     direct.close()
