@@ -244,7 +244,7 @@ def test_readonly_reply_drops_the_connection_and_the_next_attempt_finds_the_prim
     blocking = redis.Redis(connection_pool=SentinelConnectionPool(SERVICE, stub, decode_responses=True))
     broker = RedisBroker(client, key_prefix, blocking_client=blocking)
     # Idle first (a wait follows an empty reservation); the pooled connection lands on the replica first.
-    with pytest.raises(BrokerUnavailableError, match="previous master is now a slave|read only replica"):
+    with pytest.raises(BrokerUnavailableError, match=r"previous master is now a slave|read only replica"):
         ids(broker, "c1", int(time.time() * 1000))
     assert ids(broker, "c1", int(time.time() * 1000)) == []
     stub.asked = 0
