@@ -218,3 +218,7 @@ class Keys:
     @property
     def meta(self) -> str:
         return self.base + SINGLE_KEYS["META"]
+
+    @property
+    def announce(self) -> str:
+        return self.base + SINGLE_KEYS["ANNOUNCE"]
