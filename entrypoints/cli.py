@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("ids", nargs="*", help="for requeue: the ids to requeue (default: all)")
     dead.add_argument("--limit", type=int, default=50)
     dead.add_argument("--json", action="store_true")
+
+    migrate = command("migrate-from-wakaq", "Move WakaQ's pending and eta tasks into this app's broker, each "
+                      "exactly once; safe to run again and to resume (docs/MIGRATING_FROM_WAKAQ.md).")
+    migrate.add_argument("--wakaq-url", help="WakaQ's Redis (default: the app's URL, if it is a Redis URL)")
+    migrate.add_argument("--wakaq-prefix", default="wakaq", help="WakaQ's key prefix (default: wakaq)")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="print what would move, per queue, and what would be rejected; change nothing")
+    migrate.add_argument("--retry-rejected", action="store_true",
+                         help="first put the entries of <prefix>:migrate:rejected back where they came from")
     return parser
 
 
@@ -73,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         app = load_app(args.app)
-        handler = globals()[f"_cmd_{args.command}"]
+        handler = globals()[f"_cmd_{args.command.replace('-', '_')}"]
         return int(handler(app, args))
     except (ConfigError, UnknownTaskError) as exc:
         print(f"hexq: error: {exc}", file=sys.stderr)
@@ -255,6 +264,36 @@ def _cmd_dead(app: HexQ, args: argparse.Namespace) -> int:
     count = app.broker.purge_dead()
     print(f"deleted {count} dead letter(s)")
     return EXIT_OK
+
+
+def _cmd_migrate_from_wakaq(app: HexQ, args: argparse.Namespace) -> int:
+    from redis import RedisError
+
+    from hexq.entrypoints import migrate_wakaq
+
+    if app.is_inline:
+        raise ConfigError("migrating needs a real broker: this app uses memory:// (in-process runs)")
+    if args.dry_run and args.retry_rejected:
+        raise ConfigError("--dry-run and --retry-rejected do not go together")
+    client = migrate_wakaq.wakaq_client(app, args.wakaq_url)
+    migration = migrate_wakaq.Migration(app, client, args.wakaq_prefix)
+    try:
+        report = migration.plan() if args.dry_run else migration.run(args.retry_rejected)
+        waiting = migration.rejected_waiting()
+    except migrate_wakaq.MigrationLockError as exc:
+        print(f"hexq: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except RedisError as exc:
+        print(f"hexq: WakaQ's Redis: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        client.close()
+    migrate_wakaq.print_report(report, args.dry_run)
+    if waiting:
+        print(f"{waiting} rejected entr{'y waits' if waiting == 1 else 'ies wait'} in "
+              f"{args.wakaq_prefix}:migrate:rejected; fix the app (task names, queues), then run again with "
+              "--retry-rejected")
+    return EXIT_FAILURE if report.rejected else EXIT_OK
 
 
 if __name__ == "__main__":
