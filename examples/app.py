@@ -6,7 +6,8 @@
     hexq enqueue --app=examples.app:app mytask 2 3
 
 HEXQ_URL picks the broker (default redis://localhost:6379/0): HEXQ_URL=sqlite:///path/hexq.db needs nothing
-installed (``make demo`` runs this app that way); HEXQ_URL=memory:// runs tasks in-process.
+installed (``make demo`` runs this app that way); HEXQ_URL=memory:// runs tasks in-process;
+HEXQ_URL=redis+cluster://host:port,... with HEXQ_PARTITIONS=3 spreads it over a cluster's nodes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ app = HexQ(
         Q_DEFAULT,
     ],
     concurrency=os.environ.get("HEXQ_CONCURRENCY", "cores*2"),
+    # On a Redis Cluster (HEXQ_URL=redis+cluster://host:port,...), spread the app over this many nodes.
+    partitions=int(os.environ.get("HEXQ_PARTITIONS", "1")),
     async_concurrency=10,
     soft_timeout=30,
     hard_timeout=timedelta(minutes=1),
