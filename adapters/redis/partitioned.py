@@ -315,7 +315,10 @@ class PartitionedBroker:
 
     # -- inspection and administration ---------------------------------------------------------------
     def partition_stats(self, queues: Sequence[str]) -> list[list[QueueStats]]:
-        """``queue_stats`` of each partition, in partition order (``hexq info`` shows them)."""
+        """``queue_stats`` of each partition, in partition order (``hexq info`` shows them). Checks the
+        recorded partition count first: a worker's start-up probe reads this, so a worker started with
+        another count is refused at once instead of its children failing one by one."""
+        self._check_layout()
         return [part.queue_stats(queues) for part in self._parts]
 
     def partition_nodes(self) -> list[str | None]:

@@ -229,3 +229,9 @@ def test_work_from_the_top_queue_stays_on_its_partition(server: fakeredis.FakeSe
     taken = [d.id for _ in range(STICKY_RESERVATIONS)
              for d in broker.reserve("c1", ["high", "low"], 1, T0, LEASE).deliveries]
     assert len({task_id.rsplit("-", 1)[0] for task_id in taken}) == 1  # acks keep riding on reservations
+
+
+def test_the_worker_start_up_probe_meets_the_layout_check(server: fakeredis.FakeServer) -> None:
+    partitioned(server, 3).enqueue([task("a")])
+    with pytest.raises(ConfigError, match="partitions=2"):
+        partitioned(server, 2).queue_stats(["default"])  # what a worker reads before its first child starts
