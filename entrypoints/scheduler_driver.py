@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from hexq.core.errors import HexqError
+from hexq.core.errors import ConfigError, HexqError
 from hexq.core.ports import Clock
 from hexq.core.services.outage import OutageLog
 from hexq.core.services.scheduler import Scheduler
@@ -32,6 +32,8 @@ class SchedulerDriver:
                 wait = scheduler.tick()
                 failures = 0
                 self._outage.succeeded(self._clock.monotonic())
+            except ConfigError:
+                raise  # a setting to fix (a changed partition count): waiting would not mend it
             except HexqError as exc:
                 failures += 1
                 wait = min(5.0, 0.2 * 2 ** min(failures, 5))
