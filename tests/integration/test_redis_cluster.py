@@ -225,3 +225,51 @@ def test_sigkill_of_a_primary_under_load_loses_no_acknowledged_task(fresh_redis_
         assert not lost
     finally:
         running.close()
+
+
+def move_slot(cluster: Any, slot: int, source: Any, target: Any) -> None:
+    """Reshard ``slot`` from ``source`` to ``target`` the way redis-cli --cluster reshard does: IMPORTING and
+    MIGRATING, MIGRATE every key, then SETSLOT NODE on every primary."""
+    dst, src = target.probe(), source.probe()
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.primaries():
+        node.probe().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+
+
+def test_a_partition_moved_to_another_node_is_followed_without_a_restart(fresh_redis_cluster: Any, redis_url: str,
+                                                                         hexq_prefix: str, tmp_path: Path) -> None:
+    """Resharding (MOVED, and ASK while the keys move): the producer's pinned connections and a running
+    worker's, blocking ones included, follow partition 0 to its new node; every task runs."""
+    from hexq.adapters.redis.partitions import slot_of_tag
+
+    running = OnCluster(fresh_redis_cluster.url(), hexq_prefix, redis_url, tmp_path)
+    try:
+        running.worker("--concurrency=2")
+        with running.tasks() as tasks:
+            for i in range(50):
+                tasks.record.delay(f"before{i}")
+            wait_for(lambda: len(running.tags()) >= 50, 30, "the first 50 tasks")
+            slot = slot_of_tag(hexq_prefix)
+            source = fresh_redis_cluster.primary_for_slot(slot)
+            target = next(node for node in fresh_redis_cluster.primaries() if node.port != source.port)
+            # Partitions of this app: spread over three, so the slot of its partition 0 is the one moved.
+            node_before = running.app.broker.partition_nodes()[0]
+            move_slot(fresh_redis_cluster, slot, source, target)
+            sent = 0
+            deadline = time.monotonic() + 20
+            while sent < 50 and time.monotonic() < deadline:
+                try:
+                    tasks.record.delay(f"after{sent}")
+                    sent += 1
+                except BrokerUnavailableError:
+                    time.sleep(0.05)  # a call caught by the move: retried, as any outage
+        assert sent == 50
+        wanted = {f"before{i}" for i in range(50)} | {f"after{i}" for i in range(50)}
+        wait_for(lambda: wanted <= set(running.tags()), 30, "every task, after the move")
+        assert running.info()["partitions"][0]["node"] == f"127.0.0.1:{target.port}" != node_before
+        assert sorted(running.tags()) == sorted(wanted)  # none lost, none twice
+    finally:
+        running.close()
