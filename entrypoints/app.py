@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, cast, overload
 
 import attrs
 
@@ -13,7 +13,7 @@ from hexq.core.message import DEFAULT_MAX_PAYLOAD_BYTES
 from hexq.core.ports import Broker, Clock, Metrics, NoMetrics
 from hexq.core.queues import QueueSet
 from hexq.core.registry import Hook, Registry, TaskDef, Wrapper
-from hexq.core.services.sender import Send, Sender
+from hexq.core.services.sender import ArgumentCheck, Send, Sender
 from hexq.core.validation import check_prefix, optional_whole_number
 from hexq.entrypoints import bootstrap
 from hexq.entrypoints.options import (
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
+# An eta: a timedelta, a datetime (naive = UTC) or seconds from now.
+Eta: TypeAlias = "timedelta | datetime | float"
 
 
 @attrs.frozen
@@ -47,47 +49,96 @@ class Call:
 
 
 class Task(Generic[P, R]):
-    """What ``@app.task`` returns: call it to run inline, ``.delay()`` to run it on a worker."""
+    """What ``@app.task`` returns: call it to run inline, ``.delay()`` to run it on a worker.
+
+    ``Task[P, R]`` carries the function's parameters ``P`` and return type ``R``, so a type checker checks
+    ``.delay()``, ``.options(...).delay()``, ``.bind()`` and ``.broadcast()`` against the function; every way of
+    sending also checks the call at run time (``TaskArgumentsError``, a ``TypeError``) before anything is sent.
+    """
 
     def __init__(self, app: HexQ, definition: TaskDef) -> None:
         self.app = app
         self.definition = definition
         self.name = definition.name
-        self.fn = definition.fn
+        self.fn: Callable[P, R] = definition.fn
+        self.check = ArgumentCheck(definition.name, definition.fn)  # the signature, read once per task
         functools.update_wrapper(self, definition.fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        """Run the function here and now (an ``async def`` task returns its coroutine)."""
+        return self.fn(*args, **kwargs)
 
-    def delay(self, *args: Any, queue: str | None = None, eta: Any = None, **kwargs: Any) -> str:
-        """Enqueue a run; returns the task id. ``queue`` and ``eta`` are options, not task arguments: use
-        ``apply(args=..., kwargs=...)`` for a task whose own parameters have those names."""
-        return self.apply(args, kwargs, queue=queue, eta=eta)
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue a run; returns the task id. Typed: the arguments are the function's.
+
+        WakaQ's spelling ``.delay(*args, queue=Q, eta=...)`` still works at run time: ``queue`` and ``eta`` are
+        taken as hexq's options, never passed to the task, even if the task has parameters of those names (a
+        type checker reads them as the task's arguments and flags them). The typed spelling is
+        ``.options(queue=Q, eta=...).delay(*args, **kwargs)``, where every keyword is the task's."""
+        options = cast("dict[str, Any]", kwargs)
+        queue: str | None = options.pop("queue", None)
+        eta: Eta | None = options.pop("eta", None)
+        self.check(args, options, _given(queue, eta))
+        return self.app.enqueue_many([Call(self, args, options, queue, eta)])[0]
+
+    def options(self, *, queue: str | None = None, eta: Eta | None = None) -> TaskWithOptions[P, R]:
+        """The typed way to pass options: ``task.options(queue=Q, eta=timedelta(seconds=10)).delay(1, y=2)``."""
+        return TaskWithOptions(self, queue, eta)
 
     def apply(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-              queue: str | None = None, eta: Any = None) -> str:
-        return self.app.enqueue_many([Call(self, tuple(args), dict(kwargs or {}), queue, eta)])[0]
+              queue: str | None = None, eta: Eta | None = None) -> str:
+        """Enqueue a run from an argument list and dict (not checked by a type checker; checked at run time)."""
+        return self.app.enqueue_many([self._call(tuple(args), dict(kwargs or {}), queue, eta)])[0]
 
-    def bind(self, *args: Any, **kwargs: Any) -> Call:
-        return Call(self, args, kwargs)
+    def bind(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        """One run for ``delay_many``, checked now; ``task.options(...).bind(...)`` gives it its own options."""
+        return self._call(args, kwargs, None, None)
 
     def delay_many(self, calls: Iterable[Call | Sequence[Any]], *, queue: str | None = None,
-                   eta: Any = None) -> list[str]:
-        """Enqueue many runs in pipelined round trips; each item is ``task.bind(...)`` or a tuple of args."""
+                   eta: Eta | None = None) -> list[str]:
+        """Enqueue many runs in pipelined round trips; each item is ``task.bind(...)`` or a tuple of args. One
+        wrong tuple refuses the whole batch, before anything is sent."""
         bound = [
-            Call(self, tuple(c), {}, queue, eta) if not isinstance(c, Call)
+            self._call(tuple(c), {}, queue, eta) if not isinstance(c, Call)
             else c if (c.queue or not queue) and (c.eta is not None or eta is None)
             else attrs.evolve(c, queue=c.queue or queue, eta=c.eta if c.eta is not None else eta)
             for c in calls
         ]
         return self.app.enqueue_many(bound)
 
-    def broadcast(self, *args: Any, **kwargs: Any) -> int:
+    def broadcast(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Run once on every running worker; returns how many workers received it."""
+        self.check(args, kwargs)
         return self.app.broadcast(self, args, kwargs)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], queue: str | None, eta: Any) -> Call:
+        self.check(args, kwargs)
+        return Call(self, args, kwargs, queue, eta)
 
     def __repr__(self) -> str:
         return f"<hexq task {self.name}>"
+
+
+@attrs.frozen
+class TaskWithOptions(Generic[P, R]):
+    """``task.options(queue=..., eta=...)``: hexq's options set apart from the task's arguments, so that
+    ``.delay()`` and ``.bind()`` take exactly the function's parameters (a ParamSpec cannot hold extra keywords)."""
+
+    task: Task[P, R]
+    queue: str | None = None
+    eta: Eta | None = None
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue a run with these options; returns the task id. Every keyword is the task's own argument."""
+        return self.task.app.enqueue_many([self.task._call(args, kwargs, self.queue, self.eta)])[0]
+
+    def bind(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        """One run for ``delay_many``, with these options."""
+        return self.task._call(args, kwargs, self.queue, self.eta)
+
+
+def _given(queue: str | None, eta: Any) -> tuple[str, ...]:
+    return ("queue",) * (queue is not None) + ("eta",) * (eta is not None)
 
 
 class HexQ(OptionViews):
@@ -169,13 +220,17 @@ class HexQ(OptionViews):
 
     # -- declaring ---------------------------------------------------------------------------------
     @overload
-    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
+    def task(self, fn: Callable[P, R], *, name: str | None = None, queue: str | None = None,
+             max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
+             hard_timeout: float | int | timedelta | None = None,
+             retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
+             backoff_max: float = 600.0) -> Task[P, R]: ...
 
     @overload
     def task(self, fn: None = None, *, name: str | None = None, queue: str | None = None,
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
-             retry_on: Sequence[type[BaseException]] = (), backoff: float = 1.0,
+             retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
              backoff_max: float = 600.0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str | None = None,

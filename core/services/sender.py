@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from hexq.core.durations import eta_to_epoch
+from hexq.core.errors import HexqError
 from hexq.core.outgoing import TaskFactory
 from hexq.core.ports import Clock, Metrics, NoMetrics, OutgoingTask, Producer
 from hexq.core.registry import Registry
@@ -23,6 +25,89 @@ class Send:
     kwargs: dict[str, Any]
     queue: str | None = None
     eta: Any = None  # a timedelta, a datetime (naive = UTC) or seconds from now
+
+
+class TaskArgumentsError(HexqError, TypeError):
+    """A call's arguments do not fit the task's function: refused at ``.delay()`` (and the other ways of sending
+    from a ``Task``) before anything is encoded or sent, instead of becoming a worker's dead letter."""
+
+    def __init__(self, task: str, reason: str, message: str) -> None:
+        self.task = task
+        self.reason = reason
+        super().__init__(message)
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class ArgumentCheck:
+    """Checks a call against a task function's signature, read once per task (``inspect.signature`` costs tens
+    of microseconds, ``Signature.bind`` about two): what Python would refuse when the worker calls the function.
+
+    A function whose parameters are all named (positional-or-keyword or keyword-only: no ``*args``, ``**kwargs``
+    or positional-only) is checked by counting and set lookups, in well under a microsecond; any other by
+    ``Signature.bind``. A callable whose signature Python cannot read is not checked.
+    """
+
+    __slots__ = ("_allowed", "_display", "_named", "_needed", "_signature", "task")
+
+    def __init__(self, task: str, fn: Callable[..., Any]) -> None:
+        self.task = task
+        self._display = getattr(fn, "__name__", task)
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins and C callables
+            signature = None
+        self._signature = signature
+        parameters = list(signature.parameters.values()) if signature else []
+        positional = [p for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+        keywords = [p for p in parameters if p.kind is p.KEYWORD_ONLY]
+        self._named = signature is not None and len(positional) + len(keywords) == len(parameters)
+        # For each number of positional arguments a call may give (0 to all of them): the keywords it may
+        # pass, and those it must (the required parameters not filled by position).
+        self._allowed = [frozenset(p.name for p in positional[given:] + keywords) for given in
+                         range(len(positional) + 1)]
+        self._needed = [frozenset(p.name for p in positional[given:] + keywords if p.default is p.empty)
+                        for given in range(len(positional) + 1)]
+
+    def __call__(self, args: Sequence[Any], kwargs: Mapping[str, Any], options: Collection[str] = ()) -> None:
+        """Returns if the function accepts ``(*args, **kwargs)``, else raises ``TaskArgumentsError``. ``options``
+        names the keywords that ``.delay()`` took as hexq's options (queue, eta), for the hint."""
+        if self._named and len(args) < len(self._allowed):
+            keys = kwargs.keys()
+            if self._needed[len(args)] <= keys <= self._allowed[len(args)]:
+                return
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise self._error(str(exc), len(args), kwargs, options) from None
+
+    def _error(self, reason: str, given: int, kwargs: Mapping[str, Any],
+               options: Collection[str]) -> TaskArgumentsError:
+        assert self._signature is not None
+        parameters = self._signature.parameters.values()
+        named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        unknown = [key for key in kwargs if key not in named]
+        if reason.startswith("missing") and unknown and all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            reason = f"got an unexpected keyword argument {unknown[0]!r}"  # before "missing", as Python says it
+        elif reason.startswith("multiple values"):
+            reason = f"got {reason}"
+        elif reason == "too many positional arguments":
+            most = sum(1 for p in parameters if p.kind in _POSITIONAL)
+            were = "was" if given == 1 else "were"
+            reason = f"takes {most} positional argument{'s' * (most != 1)} but {given} {were} given"
+        bare = self._signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in parameters], return_annotation=self._signature.empty)
+        message = (f"{self._display}() {reason} (hexq checked the call to task {self.task!r} against its "
+                   f"signature {self._display}{bare}; nothing was enqueued)")
+        clashing = [name for name in options if name in self._signature.parameters]
+        if clashing:
+            message += (f"; .delay() took {', '.join(f'{n}=' for n in clashing)} as hexq's option, WakaQ's spelling:"
+                        f" pass the task's own argument with .options().delay({clashing[0]}=...) or "
+                        f".apply(kwargs={{{clashing[0]!r}: ...}})")
+        return TaskArgumentsError(self.task, reason, message)
 
 
 @attrs.define

@@ -38,9 +38,10 @@ import redis
 from redis_server import RedisServer, free_port
 from workers import ROOT, Cluster, Proc, wait_for
 
-from hexq import ConfigError, CronTask, HexQ, Queue, SerializationError, UnknownQueueError
+from hexq import Call, ConfigError, CronTask, HexQ, Queue, SerializationError, UnknownQueueError
 from hexq.core.errors import BrokerAuthError, BrokerFullError, CronError, PayloadTooLargeError
 from hexq.core.message import Codec, TaskMessage
+from hexq.core.services.sender import TaskArgumentsError
 from tests.integration.broker_state import topology_url, url_for
 
 pytestmark = pytest.mark.integration
@@ -286,14 +287,33 @@ def test_oversized_payload_already_in_the_queue_is_dead_lettered(shared: Shared)
 
 
 def test_arguments_not_matching_the_signature_are_dead_lettered(shared: Shared) -> None:
-    # Not checked at .delay() (WakaQ does not either): the worker's call raises TypeError.
-    task_id = shared.tasks.record.delay("sig-mismatch", "one too many")
+    # .delay() refuses such a call (row 54); one sent without that check (a hand-built Call, as `hexq enqueue`
+    # sends, or a producer of an older hexq) reaches the worker, whose call raises TypeError.
+    record = shared.tasks.record
+    (task_id,) = shared.tasks.app.enqueue_many([Call(record, ("sig-mismatch", "one too many"), {})])
     shared.still_serving("after-signature-mismatch")
     reason = dead_with(shared.cluster, task_id)["reason"]
     assert reason == "raised TypeError: record() takes 1 positional argument but 2 were given"
 
 
 # -- producer-side mistakes (no worker involved) -----------------------------------------------------------
+def test_arguments_not_matching_the_signature_are_refused_at_delay(cluster: BadCluster) -> None:
+    bad_app = cluster.tasks()
+    kept = bad_app.record.delay("kept")
+    with pytest.raises(TypeError) as caught:
+        bad_app.record.delay("a", "one too many")
+    assert isinstance(caught.value, TaskArgumentsError)
+    assert str(caught.value) == (
+        "record() takes 1 positional argument but 2 were given (hexq checked the call to task 'record' against its "
+        "signature record(tag); nothing was enqueued)")
+    with pytest.raises(TaskArgumentsError, match=r"^record\(\) got an unexpected keyword argument 'tga' "):
+        bad_app.record.delay(tga="typo")
+    with pytest.raises(TaskArgumentsError, match=r"^record\(\) missing a required argument: 'tag' "):
+        bad_app.record.delay_many([("fine",), ()])
+    assert cluster.state.queued_ids("default") == [kept]  # nothing more stored, nothing lost
+    assert {task_id for where, task_id in cluster.state.footprint() if where != "key"} == {kept}
+
+
 def test_huge_payload_is_refused_at_delay(cluster: BadCluster) -> None:
     bad_app = cluster.tasks()
     kept = bad_app.record.delay("kept")
