@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hexq.core.errors import BrokerUnavailableError, ConfigError, HexqError, UnknownTaskError
+from hexq.core.services.sender import TaskArgumentsError
 from hexq.entrypoints.app import HexQ
 from hexq.entrypoints.loading import load_app
 from hexq.entrypoints.logs import setup_logging
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.app)
         handler = globals()[f"_cmd_{args.command.replace('-', '_')}"]
         return int(handler(app, args))
-    except (ConfigError, UnknownTaskError) as exc:
+    except (ConfigError, UnknownTaskError, TaskArgumentsError) as exc:
         print(f"hexq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokerUnavailableError as exc:
@@ -229,7 +230,7 @@ def _cmd_purge(app: HexQ, args: argparse.Namespace) -> int:
 
 
 def _cmd_enqueue(app: HexQ, args: argparse.Namespace) -> int:
-    from hexq.entrypoints.app import Call, Task
+    from hexq.entrypoints.app import Task
 
     definition = app.registry.get(args.task)
     try:
@@ -240,8 +241,8 @@ def _cmd_enqueue(app: HexQ, args: argparse.Namespace) -> int:
     if not isinstance(kwargs, dict):
         raise ConfigError("--kwargs must be a JSON object")
     task: Task[Any, Any] = Task(app, definition)
-    (task_id,) = app.enqueue_many([Call(task, tuple(positional), kwargs, args.queue, args.eta)])
-    print(task_id)
+    # Checked against the task's signature like .delay(): a wrong call is refused here, not dead-lettered later.
+    print(task.apply(positional, kwargs, queue=args.queue, eta=args.eta))
     return EXIT_OK
 
 

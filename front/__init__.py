@@ -16,6 +16,7 @@ from hexq.core.errors import (
 )
 from hexq.core.queues import Queue
 from hexq.core.registry import current_attempt, current_task
+from hexq.core.services.sender import TaskArgumentsError
 from hexq.entrypoints.app import Call, HexQ, Task
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "SerializationError",
     "SoftTimeout",
     "Task",
+    "TaskArgumentsError",
     "UnknownQueueError",
     "UnknownTaskError",
     "current_attempt",

@@ -287,8 +287,8 @@ def test_oversized_payload_already_in_the_queue_is_dead_lettered(shared: Shared)
 
 
 def test_arguments_not_matching_the_signature_are_dead_lettered(shared: Shared) -> None:
-    # .delay() refuses such a call (row 54); one sent without that check (a hand-built Call, as `hexq enqueue`
-    # sends, or a producer of an older hexq) reaches the worker, whose call raises TypeError.
+    # .delay() and `hexq enqueue` refuse such a call (row 54); one sent without that check (a hand-built Call
+    # passed to enqueue_many, or a producer of an older hexq) reaches the worker, whose call raises TypeError.
     record = shared.tasks.record
     (task_id,) = shared.tasks.app.enqueue_many([Call(record, ("sig-mismatch", "one too many"), {})])
     shared.still_serving("after-signature-mismatch")
@@ -777,6 +777,9 @@ def test_cli_enqueue_with_non_json_argument(shared: Shared) -> None:
     result = hexq_cli(shared.cluster.env(), "enqueue", "record", "{not json", f"--app={BAD_APP}")
     assert result.returncode == 2
     assert result.stderr.startswith("hexq: error: arguments must be JSON values (quote strings: '\"text\"')")
+    wrong = hexq_cli(shared.cluster.env(), "enqueue", "record", '"a"', '"one too many"', f"--app={BAD_APP}")
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith("hexq: error: ") and "task 'record'" in wrong.stderr, wrong.stderr
     ok = hexq_cli(shared.cluster.env(), "enqueue", "record", '"from-cli"', f"--app={BAD_APP}")
     assert ok.returncode == 0, ok.stderr
     shared.cluster.wait_for_tags(1, timeout=10, suffix="from-cli")
