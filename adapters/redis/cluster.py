@@ -9,8 +9,9 @@ the node owning the slot. What makes the pin follow the cluster:
   (built on first use, from any startup node that answers, and refreshed when it is suspected stale);
 - ``ClusterSlotConnection`` asks the router where its slot lives every time it connects, as a Sentinel
   connection asks the sentinels where the primary is;
-- a MOVED or ASK reply (the slot moved: a failover, or resharding) closes the connection after its reply was
-  read and marks the router stale, so the next connection goes where the cluster now says; a connection
+- a MOVED or ASK reply (the slot moved: a failover, or resharding) marks the router stale and closes the
+  connection before its next command (the rest of a pipeline's replies are read first), so the next
+  connection goes where the cluster now says; a connection
   that fails to connect or breaks marks it stale too (a dead primary, before or during its failover).
 
 A MOVED write was refused, not run, so ``direct.DirectCommand`` sends it again once on a new connection;
@@ -111,10 +112,12 @@ class _Pinned:
     port: int
     _router: ClusterRouter
     _tag: str
+    _rerouted: bool
 
     def _pinned_init(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         self._router = kwargs.pop("router")
         self._tag = kwargs.pop("tag")
+        self._rerouted = False
         return kwargs
 
     def _connect(self) -> Any:
@@ -132,13 +135,23 @@ class _Pinned:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except rx.ResponseError as exc:
             if is_redirect(exc):
-                # The reply was read whole, but this node no longer serves the slot: never reuse the connection.
+                # This node no longer serves the slot. The other replies of a pipeline still come from it, so
+                # the connection is closed before its next command, not now (a closed connection fails the
+                # next read with an error redis-py does not even translate).
                 self._router.suspect()
-                self.disconnect()  # type: ignore[attr-defined]
+                self._rerouted = True
             raise
         except (rx.ConnectionError, rx.TimeoutError):
             self._router.suspect()
             raise
+
+    def send_packed_command(self, command: Any, *args: Any, **kwargs: Any) -> None:
+        # Every command goes through here (send_command packs, then sends), pooled or direct: a connection
+        # that was told MOVED or ASK reconnects, and connecting asks the router where the slot is now.
+        if self._rerouted:
+            self._rerouted = False
+            self.disconnect()  # type: ignore[attr-defined]
+        super().send_packed_command(command, *args, **kwargs)  # type: ignore[misc]
 
 
 class ClusterSlotConnection(_Pinned, Connection):
