@@ -24,6 +24,19 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 _SUMMED_KINDS = ("counter", "histogram", "summary")
 
 
+# A child creates its file, then sizes it and writes its header: a scrape in between found an empty file,
+# prometheus_client failed to read its header (struct.error), and the scrape answered 500. Such a file holds
+# no value yet, so it is left out until its header is written.
+_HEADER_BYTES = 8
+
+
+def _started(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= _HEADER_BYTES
+    except OSError:  # gone meanwhile (folded by process_dead)
+        return False
+
+
 class _Files(Collector):
     """The multiprocess directory. Every child leaves files behind and a scrape reads them all, so a
     worker that recycles its children would be scraped slower and slower: a dead child's files are folded
@@ -38,7 +51,8 @@ class _Files(Collector):
             return list(multiprocess.MultiProcessCollector.merge(self._all(), accumulate=True))  # type: ignore[no-untyped-call]
 
     def _all(self) -> list[str]:
-        return [os.path.join(self.directory, name) for name in os.listdir(self.directory) if name.endswith(".db")]
+        return [path for name in os.listdir(self.directory) if name.endswith(".db")
+                and _started(path := os.path.join(self.directory, name))]
 
     def process_dead(self, pid: int) -> None:
         multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
