@@ -36,10 +36,10 @@ import redis
 from bench import cost as redis_cost
 from bench.apps.common import DONE_KEY, LOW_KEY, STAMPS_KEY
 from bench.cluster_server import LocalCluster
-from bench.procs import REPO, ProcessTree, bench_env
+from bench.procs import REPO, ProcessTree, bench_env, run_client
 from bench.redis_server import RedisServer
 from bench.systems.hexq import Hexq
-from bench.workloads import Timeout, percentile, stamp_delays_ms, steady_rate, wait_for_count
+from bench.workloads import percentile, stamp_delays_ms, steady_rate, wait_for_count
 
 NAMES = ("cluster", "cluster-cost", "cluster-priority")  # what --workloads can pick (never run by default)
 COST_PARTITIONS = (1, 2, 3)
@@ -50,18 +50,9 @@ HERE = REPO / "bench"
 
 
 class HexqCluster(Hexq):
-    """hexq with ``partitions`` from ``BENCH_PARTITIONS`` (bench/apps/hexq_cluster*_app.py)."""
+    """hexq's usual bench apps, given ``partitions`` by ``BENCH_PARTITIONS`` (bench/apps/hexq_app.py)."""
 
     name = "hexq-cluster"
-    app_module = "bench.apps.hexq_cluster_app"
-    command = "hexq worker --app=bench.apps.hexq_cluster_app:app --concurrency=2"
-    priority_command = "hexq worker --app=bench.apps.hexq_cluster_priority_app:app --concurrency=2"
-
-    def worker_argvs(self, url: str, app: str = "bench.apps.hexq_cluster_app:app") -> list[list[str]]:
-        return super().worker_argvs(url, app)
-
-    def priority_argvs(self, url: str) -> list[list[str]]:
-        return self.worker_argvs(url, "bench.apps.hexq_cluster_priority_app:app")
 
 
 @attrs.define
@@ -108,26 +99,8 @@ class ClusterBench:
 
     def client(self, broker: Broker, partitions: int, op: str, timeout: float, label: str,
                **opts: Any) -> dict[str, Any]:
-        out = self.logdir / f"{label}.json"
-        out.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "bench.cluster_client", self.system.name, op, "--out", str(out)]
-        for key, value in opts.items():
-            argv += [f"--{key}", str(value)]
-        tree = ProcessTree.spawn([argv], env=self.env(broker, partitions), cwd=str(REPO),
-                                 log=self.logdir / f"{label}.log")
-        try:
-            try:
-                tree.procs[0].wait(timeout=timeout)
-            except Exception:
-                raise Timeout(f"client {op} still running after {timeout:.0f} s") from None
-        finally:
-            tree.kill(grace=0.5)
-        if not out.exists():
-            raise RuntimeError(f"client {op} exited with {tree.procs[0].returncode}; see {label}.log")
-        result: dict[str, Any] = json.loads(out.read_text())
-        if "error" in result:
-            raise RuntimeError(f"client {op}: {result['error']}")
-        return result
+        return run_client("bench.cluster_client", self.system.name, op, env=self.env(broker, partitions),
+                          logdir=self.logdir, label=label, timeout=timeout, **opts)
 
     def workers(self, broker: Broker, partitions: int, label: str, priority: bool = False) -> ProcessTree:
         argvs = self.system.priority_argvs(broker.url) if priority else self.system.worker_argvs(broker.url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import redis
 
 from bench import cost as redis_cost
 from bench.apps.common import DONE_KEY, LOW_KEY, STAMPS_KEY
-from bench.procs import REPO, ProcessTree, bench_env
+from bench.procs import REPO, ClientFailed, ProcessTree, bench_env, run_client
 from bench.systems.base import System
 from bench.workloads import Timeout, percentile, stamp_delays_ms, steady_rate, wait_for_count
 
@@ -77,26 +76,11 @@ class Harness:
 
     def client_result(self, system: System, op: str, timeout: float, label: str, **opts: Any) -> dict[str, Any]:
         """Run one client op in its own process; returns what it wrote (``seconds``, maybe ``sent``)."""
-        out = self.logdir / f"{label}.json"
-        out.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "bench.client", system.name, op, "--out", str(out)]
-        for key, value in opts.items():
-            argv += [f"--{key}", str(value)]
-        tree = ProcessTree.spawn([argv], env=self.env(system, self.url), cwd=str(REPO),
-                                 log=self.logdir / f"{label}.log")
         try:
-            try:
-                tree.procs[0].wait(timeout=timeout)
-            except Exception:
-                raise Timeout(f"client {op} still running after {timeout:.0f} s") from None
-        finally:
-            tree.kill(grace=0.5)
-        if not out.exists():
-            raise StepError(f"client {op} exited with {tree.procs[0].returncode}: {self.tail(label)}")
-        result: dict[str, Any] = json.loads(out.read_text())
-        if "error" in result:
-            raise StepError(f"client {op}: {result['error']}")
-        return result
+            return run_client("bench.client", system.name, op, env=self.env(system, self.url), logdir=self.logdir,
+                              label=label, timeout=timeout, **opts)
+        except ClientFailed as exc:
+            raise StepError(f"{exc}: {self.tail(label)}") from None
 
     def env(self, system: System, url: str, **extra: str) -> dict[str, str]:
         """Child environment: the broker URL, and for an SQLite system its database file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
@@ -123,3 +124,35 @@ def kill_all() -> None:
 
 
 atexit.register(kill_all)
+
+
+class ClientFailed(RuntimeError):
+    """A client process ended without a result, or reported an error."""
+
+
+def run_client(module: str, system: str, op: str, *, env: dict[str, str], logdir: Path, label: str,
+               timeout: float, **opts: object) -> dict[str, Any]:
+    """Run one client op (``python -m <module> <system> <op> --out ... --<opt> <value>``) in its own process
+    and return the JSON it wrote. Raises ``bench.workloads.Timeout`` past ``timeout`` and ``ClientFailed`` if
+    it wrote nothing or wrote an error; its output is in ``<logdir>/<label>.log``."""
+    from bench.workloads import Timeout
+
+    out = logdir / f"{label}.json"
+    out.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", module, system, op, "--out", str(out)]
+    for key, value in opts.items():
+        argv += [f"--{key}", str(value)]
+    tree = ProcessTree.spawn([argv], env=env, cwd=str(REPO), log=logdir / f"{label}.log")
+    try:
+        try:
+            tree.procs[0].wait(timeout=timeout)
+        except Exception:
+            raise Timeout(f"client {op} still running after {timeout:.0f} s") from None
+    finally:
+        tree.kill(grace=0.5)
+    if not out.exists():
+        raise ClientFailed(f"client {op} exited with {tree.procs[0].returncode}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    if "error" in result:
+        raise ClientFailed(f"client {op}: {result['error']}")
+    return result

@@ -63,13 +63,6 @@ class ClusterRouter:
         """Something failed on a pinned connection: ask the cluster again before the next connection."""
         self._stale = True
 
-    def nodes(self) -> list[tuple[str, int, str]]:
-        """Every node the cluster lists: host, port and role ("primary" or "replica"), for ``hexq info``."""
-        with self._lock:
-            cluster = self._view()
-            return [(str(n.host), int(n.port), "primary" if n.server_type == "primary" else "replica")
-                    for n in cluster.get_nodes()]  # type: ignore[no-untyped-call,unused-ignore]
-
     def _view(self) -> RedisCluster:
         if self._cluster is None:
             self._cluster = self._connect()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 from typing import Literal, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 
-from hexq.adapters.redis.settings import DURABLE_PARAMS, ClientOptions, _query, redacted_url
+from hexq.adapters.redis.settings import DURABLE_PARAMS, ClientOptions, _query, host_port, redacted_url, url_parts
 from hexq.core.errors import ConfigError
 
 ClusterScheme = Literal["redis+cluster", "rediss+cluster"]
@@ -34,37 +34,15 @@ class ClusterTarget:
     tls: bool = False
 
 
-def _node(item: str, url: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port``; the port defaults to 6379."""
-    if item.startswith("["):
-        host, close, rest = item[1:].partition("]")
-        if not close or (rest and not rest.startswith(":")):
-            raise ConfigError(f"bad node address {item!r} in {redacted_url(url)!r}: expected [v6 address]:port")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = item.partition(":")
-    if not host:
-        raise ConfigError(f"empty host in {redacted_url(url)!r}: expected {_FORM}")
-    if not port_text:
-        return host, DEFAULT_CLUSTER_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad port {port_text!r} in {redacted_url(url)!r}: expected 1 to 65535")
-    return host, int(port_text)
-
-
 @functools.lru_cache(maxsize=64)
 def parse_cluster_url(url: str) -> ClusterTarget:
     """Parse a cluster URL; raises ConfigError naming what is wrong, never showing the password."""
     parts = urlsplit(url)
     if parts.scheme not in CLUSTER_SCHEMES:
         raise ConfigError(f"not a cluster URL: {redacted_url(url)!r} (expected {_FORM})")
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    nodes = tuple(_node(item.strip(), url) for item in hosts.split(",") if item.strip())
+    username, password, hosts = url_parts(parts.netloc)
+    nodes = tuple(host_port(item.strip(), url, default_port=DEFAULT_CLUSTER_PORT, what="", form=_FORM)
+                  for item in hosts.split(",") if item.strip())
     if not nodes:
         raise ConfigError(f"{redacted_url(url)!r} names no node: expected {_FORM}")
     if parts.path.strip("/") not in ("", "0"):

@@ -22,7 +22,9 @@ from hexq.adapters.redis.settings import (
     ClientOptions,
     SentinelScheme,
     _query,
+    host_port,
     redacted_url,
+    url_parts,
 )
 from hexq.core.errors import ConfigError
 
@@ -48,24 +50,6 @@ class SentinelTarget:
 _SENTINEL_FORM = "redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]"
 
 
-def _host_port(item: str, url: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port``; the port defaults to Sentinel's 26379."""
-    if item.startswith("["):
-        host, close, rest = item[1:].partition("]")
-        if not close or (rest and not rest.startswith(":")):
-            raise ConfigError(f"bad sentinel address {item!r} in {redacted_url(url)!r}: expected [v6 address]:port")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = item.partition(":")
-    if not host:
-        raise ConfigError(f"empty sentinel host in {redacted_url(url)!r}: expected {_SENTINEL_FORM}")
-    if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad sentinel port {port_text!r} in {redacted_url(url)!r}: expected 1 to 65535")
-    return host, int(port_text)
-
-
 @functools.lru_cache(maxsize=64)
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """Parse a ``redis+sentinel://`` or ``rediss+sentinel://`` URL (grammar: ``SentinelSettings``);
@@ -73,15 +57,11 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     parts = urlsplit(url)
     if parts.scheme not in SENTINEL_SCHEMES:
         raise ConfigError(f"not a Sentinel URL: {redacted_url(url)!r} (expected {_SENTINEL_FORM})")
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
+    username, password, hosts = url_parts(parts.netloc)
     if not hosts.strip(","):
         raise ConfigError(f"{redacted_url(url)!r} names no sentinel: expected {_SENTINEL_FORM}")
-    sentinels = tuple(_host_port(item.strip(), url) for item in hosts.split(",") if item.strip())
+    sentinels = tuple(host_port(item.strip(), url, default_port=DEFAULT_SENTINEL_PORT, what="sentinel ",
+                                form=_SENTINEL_FORM) for item in hosts.split(",") if item.strip())
     segments = [unquote(segment) for segment in parts.path.split("/")[1:]]
     while segments and segments[-1] == "" and len(segments) > 1:
         segments.pop()  # a trailing slash

@@ -73,6 +73,35 @@ def _whole_option(url: object, name: str, default: int) -> int:
         raise ConfigError(f"{name} in the broker URL must be a whole number, got {raw!r}") from None
 
 
+def url_parts(netloc: str) -> tuple[str | None, str | None, str]:
+    """``[user[:password]@]hosts`` of a URL naming several hosts (Sentinel, Cluster): the user and password,
+    percent-decoded, and the hosts part. redis-py parses one-host URLs itself."""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return None, None, hosts
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if colon else None, hosts
+
+
+def host_port(item: str, url: str, *, default_port: int, what: str, form: str) -> tuple[str, int]:
+    """One host of such a URL: ``host``, ``host:port`` or ``[v6]:port``. ``what`` names the host in errors
+    ("sentinel "), ``form`` is the URL's grammar; the password is never shown."""
+    if item.startswith("["):
+        host, close, rest = item[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ConfigError(f"bad {what}address {item!r} in {redacted_url(url)!r}: expected [v6 address]:port")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise ConfigError(f"empty {what}host in {redacted_url(url)!r}: expected {form}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"bad {what}port {port_text!r} in {redacted_url(url)!r}: expected 1 to 65535")
+    return host, int(port_text)
+
+
 def without_params(url: str, names: tuple[str, ...]) -> str:
     """``url`` without the query options ``names`` (hexq's own, which redis-py would refuse)."""
     head, question, rest = url.partition("?")

@@ -1,9 +1,13 @@
 """hexq: ``hexq worker --app=bench.apps.hexq_app:app --concurrency=2``."""
 
+import os
+
 from bench.apps.common import BROKER_URL, done, record
 from hexq import HexQ
 
-app = HexQ(queues=["default"], url=BROKER_URL, concurrency=2, worker_log_level="WARNING")
+# BENCH_PARTITIONS: spread over that many hash tags (bench/cluster.py, on a Redis Cluster); 1 by default.
+app = HexQ(queues=["default"], url=BROKER_URL, partitions=int(os.environ.get("BENCH_PARTITIONS", "1")), concurrency=2,
+           worker_log_level="WARNING")
 
 
 @app.task
