@@ -19,7 +19,7 @@ from bench.harness import WORKLOADS, Config, Harness
 from bench.procs import REPO, kill_all
 from bench.proxy import Proxy
 from bench.redis_server import RedisServer
-from bench.systems import SYSTEMS
+from bench.systems import SYSTEMS, baseline
 from bench.workloads import ceiling, median, sqlite_ceiling
 
 HERE = REPO / "bench"
@@ -45,6 +45,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              f"{','.join(cluster.NAMES)} (hexq on a local Redis Cluster, bench/cluster.py)")
     parser.add_argument("--cluster-replicas", type=int, default=1,
                         help="replicas per primary of the cluster workloads' 3-primary cluster (default 1)")
+    parser.add_argument("--baseline", metavar="REV", default="",
+                        help="also measure hexq as of this git commit (system hexq-base, installed in a venv "
+                             "under bench/baselines/), to compare before and after a change in one run")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="default bench/RESULTS.md; with --quick, bench/logs/RESULTS-quick.md; with "
@@ -67,7 +70,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             args.markdown = HERE / "RESULTS.md"
     if args.proxy_n is None:
         args.proxy_n = max(200, args.n // 10)
-    wanted = [s.strip() for s in args.only.split(",") if s.strip()] or list(SYSTEMS)
+    # hexq-base is measured only when --baseline names the commit to install
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()] or [n for n in SYSTEMS if n != "hexq-base"]
+    if args.baseline:
+        log(f"installing hexq as of {args.baseline} for hexq-base ...")
+        os.environ[baseline.PYTHON_ENV] = str(baseline.prepare(HERE.parent, args.baseline, HERE / "baselines"))
+        os.environ[baseline.REV_ENV] = args.baseline
+        wanted.append("hexq-base")
     unknown = [n for n in wanted if n not in SYSTEMS]
     args.names = [n for n in SYSTEMS if n in wanted]
     if unknown:

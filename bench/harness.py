@@ -78,7 +78,7 @@ class Harness:
         """Run one client op in its own process; returns what it wrote (``seconds``, maybe ``sent``)."""
         try:
             return run_client("bench.client", system.name, op, env=self.env(system, self.url), logdir=self.logdir,
-                              label=label, timeout=timeout, **opts)
+                              label=label, timeout=timeout, python=system.python, **opts)
         except ClientFailed as exc:
             raise StepError(f"{exc}: {self.tail(label)}") from None
 

@@ -131,7 +131,7 @@ class ClientFailed(RuntimeError):
 
 
 def run_client(module: str, system: str, op: str, *, env: dict[str, str], logdir: Path, label: str,
-               timeout: float, **opts: object) -> dict[str, Any]:
+               timeout: float, python: str = sys.executable, **opts: object) -> dict[str, Any]:
     """Run one client op (``python -m <module> <system> <op> --out ... --<opt> <value>``) in its own process
     and return the JSON it wrote. Raises ``bench.workloads.Timeout`` past ``timeout`` and ``ClientFailed`` if
     it wrote nothing or wrote an error; its output is in ``<logdir>/<label>.log``."""
@@ -139,7 +139,7 @@ def run_client(module: str, system: str, op: str, *, env: dict[str, str], logdir
 
     out = logdir / f"{label}.json"
     out.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", module, system, op, "--out", str(out)]
+    argv = [python, "-m", module, system, op, "--out", str(out)]
     for key, value in opts.items():
         argv += [f"--{key}", str(value)]
     tree = ProcessTree.spawn([argv], env=env, cwd=str(REPO), log=logdir / f"{label}.log")

@@ -43,6 +43,11 @@ class System:
     broker = "redis"
     skips: frozenset[str] = frozenset()  # workloads that do not apply to this system (not run, not shown)
 
+    @property
+    def python(self) -> str:
+        """The interpreter of this system's client processes (another venv's for ``hexq-base``)."""
+        return sys.executable
+
     # -- harness side ------------------------------------------------------------------------------
     def missing(self) -> str | None:
         """None when usable, else why not (shown in the table instead of numbers)."""
