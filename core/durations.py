@@ -47,3 +47,36 @@ def eta_to_epoch(eta: object, now: float) -> float:
             "datetime for a point in time)"
         )
     return epoch
+
+
+def expires_after(value: object, what: str) -> float | None:
+    """A deadline given as a duration (a timedelta or seconds, measured from each send), as positive float
+    seconds; None when unset. A datetime is refused here: a fixed moment suits one call, not a task's default."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        raise ConfigError(f"{what} must be a duration (seconds or a timedelta, counted from each .delay()), got "
+                          f"the datetime {value!r}: give a moment to one call with .options(expires=...)")
+    if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
+        raise ConfigError(f"{what} must be seconds (int/float) or a timedelta, got {value!r}")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{what} must be a positive, finite duration, got {value!r}: a task needs some time "
+                          "to be started in (None means no deadline)")
+    return seconds
+
+
+def deadline_to_epoch(expires: object, now: float) -> float:
+    """A per-call deadline as epoch seconds: a timedelta or a number of seconds from now (positive), or a
+    datetime (naive = UTC, as for eta). Whether it has already passed is for the caller to say, naming the task."""
+    if isinstance(expires, datetime):
+        moment = expires if expires.tzinfo is not None else expires.replace(tzinfo=timezone.utc)
+        epoch = moment.timestamp()
+    else:
+        seconds = expires_after(expires, "expires")
+        assert seconds is not None
+        epoch = now + seconds
+    if epoch - now > MAX_ETA_SECONDS:
+        raise ConfigError(f"expires {expires!r} is more than 100 years away: a number means seconds from now "
+                          "(pass a datetime for a point in time)")
+    return epoch

@@ -82,5 +82,15 @@ class SoftTimeout(HexqError):
     """Raised inside a task that ran past its soft timeout."""
 
 
+class DeadlineError(HexqError, ValueError):
+    """A task's deadline (``expires``) leaves it no time to start: already past when sent, or before its eta.
+    Raised at ``.delay()`` before anything is stored."""
+
+    def __init__(self, task: str, deadline: float, problem: str) -> None:
+        self.task = task
+        self.deadline = deadline  # epoch seconds
+        super().__init__(f"task {task!r}: {problem}; nothing was enqueued (give a later expires=, or none)")
+
+
 class CronError(ConfigError):
     pass

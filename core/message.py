@@ -44,6 +44,8 @@ class TaskMessage:
     enqueued_at: float = 0.0
     eta: float | None = None
     broadcast: bool = False
+    # The deadline, epoch seconds: a run not started by then never starts (written only when set).
+    expires: float | None = None
 
     def fingerprint(self) -> str:
         """Identity of an eta task for deduplication: task name, queue, args and kwargs (WakaQ's rule)."""
@@ -62,11 +64,12 @@ class Codec:
 
     def encode(self, message: TaskMessage) -> str:
         return self.encode_fields(message.id, message.name, message.queue, message.args, message.kwargs,
-                                  message.retries, message.enqueued_at, message.eta, message.broadcast)
+                                  message.retries, message.enqueued_at, message.eta, message.broadcast,
+                                  message.expires)
 
     def encode_fields(self, task_id: str, name: str, queue: str, args: tuple[Any, ...] | list[Any],
                       kwargs: dict[str, Any], retries: int = 0, enqueued_at: float = 0.0,
-                      eta: float | None = None, broadcast: bool = False) -> str:
+                      eta: float | None = None, broadcast: bool = False, expires: float | None = None) -> str:
         """``encode`` without building a TaskMessage first: the enqueue hot path."""
         native_args, native_kwargs = payload.encode_arguments(name, args, kwargs)
         document: dict[str, Any] = {
@@ -83,6 +86,8 @@ class Codec:
             document["eta"] = eta
         if broadcast:
             document["broadcast"] = True
+        if expires is not None:
+            document["expires"] = expires
         text = payload.dumps(document)
         if self.signing_key is not None:
             text = payload.dumps({"sig": self._sign(text), "body": text})
@@ -121,8 +126,9 @@ class Codec:
             kwargs=_field(document, "kwargs", dict),
             retries=_non_negative(_field(document, "retries", int), "retries"),
             enqueued_at=float(_field(document, "enqueued_at", (int, float))),
-            eta=_optional_number(document.get("eta")),
+            eta=_optional_number(document.get("eta"), "eta"),
             broadcast=_flag(document.get("broadcast", False)),
+            expires=_optional_number(document.get("expires"), "expires"),
         )
 
     def _sign(self, text: str) -> str:
@@ -161,9 +167,9 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _optional_number(value: Any) -> float | None:
+def _optional_number(value: Any, key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MalformedPayloadError(f"envelope field 'eta' has the wrong type: {value!r}")
+        raise MalformedPayloadError(f"envelope field {key!r} has the wrong type: {value!r}")
     return float(value)

@@ -43,13 +43,14 @@ class TaskFactory:
     ids: TaskIds
 
     def new(self, name: str, queue: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], now: float,
-            eta: float | None = None, broadcast: bool = False) -> OutgoingTask:
-        """A first attempt of task ``name``; ``eta`` in epoch seconds (None: runnable now)."""
+            eta: float | None = None, broadcast: bool = False, expires: float | None = None) -> OutgoingTask:
+        """A first attempt of task ``name``; ``eta`` in epoch seconds (None: runnable now); ``expires``, the
+        deadline in epoch seconds (None: none)."""
         task_id = self.ids.new()
         if eta is None:
-            payload = self.codec.encode_fields(task_id, name, queue, args, kwargs, 0, now, None, broadcast)
+            payload = self.codec.encode_fields(task_id, name, queue, args, kwargs, 0, now, None, broadcast, expires)
             return OutgoingTask(task_id, queue, payload)
-        message = TaskMessage(task_id, name, queue, tuple(args), kwargs, 0, now, eta, broadcast)
+        message = TaskMessage(task_id, name, queue, tuple(args), kwargs, 0, now, eta, broadcast, expires)
         # Rounded up: a task due at 12.3456 s must not become visible at 12.345 s (eta is never early).
         return OutgoingTask(task_id, queue, self.codec.encode(message), math.ceil(eta * 1000),
                             message.fingerprint())

@@ -27,6 +27,7 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = ()
     backoff: float = 1.0
     backoff_max: float = 600.0
+    expires: float | None = None  # seconds from each send: the deadline a run must start by
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, "task options")

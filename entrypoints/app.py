@@ -35,6 +35,8 @@ R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 # An eta: a timedelta, a datetime (naive = UTC) or seconds from now.
 Eta: TypeAlias = "timedelta | datetime | float"
+# A deadline (expires): a timedelta or seconds from now, or a datetime (naive = UTC).
+Expires: TypeAlias = "timedelta | datetime | float"
 
 
 @attrs.frozen
@@ -46,6 +48,7 @@ class Call:
     kwargs: dict[str, Any]
     queue: str | None = None
     eta: Any = None
+    expires: Any = None
 
 
 class Task(Generic[P, R]):
@@ -81,14 +84,16 @@ class Task(Generic[P, R]):
         self.check(args, options, _given(queue, eta))
         return self.app.enqueue_many([Call(self, args, options, queue, eta)])[0]
 
-    def options(self, *, queue: str | None = None, eta: Eta | None = None) -> TaskWithOptions[P, R]:
-        """The typed way to pass options: ``task.options(queue=Q, eta=timedelta(seconds=10)).delay(1, y=2)``."""
-        return TaskWithOptions(self, queue, eta)
+    def options(self, *, queue: str | None = None, eta: Eta | None = None,
+                expires: Expires | None = None) -> TaskWithOptions[P, R]:
+        """The typed way to pass options: ``task.options(queue=Q, eta=timedelta(seconds=10)).delay(1, y=2)``.
+        ``expires``: the deadline of this run (overrides the task's), a duration from now or a datetime."""
+        return TaskWithOptions(self, queue, eta, expires)
 
     def apply(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-              queue: str | None = None, eta: Eta | None = None) -> str:
+              queue: str | None = None, eta: Eta | None = None, expires: Expires | None = None) -> str:
         """Enqueue a run from an argument list and dict (not checked by a type checker; checked at run time)."""
-        return self.app.enqueue_many([self._call(tuple(args), dict(kwargs or {}), queue, eta)])[0]
+        return self.app.enqueue_many([self._call(tuple(args), dict(kwargs or {}), queue, eta, expires)])[0]
 
     def bind(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """One run for ``delay_many``, checked now; ``task.options(...).bind(...)`` gives it its own options."""
@@ -111,9 +116,10 @@ class Task(Generic[P, R]):
         self.check(args, kwargs)
         return self.app.broadcast(self, args, kwargs)
 
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], queue: str | None, eta: Any) -> Call:
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], queue: str | None, eta: Any,
+              expires: Any = None) -> Call:
         self.check(args, kwargs)
-        return Call(self, args, kwargs, queue, eta)
+        return Call(self, args, kwargs, queue, eta, expires)
 
     def __repr__(self) -> str:
         return f"<hexq task {self.name}>"
@@ -127,14 +133,15 @@ class TaskWithOptions(Generic[P, R]):
     task: Task[P, R]
     queue: str | None = None
     eta: Eta | None = None
+    expires: Expires | None = None
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a run with these options; returns the task id. Every keyword is the task's own argument."""
-        return self.task.app.enqueue_many([self.task._call(args, kwargs, self.queue, self.eta)])[0]
+        return self.task.app.enqueue_many([self.task._call(args, kwargs, self.queue, self.eta, self.expires)])[0]
 
     def bind(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """One run for ``delay_many``, with these options."""
-        return self.task._call(args, kwargs, self.queue, self.eta)
+        return self.task._call(args, kwargs, self.queue, self.eta, self.expires)
 
 
 def _given(queue: str | None, eta: Any) -> tuple[str, ...]:
@@ -224,27 +231,29 @@ class HexQ(OptionViews):
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
-             backoff_max: float = 600.0) -> Task[P, R]: ...
+             backoff_max: float = 600.0, expires: float | int | timedelta | None = None) -> Task[P, R]: ...
 
     @overload
     def task(self, fn: None = None, *, name: str | None = None, queue: str | None = None,
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
-             backoff_max: float = 600.0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+             backoff_max: float = 600.0, expires: float | int | timedelta | None = None
+             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str | None = None,
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
-             backoff_max: float = 600.0) -> Any:
-        """Register a task; usable bare (``@app.task``) or with options (``@app.task(queue=...)``)."""
+             backoff_max: float = 600.0, expires: float | int | timedelta | None = None) -> Any:
+        """Register a task; usable bare (``@app.task``) or with options (``@app.task(queue=...)``).
+        ``expires``: each run's deadline, counted from its ``.delay()``; a run not started by then never runs."""
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or function.__name__
             options = task_options(task_name, queue=queue, max_retries=max_retries, soft_timeout=soft_timeout,
                                    hard_timeout=hard_timeout, retry_on=retry_on, backoff=backoff,
-                                   backoff_max=backoff_max)
+                                   backoff_max=backoff_max, expires=expires)
             definition = TaskDef(task_name, function, options)
             self.registry.add(definition)
             return Task(self, definition)
@@ -283,7 +292,7 @@ class HexQ(OptionViews):
 
     def enqueue_many(self, calls: Sequence[Call]) -> list[str]:
         """Encode and store many task runs, pipelined; returns their ids in order."""
-        sends = [Send(call.task.name, call.args, call.kwargs, call.queue, call.eta) for call in calls]
+        sends = [Send(call.task.name, call.args, call.kwargs, call.queue, call.eta, call.expires) for call in calls]
         return bootstrap.sender_for(self).send(sends)
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hexq.core.errors import BrokerUnavailableError, ConfigError, HexqError, UnknownTaskError
+from hexq.core.errors import BrokerUnavailableError, ConfigError, DeadlineError, HexqError, UnknownTaskError
 from hexq.core.services.sender import TaskArgumentsError
 from hexq.entrypoints.app import HexQ
 from hexq.entrypoints.loading import load_app
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
     enqueue.add_argument("--queue", help="override the task's queue")
     enqueue.add_argument("--eta", type=float, help="run after this many seconds")
+    enqueue.add_argument("--expires", type=float, metavar="SECONDS",
+                         help="never start it later than this many seconds from now")
 
     dead = command("dead", "List, requeue or purge dead letters.")
     dead.add_argument("action", choices=["list", "requeue", "purge"])
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.app)
         handler = globals()[f"_cmd_{args.command.replace('-', '_')}"]
         return int(handler(app, args))
-    except (ConfigError, UnknownTaskError, TaskArgumentsError) as exc:
+    except (ConfigError, UnknownTaskError, TaskArgumentsError, DeadlineError) as exc:
         print(f"hexq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokerUnavailableError as exc:
@@ -146,7 +148,7 @@ def _snapshot(app: HexQ) -> dict[str, Any]:
     return {
         "broker": app.connection.redacted,
         "queues": [{"name": s.name, "priority": app.queues.get(s.name).priority, "pending": s.pending,
-                    "eta": s.eta, "in_flight": s.in_flight} for s in stats],
+                    "eta": s.eta, "in_flight": s.in_flight, "expired": s.expired} for s in stats],
         # Counted by the broker: fetching the letters would move every payload, and a fetch limit caps the count.
         "dead": broker.dead_count(),
         "in_flight": [{"id": f.id, "queue": f.queue, "consumer": f.consumer,
@@ -180,9 +182,10 @@ def _json_or_raw(text: str) -> dict[str, Any]:
 
 def _print_snapshot(snapshot: dict[str, Any]) -> None:
     print(f"broker: {snapshot['broker']}")
-    print(f"{'queue':<32} {'prio':>4} {'pending':>9} {'eta':>7} {'in flight':>10}")
+    print(f"{'queue':<32} {'prio':>4} {'pending':>9} {'eta':>7} {'in flight':>10} {'expired':>8}")
     for q in snapshot["queues"]:
-        print(f"{q['name']:<32} {q['priority']:>4} {q['pending']:>9} {q['eta']:>7} {q['in_flight']:>10}")
+        print(f"{q['name']:<32} {q['priority']:>4} {q['pending']:>9} {q['eta']:>7} {q['in_flight']:>10} "
+              f"{q['expired']:>8}")
     if snapshot["partitions"]:
         print(f"{'partition':<32} {'node':>21} {'pending':>9} {'eta':>7} {'in flight':>10}")
         for p in snapshot["partitions"]:
@@ -242,7 +245,7 @@ def _cmd_enqueue(app: HexQ, args: argparse.Namespace) -> int:
         raise ConfigError("--kwargs must be a JSON object")
     task: Task[Any, Any] = Task(app, definition)
     # Checked against the task's signature like .delay(): a wrong call is refused here, not dead-lettered later.
-    print(task.apply(positional, kwargs, queue=args.queue, eta=args.eta))
+    print(task.apply(positional, kwargs, queue=args.queue, eta=args.eta, expires=args.expires))
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ import attrs
 
 from hexq.core.concurrency import evaluate
 from hexq.core.cron import CronTask
-from hexq.core.durations import to_seconds
+from hexq.core.durations import expires_after, to_seconds
 from hexq.core.errors import ConfigError
 from hexq.core.message import Codec
 from hexq.core.policy import AppDefaults, TaskOptions
@@ -138,7 +138,8 @@ def _exception_classes(retry_on: object, owner: str) -> tuple[type[BaseException
 
 
 def task_options(name: str, *, queue: str | None, max_retries: int | None, soft_timeout: Seconds | None,
-                 hard_timeout: Seconds | None, retry_on: object, backoff: float, backoff_max: float) -> TaskOptions:
+                 hard_timeout: Seconds | None, retry_on: object, backoff: float, backoff_max: float,
+                 expires: Seconds | None = None) -> TaskOptions:
     """What ``@app.task(...)`` said about task ``name``, checked; the queue is checked when it is registered."""
     owner = f"task {name!r}"
     soft = to_seconds(soft_timeout, f"{owner} soft_timeout")
@@ -147,7 +148,8 @@ def task_options(name: str, *, queue: str | None, max_retries: int | None, soft_
     return TaskOptions(queue, optional_whole_number(max_retries, f"{owner} max_retries"), soft, hard,
                        _exception_classes(retry_on, owner),
                        number_between(backoff, f"{owner} backoff", 0, unit="seconds"),
-                       number_between(backoff_max, f"{owner} backoff_max", 0, unit="seconds"))
+                       number_between(backoff_max, f"{owner} backoff_max", 0, unit="seconds"),
+                       expires_after(expires, f"{owner} expires"))
 
 
 def schedules_for(specs: Iterable[Any], queues: QueueSet) -> list[CronTask]:

@@ -7,6 +7,7 @@ from hexq.core.cron import CronTask
 from hexq.core.errors import (
     BrokerUnavailableError,
     ConfigError,
+    DeadlineError,
     HexqError,
     MalformedPayloadError,
     SerializationError,
@@ -24,6 +25,7 @@ __all__ = [
     "Call",
     "ConfigError",
     "CronTask",
+    "DeadlineError",
     "HexQ",
     "HexqError",
     "MalformedPayloadError",

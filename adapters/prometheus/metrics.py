@@ -27,8 +27,8 @@ class _Series:
 
 
 class PrometheusMetrics:
-    """Counters ``hexq_tasks_{enqueued,started,succeeded,failed,retried,dead_lettered}_total`` by task and
-    queue, ``hexq_tasks_recovered_after_crash_total``, the histogram ``hexq_task_duration_seconds`` by task
+    """Counters ``hexq_tasks_{enqueued,started,succeeded,failed,retried,dead_lettered,expired}_total`` by task
+    and queue, ``hexq_tasks_recovered_after_crash_total``, the histogram ``hexq_task_duration_seconds`` by task
     and queue, and gauges ``hexq_queue_{pending,eta,in_flight}`` by queue.
 
     ``registry`` is where the metrics are registered: prometheus_client's default one (what
@@ -47,6 +47,7 @@ class PrometheusMetrics:
         self._failed = counter("tasks_failed", "Task runs that failed: retried plus dead-lettered.")
         self._retried = counter("tasks_retried", "Failed task runs scheduled for another attempt.")
         self._dead_lettered = counter("tasks_dead_lettered", "Failed task runs moved to the dead-letter list.")
+        self._expired = counter("tasks_expired", "Tasks dropped unrun because their deadline (expires) passed.")
         self._recovered = counter("tasks_recovered_after_crash", "Tasks put back in their queues after the "
                                   "process running them died.", ())
         self._duration = Histogram("task_duration_seconds", "Wall-clock time of task runs.", _TASK_LABELS,
@@ -86,10 +87,15 @@ class PrometheusMetrics:
         elif outcome == "dead_lettered":
             series.failed.inc()
             series.dead_lettered.inc()
+        elif outcome == "expired":  # failed, and its retry would have started after its deadline
+            series.failed.inc()
 
     def recovered(self, count: int) -> None:
         if count:
             self._recovered.inc(count)
+
+    def expired(self, task: str, queue: str) -> None:
+        self._expired.labels(task, queue).inc()
 
     def queue_depths(self, pending: dict[str, int], eta: dict[str, int], in_flight: dict[str, int]) -> None:
         for gauge, depths in ((self._pending, pending), (self._eta, eta), (self._in_flight, in_flight)):

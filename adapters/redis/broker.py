@@ -37,7 +37,7 @@ from hexq.adapters.redis.scripts import Scripts
 from hexq.adapters.redis.settings import DEFAULT_WAIT_TIMEOUT_MS
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Delivery, OutgoingTask, Reservation
+from hexq.core.ports import Delivery, OutgoingTask, Reservation, Unrun
 from hexq.core.queues import BROADCAST_QUEUE_PREFIX
 from hexq.core.rules import LeaseRules
 
@@ -259,6 +259,15 @@ class RedisBroker(RedisInspection):
         try:
             with self._translator:
                 self._scripts.run("dead_letter", [consumer, task_id, record])
+        except BrokerUnavailableError:
+            self._received.unsure(consumer)
+            raise
+        self._received.settled(consumer, (task_id,))
+
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
+        try:
+            with self._translator:
+                self._scripts.run("discard", [consumer, task_id, queue, why])
         except BrokerUnavailableError:
             self._received.unsure(consumer)
             raise

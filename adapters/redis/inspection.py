@@ -32,12 +32,13 @@ class RedisInspection:
                 pipe.llen(self._keys.queue(queue))
                 pipe.zcard(self._keys.eta(queue))
             pipe.hvals(self._keys.inflight)
-            *counts, records = pipe.execute()
+            pipe.hmget(self._keys.expired, ["", *queues])  # "": HMGET needs a field even for no queue
+            *counts, records, expired = pipe.execute()
         flying: dict[str, int] = {}
         for record in records:
             queue = record.split("|", 2)[1] if record.count("|") >= 2 else ""
             flying[queue] = flying.get(queue, 0) + 1
-        return [QueueStats(q, int(counts[2 * i]), int(counts[2 * i + 1]), flying.get(q, 0))
+        return [QueueStats(q, int(counts[2 * i]), int(counts[2 * i + 1]), flying.get(q, 0), int(expired[i + 1] or 0))
                 for i, q in enumerate(queues)]
 
     def in_flight(self, limit: int = 1000) -> list[InFlight]:

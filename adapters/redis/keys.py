@@ -30,6 +30,7 @@ key                   type    contents
 {p}:dead              list    dead letters as JSON ``{id, queue, payload, reason, failed_at_ms}``,
                               newest first
 {p}:cron              hash    schedule key -> last fire ms
+{p}:expired           hash    queue -> how many of its tasks were dropped unrun, their deadline passed
 {p}:workers           zset    worker id -> last heartbeat ms; a broadcast is copied for the workers whose
                               heartbeat is recent (LeaseRules.live_worker_ms)
 {p}:workerinfo        hash    worker id -> info JSON written by the worker
@@ -66,6 +67,8 @@ write:
   takes work) and wake:* (the wake-up passed on); reads tasks, crashes, eta:* (next eta).
 - ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*.
 - ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead.
+- ``discard`` (a task that expired, or was cancelled, before it ran): owned:<consumer>, inflight, tasks,
+  crashes, expired.
 - ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*.
 - ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*.
 - ``claim_cron``: cron, then as ``enqueue``.
@@ -101,6 +104,7 @@ SINGLE_KEYS: dict[str, str] = {
     "SUSPECTS": "suspects",
     "DEAD": "dead",
     "CRON": "cron",
+    "EXPIRED": "expired",
     "WORKERS": "workers",
     "WORKERINFO": "workerinfo",
     "WAKE": "wake",
@@ -185,6 +189,10 @@ class Keys:
     @property
     def cron(self) -> str:
         return self.base + SINGLE_KEYS["CRON"]
+
+    @property
+    def expired(self) -> str:
+        return self.base + SINGLE_KEYS["EXPIRED"]
 
     @property
     def leases(self) -> str:

@@ -46,6 +46,7 @@ from hexq.core.ports import (
     OutgoingTask,
     QueueStats,
     Reservation,
+    Unrun,
     WorkerBeat,
 )
 
@@ -260,6 +261,11 @@ class PartitionedBroker:
         self._parts[0 if index is None else index].dead_letter(consumer, task_id, queue, payload, reason, now_ms)
         self._forget((task_id,))
 
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
+        index = self._owner_of(task_id)
+        self._parts[0 if index is None else index].discard(consumer, task_id, queue, why)
+        self._forget((task_id,))
+
     def release(self, consumer: str, ids: Sequence[str]) -> int:
         released = 0
         for index, group in self._by_partition(ids).items():
@@ -330,7 +336,8 @@ class PartitionedBroker:
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         per_partition = self.partition_stats(queues)
         return [QueueStats(rows[0].name, sum(r.pending for r in rows), sum(r.eta for r in rows),
-                           sum(r.in_flight for r in rows)) for rows in zip(*per_partition, strict=True)]
+                           sum(r.in_flight for r in rows), sum(r.expired for r in rows))
+                for rows in zip(*per_partition, strict=True)]
 
     def in_flight(self, limit: int = 1000) -> list[InFlight]:
         rows = [row for part in self._parts for row in part.in_flight(limit)]

@@ -21,6 +21,7 @@ NAMES = (
     "reserve",
     "retry",
     "dead_letter",
+    "discard",
     "release",
     "recover_consumer",
     "claim_cron",

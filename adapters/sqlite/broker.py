@@ -19,7 +19,7 @@ from hexq.adapters.sqlite.inspection import SqliteInspection
 from hexq.adapters.sqlite.settings import SqliteSettings
 from hexq.core.errors import BrokerError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Delivery, OutgoingTask, Reservation
+from hexq.core.ports import Delivery, OutgoingTask, Reservation, Unrun
 from hexq.core.rules import LeaseRules
 
 _DEFAULT_RULES = LeaseRules()
@@ -83,6 +83,9 @@ class SqliteBroker(SqliteInspection):
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
                     now_ms: int) -> None:
         self._db.write(statements.dead_letter, consumer, task_id, queue, payload, reason, now_ms)
+
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
+        self._db.write(statements.discard, consumer, task_id, queue, why)
 
     def release(self, consumer: str, ids: Sequence[str]) -> int:
         if not ids:

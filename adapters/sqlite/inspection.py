@@ -20,11 +20,12 @@ _DEAD_COLUMNS = "seq, id, queue, payload, reason, failed_at_ms"
 
 def _queue_stats(conn: sqlite3.Connection, queues: Sequence[str]) -> list[QueueStats]:
     flying = dict(conn.execute(f"SELECT queue, count(*) FROM tasks WHERE state = {OWNED} GROUP BY queue").fetchall())
+    expired = dict(conn.execute("SELECT queue, count FROM expired").fetchall())
     def count(state: int, queue: str) -> int:
         found: int = conn.execute(_COUNT, (state, queue)).fetchone()[0]
         return found
 
-    return [QueueStats(q, count(QUEUED, q), count(WAITING, q), flying.get(q, 0)) for q in queues]
+    return [QueueStats(q, count(QUEUED, q), count(WAITING, q), flying.get(q, 0), expired.get(q, 0)) for q in queues]
 
 
 def _dead_letter(row: tuple[int, str, str, str | None, str, int]) -> DeadLetter:

@@ -20,6 +20,7 @@ dead           dead letters, ``seq`` ascending = oldest first
 cron           schedule key -> last fired tick ms
 workers        worker id -> last heartbeat ms and info JSON (a broadcast is copied into the private queue,
                in ``tasks``, of each worker whose heartbeat is recent)
+expired        queue -> how many of its tasks were dropped unrun because their deadline had passed
 =============  =============================================================================================
 
 Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
@@ -36,6 +37,10 @@ upgrade keeps working (its broadcasts reach only the workers of its own version,
 sent by this version reach both). A new database is version 2, which the previous hexq refuses with the
 message below (it would look for the tables). Once no process of version 1 is left, the two tables may be
 dropped by hand (``DROP TABLE broadcasts; DROP TABLE subscribers;``) and ``schema_version`` set to 2.
+
+Additions. A table that only new code reads or writes (``ADDED_TABLES``) is created, if missing, in a
+database of any usable version without changing its version: a process of the previous hexq on the same
+file neither knows nor minds it, so nothing has to be upgraded in step.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ CREATE TABLE workers (worker_id TEXT PRIMARY KEY, last_beat_ms INTEGER NOT NULL,
 CREATE INDEX workers_beat ON workers (last_beat_ms);
 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION});
 """
+# Added after version 2 (see "Additions" above): table name -> its DDL.
+ADDED_TABLES = {
+    "expired": "CREATE TABLE IF NOT EXISTS expired (queue TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID",
+}
 
 
 def stored_version(conn: sqlite3.Connection) -> int | None:
@@ -113,3 +122,19 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
             f"the SQLite database {path} has schema version {version}, which no hexq release wrote and this one "
             f"cannot use (it uses versions {OLDEST_USABLE_VERSION} to {SCHEMA_VERSION}): point hexq at another "
             "database file")
+    _add_missing_tables(conn)
+
+
+def _add_missing_tables(conn: sqlite3.Connection) -> None:
+    """Create the ``ADDED_TABLES`` this database lacks, in one transaction (racing processes create each once)."""
+    present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if present.issuperset(ADDED_TABLES):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in ADDED_TABLES.values():
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

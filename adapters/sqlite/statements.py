@@ -201,6 +201,14 @@ def dead_letter(conn: sqlite3.Connection, consumer: str, task_id: str, queue: st
                  (task_id, queue, payload, reason, now_ms))
 
 
+def discard(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, why: str) -> None:
+    """The task ends unrun, for good (as an ack drops it); an expired one is counted for its queue."""
+    ack(conn, consumer, [task_id])
+    if why == "expired":
+        conn.execute("INSERT INTO expired (queue, count) VALUES (?, 1) "
+                     "ON CONFLICT (queue) DO UPDATE SET count = count + 1", (queue,))
+
+
 def release(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> int:
     """Owned ids back to the head of their queues, the first given in front; no crash counted."""
     rowids: list[int] = []

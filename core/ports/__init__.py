@@ -18,6 +18,7 @@ from hexq.core.ports.records import (
     OutgoingTask,
     QueueStats,
     Reservation,
+    Unrun,
     WorkerBeat,
 )
 from hexq.core.ports.runtime import Clock, Metrics, NoMetrics, ProcessControl, RunningBoard
@@ -42,5 +43,6 @@ __all__ = [
     "Reservation",
     "RunningBoard",
     "Supervision",
+    "Unrun",
     "WorkerBeat",
 ]

@@ -29,6 +29,7 @@ from hexq.core.ports.records import (
     OutgoingTask,
     QueueStats,
     Reservation,
+    Unrun,
     WorkerBeat,
 )
 
@@ -108,6 +109,13 @@ class Consumer(Protocol):
         counted. Returns how many were handed back."""
         ...
 
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
+        """Atomically end the owned task ``task_id`` for good without running it (again): end ownership, drop
+        its payload and crash count and, for ``why`` "expired" (its deadline passed before it started), add
+        one to ``queue``'s expired count (``QueueStats.expired``). Like ``dead_letter``, the payload goes even
+        if ``consumer`` no longer owns it; an unknown id only counts."""
+        ...
+
 
 class Supervision(Protocol):
     """What a worker parent needs to keep its children's consumers alive and clean up after dead ones."""
@@ -160,7 +168,8 @@ class Inspection(Protocol):
     """Read-only views for ``hexq info``, metrics and dashboards; none of them changes anything."""
 
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        """Pending, waiting-eta and in-flight counts per queue, in the order given."""
+        """Pending, waiting-eta and in-flight counts per queue, in the order given, with how many of the
+        queue's tasks ever expired (``Consumer.discard``)."""
         ...
 
     def in_flight(self, limit: int = 1000) -> list[InFlight]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
+
+# Why an owned task ends without running (again): its deadline passed, or it was cancelled.
+Unrun = Literal["expired", "cancelled"]
 
 
 @attrs.frozen
@@ -62,6 +67,7 @@ class QueueStats:
     pending: int
     eta: int
     in_flight: int
+    expired: int = 0  # tasks of the queue ever dropped unrun because their deadline had passed
 
 
 @attrs.frozen

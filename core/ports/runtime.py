@@ -81,12 +81,17 @@ class Metrics(Protocol):
     def started(self, task: str, queue: str) -> None: ...
 
     def finished(self, task: str, queue: str, outcome: str, seconds: float) -> None:
-        """``outcome`` is one of ``succeeded``, ``retried``, ``dead_lettered`` (a failure is retried or
-        dead-lettered, so ``failed`` = retried + dead_lettered)."""
+        """``outcome`` is one of ``succeeded``, ``retried``, ``dead_lettered``, ``expired`` (a failure is retried,
+        dead-lettered, or dropped because its retry would start after its deadline, so ``failed`` = retried +
+        dead_lettered + expired)."""
         ...
 
     def recovered(self, count: int) -> None:
         """Tasks put back in their queues after the process running them died."""
+        ...
+
+    def expired(self, task: str, queue: str) -> None:
+        """A task dropped unrun: its deadline (``expires``) passed before it could start."""
         ...
 
     def queue_depths(self, pending: dict[str, int], eta: dict[str, int], in_flight: dict[str, int]) -> None: ...
@@ -105,6 +110,9 @@ class NoMetrics:
         return None
 
     def recovered(self, count: int) -> None:
+        return None
+
+    def expired(self, task: str, queue: str) -> None:
         return None
 
     def queue_depths(self, pending: dict[str, int], eta: dict[str, int], in_flight: dict[str, int]) -> None:

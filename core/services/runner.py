@@ -13,7 +13,7 @@ import attrs
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
 from hexq.core.message import MAX_TASK_ID_BYTES, Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
-from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutgoingTask
+from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutgoingTask, Unrun
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 from hexq.core.services.cancellation import TaskCancelled, run_task_body
 from hexq.core.services.invoke import call_hooks, call_task
@@ -88,9 +88,22 @@ class TaskRunner:
             self._reject(delivery, too_long)
             return None
         prepared = self._decode(delivery, delivery.payload)
-        if prepared is None or not self._may_run_again(delivery, prepared[0]):
+        if prepared is None or self._expired(delivery, prepared[0]) or not self._may_run_again(delivery, prepared[0]):
             return None
         return prepared
+
+    def _expired(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """A task not started by its deadline never starts: it is dropped and counted, not run."""
+        if message.expires is None:
+            return False
+        late = self.clock.now() - message.expires
+        if late <= 0:
+            return False
+        log.warning("task %s %s[%s] expired: its deadline passed %.3fs before it could start; not run",
+                    message.id, message.name, message.queue, late)
+        self.metrics.expired(message.name, message.queue)
+        self._discard(delivery.id, message.queue, "expired")
+        return True
 
     def _decode(self, delivery: Delivery, payload: str | bytes,
                 owner: str | None = None) -> tuple[TaskMessage, TaskDef] | None:
@@ -230,6 +243,13 @@ class TaskRunner:
             self._dead(delivery.id, message.queue, delivery.payload, reason, owner)
             self.metrics.finished(message.name, message.queue, "dead_lettered", duration)
             return
+        if message.expires is not None and self.clock.now() + decision.delay > message.expires:
+            log.warning("task %s %s[%s] expired: its retry would start after its deadline; not retried",
+                        message.id, message.name, message.queue)
+            self.metrics.finished(message.name, message.queue, "expired", duration)
+            self.metrics.expired(message.name, message.queue)
+            self._discard(delivery.id, message.queue, "expired", owner)
+            return
         self.metrics.finished(message.name, message.queue, "retried", duration)
         self.retry(delivery.id, message, retries_used + 1, decision.delay, owner=owner)
         log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
@@ -274,6 +294,9 @@ class TaskRunner:
         text, now_ms = payload, int(self.clock.now() * 1000)
         self._settle(lambda consumer: self.broker.dead_letter(consumer, task_id, queue, text, reason, now_ms),
                      owner)
+
+    def _discard(self, task_id: str, queue: str, why: Unrun, owner: str | None = None) -> None:
+        self._settle(lambda consumer: self.broker.discard(consumer, task_id, queue, why), owner)
 
     def _settle(self, write: Callable[[str], None], owner: str | None = None) -> None:
         """Send a write that settles an owned task (a retry, a dead letter) for the consumer that owns it.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
 
-from hexq.core.durations import eta_to_epoch
-from hexq.core.errors import HexqError
+from hexq.core.durations import deadline_to_epoch, eta_to_epoch
+from hexq.core.errors import DeadlineError, HexqError
 from hexq.core.outgoing import TaskFactory
 from hexq.core.ports import Clock, Metrics, NoMetrics, OutgoingTask, Producer
 from hexq.core.registry import Registry
@@ -25,6 +26,7 @@ class Send:
     kwargs: dict[str, Any]
     queue: str | None = None
     eta: Any = None  # a timedelta, a datetime (naive = UTC) or seconds from now
+    expires: Any = None  # the deadline: a timedelta or seconds from now, or a datetime (naive = UTC)
 
 
 class TaskArgumentsError(HexqError, TypeError):
@@ -138,7 +140,12 @@ class Sender:
         definition = self.registry.get(call.name)
         queue = self.registry.queue_for(definition, call.queue)
         eta = None if call.eta is None else eta_to_epoch(call.eta, now)
-        return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta)
+        expires = definition.options.expires if call.expires is None else call.expires
+        if expires is None:
+            return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta)
+        deadline = deadline_to_epoch(expires, now)
+        _check_deadline(definition.name, deadline, now, eta)
+        return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta, expires=deadline)
 
     def _broadcast_task(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], now: float) -> OutgoingTask:
         definition = self.registry.get(name)
@@ -149,6 +156,20 @@ class Sender:
         counts = Counter((call.name, task.queue) for call, task in zip(calls, outgoing, strict=True))
         for (name, queue), count in counts.items():
             self.metrics.enqueued(name, queue, count)
+
+
+def _check_deadline(task: str, deadline: float, now: float, eta: float | None) -> None:
+    """A deadline that leaves the task no moment to start is the caller's mistake: say so now, not later."""
+    if deadline <= now:
+        raise DeadlineError(task, deadline, f"its deadline {_moment(deadline)} has already passed "
+                                            f"({now - deadline:.3f}s ago)")
+    if eta is not None and eta > deadline:
+        raise DeadlineError(task, deadline, f"its eta {_moment(eta)} is after its deadline {_moment(deadline)}, "
+                                            "so it would never run")
+
+
+def _moment(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
 
 
 @attrs.define

@@ -39,7 +39,7 @@ from redis_server import RedisServer, free_port
 from workers import ROOT, Cluster, Proc, wait_for
 
 from hexq import Call, ConfigError, CronTask, HexQ, Queue, SerializationError, UnknownQueueError
-from hexq.core.errors import BrokerAuthError, BrokerFullError, CronError, PayloadTooLargeError
+from hexq.core.errors import BrokerAuthError, BrokerFullError, CronError, DeadlineError, PayloadTooLargeError
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.services.sender import TaskArgumentsError
 from tests.integration.broker_state import topology_url, url_for
@@ -312,6 +312,39 @@ def test_arguments_not_matching_the_signature_are_refused_at_delay(cluster: BadC
         bad_app.record.delay_many([("fine",), ()])
     assert cluster.state.queued_ids("default") == [kept]  # nothing more stored, nothing lost
     assert {task_id for where, task_id in cluster.state.footprint() if where != "key"} == {kept}
+
+
+def test_a_deadline_already_past_at_delay_is_refused(cluster: BadCluster) -> None:
+    bad_app = cluster.tasks()
+    kept = bad_app.record.delay("kept")
+    past = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with pytest.raises(DeadlineError) as caught:
+        bad_app.record.options(expires=past).delay("too-late")
+    assert caught.value.task == "record" and caught.value.deadline == past.timestamp()
+    assert str(caught.value).startswith(f"task 'record': its deadline {past.isoformat(timespec='milliseconds')} "
+                                        "has already passed (")
+    assert str(caught.value).endswith("s ago); nothing was enqueued (give a later expires=, or none)")
+    with pytest.raises(DeadlineError, match=r"^task 'record': its eta .* is after its deadline .*, so it would "
+                                            r"never run; nothing was enqueued"):
+        bad_app.record.options(eta=60, expires=30).delay("never")
+    assert cluster.state.queued_ids("default") == [kept]  # nothing more stored, nothing lost
+    assert {task_id for where, task_id in cluster.state.footprint() if where != "key"} == {kept}
+
+
+def test_an_invalid_expires_value_is_refused(cluster: BadCluster) -> None:
+    bad_app = cluster.tasks()
+    kept = bad_app.record.delay("kept")
+    for value, message in ((0, "expires must be a positive, finite duration, got 0"),
+                           ("5m", "expires must be seconds (int/float) or a timedelta, got '5m'")):
+        with pytest.raises(ConfigError) as caught:
+            bad_app.record.options(expires=value).delay("x")
+        assert str(caught.value).startswith(message)
+    with pytest.raises(ConfigError) as declared:
+        bad_app.app.task(expires=datetime(2030, 1, 1))(lambda: None)
+    assert str(declared.value) == (
+        "task '<lambda>' expires must be a duration (seconds or a timedelta, counted from each .delay()), got the "
+        "datetime datetime.datetime(2030, 1, 1, 0, 0): give a moment to one call with .options(expires=...)")
+    assert cluster.state.queued_ids("default") == [kept]
 
 
 def test_huge_payload_is_refused_at_delay(cluster: BadCluster) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,10 @@ def test_counters_histogram_and_gauges_in_one_process() -> None:
     for outcome in ("succeeded", "retried", "retried", "dead_lettered"):
         metrics.started("ok", "fast")
         metrics.finished("ok", "fast", outcome, 0.2)
+    metrics.started("ok", "fast")
+    metrics.finished("ok", "fast", "expired", 0.2)  # failed, and its retry would have missed the deadline
+    metrics.expired("ok", "fast")
+    metrics.expired("ok", "fast")  # and one that never started
     metrics.recovered(2)
     metrics.recovered(0)
     metrics.queue_depths({"fast": 4}, {"fast": 1}, {"fast": 2})
@@ -87,14 +92,15 @@ def test_counters_histogram_and_gauges_in_one_process() -> None:
 
     labels = {"task": "ok", "queue": "fast"}
     assert value("hexq_tasks_enqueued_total", **labels) == 3
-    assert value("hexq_tasks_started_total", **labels) == 4
+    assert value("hexq_tasks_started_total", **labels) == 5
     assert value("hexq_tasks_succeeded_total", **labels) == 1
     assert value("hexq_tasks_retried_total", **labels) == 2
     assert value("hexq_tasks_dead_lettered_total", **labels) == 1
-    assert value("hexq_tasks_failed_total", **labels) == 3
+    assert value("hexq_tasks_failed_total", **labels) == 4
+    assert value("hexq_tasks_expired_total", **labels) == 2
     assert value("hexq_tasks_recovered_after_crash_total") == 2
-    assert value("hexq_task_duration_seconds_count", **labels) == 4
-    assert value("hexq_task_duration_seconds_bucket", le="0.25", **labels) == 4
+    assert value("hexq_task_duration_seconds_count", **labels) == 5
+    assert value("hexq_task_duration_seconds_bucket", le="0.25", **labels) == 5
     assert value("hexq_task_duration_seconds_bucket", le="0.1", **labels) == 0
     assert (value("hexq_queue_pending", queue="fast"), value("hexq_queue_eta", queue="fast"),
             value("hexq_queue_in_flight", queue="fast")) == (4, 1, 2)
@@ -248,3 +254,15 @@ def test_a_hard_timeout_counts_as_failed_and_dead_lettered(cluster: MetricsClust
     assert samples.get(series("hexq_tasks_started_total", **labels)) == 1
     assert samples.get(series("hexq_tasks_dead_lettered_total", **labels)) == 1
     assert samples.get(series("hexq_tasks_failed_total", **labels)) == 1
+
+
+def test_a_task_past_its_deadline_counts_as_expired(cluster: MetricsCluster, tasks: Any) -> None:
+    tasks.ok.options(expires=0.3).delay()
+    time.sleep(0.6)  # no worker yet: the deadline passes while the task waits in its queue
+    port = free_port()
+    cluster.worker(f"--metrics-port={port}", "--metrics-host=127.0.0.1", "--concurrency=1")
+    labels = {"task": "ok", "queue": "fast"}
+    wait_for(lambda: scrape(port).get(series("hexq_tasks_expired_total", **labels)) == 1, 20,
+             f"the expired counter:\n{cluster.logs()}")
+    assert scrape(port).get(series("hexq_tasks_started_total", **labels)) is None
+    assert int(cluster.book.get(f"{cluster.prefix}-ran-ok") or 0) == 0

@@ -398,6 +398,19 @@ class ConsumerContract(_Contract):
         assert [(d.id, d.crashes) for d in got] == [("b", 0), ("a", 0), ("d", 0)]
 
     # -- expired leases, recovered by reserve ------------------------------------------------------
+    def test_discard_ends_an_owned_task_for_good_and_counts_an_expired_one(self, broker: Broker) -> None:
+        broker.enqueue([task("old"), task("gone"), task("l", "low")])
+        take(broker, limit=2)
+        broker.discard("c1", "old", "default", "expired")
+        broker.discard("c1", "gone", "default", "cancelled")
+        assert broker.lookup("old") is None and broker.lookup("gone") is None
+        assert owners(broker) == []
+        assert broker.recover_consumer("c1", ["old", "gone"]) == 0  # nothing comes back
+        assert [(s.name, s.expired) for s in broker.queue_stats(["default", "low"])] == [("default", 1), ("low", 0)]
+        broker.discard("c1", "never-seen", "low", "expired")  # an unknown id only counts
+        assert stats(broker, "low") == (1, 0, 0) and broker.queue_stats(["low"])[0].expired == 1
+        assert broker.dead_letters() == []
+
     def test_expired_lease_is_recovered_by_the_next_reserve(self, broker: Broker) -> None:
         broker.enqueue([task("a"), task("b")])
         take(broker, limit=1, lease_ms=100)

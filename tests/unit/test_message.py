@@ -66,9 +66,16 @@ def test_envelope_has_version_and_id_and_optional_fields_only_when_set() -> None
     assert document["v"] == ENVELOPE_VERSION == 1
     assert document["id"] == "the-id"
     assert document["task"] == "t" and document["queue"] == "q"
-    assert "eta" not in document and "broadcast" not in document
-    with_eta = json.loads(codec.encode(attrs.evolve(MESSAGE, broadcast=True)))
+    assert "eta" not in document and "broadcast" not in document and "expires" not in document
+    with_eta = json.loads(codec.encode(attrs.evolve(MESSAGE, broadcast=True, expires=1_700_000_060.5)))
     assert with_eta["eta"] == MESSAGE.eta and with_eta["broadcast"] is True
+    assert with_eta["expires"] == 1_700_000_060.5
+
+
+def test_the_deadline_round_trips() -> None:
+    codec = Codec()
+    message = TaskMessage("i", "t", "q", expires=1_700_000_060.25)
+    assert codec.decode(codec.encode(message)) == message
 
 
 def test_encode_refuses_bad_arguments_naming_task_and_path() -> None:
@@ -102,6 +109,7 @@ DECODE_ERRORS: list[tuple[str, str | bytes, str]] = [
     ("enqueued_at bool", json.dumps(envelope(enqueued_at=False)), "field 'enqueued_at' has the wrong"),
     ("eta str", json.dumps(envelope(eta="soon")), "field 'eta' has the wrong type"),
     ("eta bool", json.dumps(envelope(eta=True)), "field 'eta' has the wrong type"),
+    ("expires str", json.dumps(envelope(expires="soon")), "field 'expires' has the wrong type"),
     ("unknown tag in args", json.dumps(envelope(args=[{"__hexq__": "pickle", "v": ""}])),
      "unknown value tag 'pickle'"),
     ("bytes not utf-8", b'{"v": 1, "id": "\xff"}', "not UTF-8"),

@@ -58,6 +58,8 @@ DEPLOYED_LAYOUT = {
     "{p}:meta": "hash",
     # A channel, not a key: one message per broadcast for whoever watches.
     "{p}:announce": "pubsub",
+    # Added with deadlines: written only when a task with expires= expires.
+    "{p}:expired": "hash",
 }
 
 
@@ -88,6 +90,7 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: take(broker, consumer="c2", now_ms=later),
         lambda: broker.ack("c2", ["a"]),
         lambda: broker.dead_letter("c2", "b", "default", "p-b", "boom", later),
+        lambda: broker.discard("c2", "l", "low", "expired"),
         lambda: broker.renew_leases(["c2"], later + 30_000),
         lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),
         lambda: broker.heartbeat("w1", "{}", T0),

@@ -100,3 +100,10 @@ def crash_always(tag: str) -> None:
 @app.task
 def who_am_i(tag: str) -> None:
     report(tag=tag)
+
+
+@app.task(retry_on=(ConnectionError,), max_retries=5, backoff=4.0, backoff_max=4.0)
+def fail_then_retry(tag: str) -> None:
+    """Fails every run with a retryable error; each retry waits up to 4 s (full jitter)."""
+    report(tag=f"{tag}:start")
+    raise ConnectionError("the service is down")
