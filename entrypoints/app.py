@@ -186,6 +186,7 @@ class HexQ(OptionViews):
         scheduler_log_file: str | None = None,
         worker_log_level: str | int = "INFO",
         scheduler_log_level: str | int = "INFO",
+        log_tasks: bool = True,
         metrics: Metrics | None = None,
         metrics_port: int | None = None,
         broker: Broker | None = None,
@@ -211,7 +212,7 @@ class HexQ(OptionViews):
         self.codec = self.payload_options.codec()
         self.log_options = LogOptions(
             worker_log_file=worker_log_file, scheduler_log_file=scheduler_log_file,
-            worker_log_level=worker_log_level, scheduler_log_level=scheduler_log_level)
+            worker_log_level=worker_log_level, scheduler_log_level=scheduler_log_level, log_tasks=log_tasks)
         self.schedules = schedules_for(schedules, self.queues)
         self.metrics_port = optional_whole_number(metrics_port, "metrics_port (a TCP port)", 1, 65535)
         # What this process records into; a worker started with --metrics-port gives its processes their own

@@ -89,7 +89,7 @@ def inline_runner(app: HexQ) -> InlineRunner:
     existing: InlineRunner | None = app._inline
     if existing is None:
         runner = TaskRunner(app.registry, app.codec, app.broker, app.clock, CONSUMER, process_random(),
-                            metrics=app.metrics, defer_acks=False)
+                            metrics=app.metrics, defer_acks=False, log_tasks=app.log_tasks)
         existing = InlineRunner(app.queues.names, app.broker, app.clock, runner, lease_ms=int(app.lease_timeout * 1000))
         app._inline = existing
     return existing

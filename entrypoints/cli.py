@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--exclude-queues", type=_names, default=[], help="comma-separated queues to skip")
     worker.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: the app's)")
     worker.add_argument("--log-file", help="write logs here instead of stderr")
+    worker.add_argument("--log-tasks", action=argparse.BooleanOptionalAction, default=None,
+                        help="log an INFO line for each task that succeeds (default: the app's log_tasks, on); "
+                             "failures are logged either way")
     worker.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics on this port at /metrics (needs hexq[prometheus])")
     worker.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS",
@@ -121,7 +124,7 @@ def _cmd_worker(app: HexQ, args: argparse.Namespace) -> int:
     app.queues.select(args.queues, [*app.exclude_queues, *args.exclude_queues])
     setup_logging(args.log_level or app.worker_log_level, args.log_file or app.worker_log_file)
     return run_worker(app, args.queues, args.exclude_queues, args.concurrency, args.metrics_port,
-                      args.metrics_host)
+                      args.metrics_host, args.log_tasks)
 
 
 def _cmd_scheduler(app: HexQ, args: argparse.Namespace) -> int:

@@ -11,9 +11,14 @@ FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s%(task)s: %(message)s"
 
 
 class TaskContextFilter(logging.Filter):
-    """Adds ``%(task)s``: `` task=<name> id=<id> queue=<q> attempt=<n>`` inside a task, else empty."""
+    """Adds ``%(task)s``: `` task=<name> id=<id> queue=<q> attempt=<n>`` inside a task, else empty (and empty on
+    a task's finish line, which says all that itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if hasattr(record, "task_outcome"):
+            # A task's finish line (core/services/task_log.py) names the task itself and carries its fields.
+            record.task = ""
+            return True
         message = current_task.get()
         if message is None:
             record.task = ""

@@ -100,14 +100,21 @@ def _log_level(_instance: object, attribute: attrs.Attribute[Any], value: object
                       f"or an int >= 0, got {value!r}")
 
 
+def _flag(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class LogOptions:
-    """Where workers and schedulers log (None: stderr) and from which level."""
+    """Where workers and schedulers log (None: stderr), from which level, and whether each task that succeeds
+    gets its INFO line (``log_tasks``; failures are logged either way)."""
 
     worker_log_file: str | None
     scheduler_log_file: str | None
     worker_log_level: str | int = attrs.field(validator=_log_level)
     scheduler_log_level: str | int = attrs.field(validator=_log_level)
+    log_tasks: bool = attrs.field(validator=_flag)
 
 
 def app_defaults(*, max_retries: int | None, soft_timeout: Seconds | None, hard_timeout: Seconds | None,
@@ -210,3 +217,7 @@ class OptionViews:
     @property
     def scheduler_log_level(self) -> str | int:
         return self.log_options.scheduler_log_level
+
+    @property
+    def log_tasks(self) -> bool:
+        return self.log_options.log_tasks

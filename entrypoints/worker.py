@@ -50,6 +50,7 @@ class WorkerPlan:
     served: tuple[str, ...]  # the app's queues this worker serves, highest priority first
     concurrency: int
     slots: int  # tasks one child runs at once: 1, or 1 + async concurrency
+    log_tasks: bool = True  # a line per task that succeeds (the app's log_tasks, or hexq worker --no-log-tasks)
 
     @property
     def child_queues(self) -> tuple[str, ...]:
@@ -59,8 +60,8 @@ class WorkerPlan:
 
 def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence[str] = (),
                concurrency: int | None = None, metrics_port: int | None = None,
-               metrics_host: str = "0.0.0.0") -> int:
-    plan = _plan(app, queues, exclude, concurrency)
+               metrics_host: str = "0.0.0.0", log_tasks: bool | None = None) -> int:
+    plan = _plan(app, queues, exclude, concurrency, app.log_tasks if log_tasks is None else log_tasks)
     port = metrics_port if metrics_port is not None else app.metrics_port
     exporter = _prepare_exporter() if port is not None else None
     metrics = exporter.metrics if exporter is not None else app.metrics
@@ -88,12 +89,13 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
             exporter.close()
 
 
-def _plan(app: HexQ, queues: Sequence[str] | None, exclude: Sequence[str], concurrency: int | None) -> WorkerPlan:
+def _plan(app: HexQ, queues: Sequence[str] | None, exclude: Sequence[str], concurrency: int | None,
+          log_tasks: bool = True) -> WorkerPlan:
     served = app.queues.select(queues, [*app.exclude_queues, *exclude])
     worker_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
     has_async = any(task.is_async for task in app.registry.tasks.values())
     slots = 1 + (app.async_concurrency or UNLIMITED_ASYNC_SLOTS) if has_async else 1
-    return WorkerPlan(worker_id, tuple(served), concurrency or app.concurrency, slots)
+    return WorkerPlan(worker_id, tuple(served), concurrency or app.concurrency, slots, log_tasks)
 
 
 def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixProcessControl, broker: Broker,
@@ -154,7 +156,8 @@ def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics,
     broker = bootstrap.make_broker(app, child=(index, plan.concurrency))
     bootstrap.enter_child(app, bootstrap.build_sender(app, broker, metrics))
     runner = TaskRunner(app.registry, app.codec, broker, app.clock, consumer, bootstrap.process_random(),
-                        alarm=SignalAlarm(), reporter=ChildReporter(board, index), metrics=metrics)
+                        alarm=SignalAlarm(), reporter=ChildReporter(board, index), metrics=metrics,
+                        log_tasks=plan.log_tasks)
     config = ChildConfig(consumer=consumer, queues=plan.child_queues, slots=plan.slots,
                          lease_ms=int(app.lease_timeout * 1000), max_tasks=app.max_tasks_per_worker)
     loop = ChildLoop(runner, broker, app.clock, config, on_started=list(app.registry.hooks.after_worker_started))

@@ -19,7 +19,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from hexq import CronTask, HexQ, Queue, current_task
+from hexq import CronTask, HexQ, Queue, current_attempt, current_task
 
 Q_HIGH = "a-high-priority-queue"
 Q_MED = "a-medium-priority-queue"
@@ -76,6 +76,8 @@ async def an_io_intensive_task() -> None:
 def flaky_call(url: str) -> None:
     task = current_task.get()
     log.info("calling %s (task %s)", url, task.id if task else "-")
+    if current_attempt.get() == 1:  # the service is down the first time: the worker retries with backoff
+        raise ConnectionError(f"{url} refused the connection")
 
 
 @app.wrap_tasks_with

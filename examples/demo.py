@@ -3,8 +3,9 @@
     python -m examples.demo            # runs for 30 s, then stops both (DEMO_SECONDS=0: until Ctrl-C)
 
 It starts ``hexq worker`` and ``hexq scheduler`` exactly as you would, on ``sqlite:.hexq-demo/hexq.db``,
-enqueues the example tasks from this process, and shows what the worker prints: tasks running, an eta task
-running 10 s after it was sent, and the every-5-seconds cron task firing.
+enqueues the example tasks from this process, and shows what the worker prints: a line per finished task
+(``mytask[<id>] succeeded in 0.000 s (queue …, attempt 1)``), a task that fails once and is retried, an eta
+task running 10 s after it was sent, and the every-5-seconds cron task firing.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ def relay(name: str, process: subprocess.Popen[str], lines: list[str]) -> None:
 
 
 def enqueue() -> None:
-    from examples.app import an_io_intensive_task, anothertask, mytask
+    from examples.app import an_io_intensive_task, anothertask, flaky_call, mytask
 
     mytask.delay(1, 1)
     mytask.delay(2, 3, queue="a-high-priority-queue")
     anothertask.delay(eta=timedelta(seconds=10))
     an_io_intensive_task.delay()
     mytask.delay_many([mytask.bind(n, n) for n in range(5)])
-    print(f"[demo] enqueued 9 tasks; {anothertask.broadcast()} worker(s) got a broadcast", flush=True)
+    flaky_call.delay("https://example.invalid/api")  # fails on its first attempt, succeeds on its retry
+    print(f"[demo] enqueued 10 tasks; {anothertask.broadcast()} worker(s) got a broadcast", flush=True)
 
 
 def main() -> int:
@@ -69,8 +71,9 @@ def main() -> int:
                 process.send_signal(signal.SIGTERM)
         codes = {name: process.wait(60) for name, process in processes.items()}
     fired = sum("fired anothertask" in line for line in lines)
+    finished = sum(" hexq.task: " in line for line in lines)
     print(f"[demo] stopped: worker exit {codes['worker']}, scheduler exit {codes['scheduler']}; "
-          f"the scheduler fired {fired} cron tick(s)", flush=True)
+          f"the scheduler fired {fired} cron tick(s); the worker logged {finished} finished task run(s)", flush=True)
     return 0 if all(code == 0 for code in codes.values()) else 1
 
 

@@ -18,6 +18,7 @@ from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 from hexq.core.services.cancellation import TaskCancelled, run_task_body
 from hexq.core.services.invoke import call_hooks, call_task
 from hexq.core.services.soft_timeout import NoAlarm, SoftAlarm, run_async, run_sync
+from hexq.core.services.task_log import log_failed, log_succeeded
 
 __all__ = ["NoAlarm", "NoReporter", "RunReporter", "SoftAlarm", "TaskRunner"]
 
@@ -55,6 +56,8 @@ class TaskRunner:
     reporter: RunReporter = attrs.field(factory=NoReporter)
     metrics: Metrics = attrs.field(factory=NoMetrics)
     defer_acks: bool = True
+    # One INFO line per task that succeeds (``HexQ(log_tasks=...)``); failures are logged either way.
+    log_tasks: bool = True
     pending_acks: list[str] = attrs.field(factory=list)
     # Retries and dead letters the broker could not take yet (see _settle); sent again by flush_settles.
     pending_settles: list[Callable[[], None]] = attrs.field(factory=list)
@@ -213,7 +216,8 @@ class TaskRunner:
                 failure: Failure | None, duration: float) -> None:
         if failure is None:
             self.metrics.finished(message.name, message.queue, "succeeded", duration)
-            log.debug("task %s %s[%s] succeeded in %.4fs", message.id, message.name, message.queue, duration)
+            if self.log_tasks:
+                log_succeeded(message, message.retries + delivery.crashes + 1, duration)
             self._ack(delivery.id)
             return
         try:
@@ -232,28 +236,24 @@ class TaskRunner:
         # Each crash was an attempt too: the task ran, and its worker died under it.
         retries_used = message.retries + delivery.crashes
         decision = after_failure(kind, limits, task.options, retries_used, error, self.rand())
-        if kind == "exception" and error is not None:
-            log.error("task %s %s[%s] failed after %.4fs (attempt %d)", message.id, message.name,
-                      message.queue, duration, retries_used + 1, exc_info=error)
-        else:
-            log.warning("task %s %s[%s] hit its %s after %.4fs (attempt %d)", message.id, message.name,
-                        message.queue, kind.replace("_", " "), duration, retries_used + 1)
         if message.broadcast or isinstance(decision, GiveUp):
             reason = decision.reason if isinstance(decision, GiveUp) else "broadcast task failed"
+            shown = reason if isinstance(decision, GiveUp) else f"{decision.reason}; a broadcast is not retried"
+            log_failed(message, retries_used + 1, duration, kind, error, shown, None, limits.hard_timeout)
             self._dead(delivery.id, message.queue, delivery.payload, reason, owner)
             self.metrics.finished(message.name, message.queue, "dead_lettered", duration)
             return
         if message.expires is not None and self.clock.now() + decision.delay > message.expires:
-            log.warning("task %s %s[%s] expired: its retry would start after its deadline; not retried",
-                        message.id, message.name, message.queue)
+            log_failed(message, retries_used + 1, duration, kind, error, decision.reason, None, limits.hard_timeout,
+                       expired=True)
             self.metrics.finished(message.name, message.queue, "expired", duration)
             self.metrics.expired(message.name, message.queue)
             self._discard(delivery.id, message.queue, "expired", owner)
             return
+        log_failed(message, retries_used + 1, duration, kind, error, decision.reason, decision.delay,
+                   limits.hard_timeout)
         self.metrics.finished(message.name, message.queue, "retried", duration)
         self.retry(delivery.id, message, retries_used + 1, decision.delay, owner=owner)
-        log.info("task %s %s[%s] will retry in %.3fs (%s)", message.id, message.name, message.queue,
-                 decision.delay, decision.reason)
 
     def fail_outside(self, delivery: Delivery, kind: FailureKind, *, consumer: str | None = None) -> None:
         """Record a failure seen from outside the run: the worker parent killed the child at its hard timeout.

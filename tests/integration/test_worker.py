@@ -3,6 +3,7 @@ real signals. Every test here runs once per broker: ``cluster`` takes ``broker_k
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -72,7 +73,38 @@ def test_hard_timeout_kills_and_replaces_the_child_then_gives_up(cluster: Cluste
     assert proc.children() != first_children
     tasks.record.delay("after")
     cluster.wait_for_tags(1, suffix="after")
-    assert "hard timeout" in proc.output()
+    # The parent killed the runs, so the parent logs their lines (the children died before they could).
+    lines = [line for line in proc.output().splitlines() if " hexq.task: overrun_hard[" in line]
+    assert len(lines) == 2, proc.output()
+    assert all(f" WARNING [{proc.pid}] " in line for line in lines), lines
+    assert re.search(r"hard-killed after 0\.500 s \(queue low, attempt 1\): hard timeout; retrying at once$",
+                     lines[0]), lines
+    assert re.search(r"\(queue low, attempt 2\): hard timeout; gave up after 1 retries \(max_retries=1\); "
+                     r"dead-lettered$", lines[1]), lines
+
+
+FINISHED_LINE = re.compile(r" INFO \[(\d+)\] hexq\.task: record\[([0-9a-f]{32})\] succeeded in \d+\.\d{3} s "
+                           r"\(queue low, attempt 1\)$")
+
+
+def test_each_task_that_succeeds_gets_one_line_unless_no_log_tasks(cluster: Cluster, tasks: Any) -> None:
+    worker = cluster.worker("--concurrency=1")
+    sent = {tasks.record.delay(f"logged{n}") for n in range(3)}
+    wait_for(lambda: len([t for t in cluster.tags() if t.startswith("logged")]) == 3, 15, "3 tasks")
+    wait_for(lambda: worker.output().count(" hexq.task: ") == 3, 10, f"3 task lines:\n{worker.output()}")
+    matches = [FINISHED_LINE.search(line) for line in worker.output().splitlines() if " hexq.task: " in line]
+    assert all(matches), worker.output()
+    assert {m.group(2) for m in matches if m} == sent
+    assert {m.group(1) for m in matches if m} == {str(pid) for pid in worker.children()}  # the child that ran it
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+    quiet = cluster.worker("--concurrency=1", "--no-log-tasks")
+    tasks.record.delay("quiet")
+    cluster.wait_for_tags(1, suffix="quiet")
+    quiet.signal(signal.SIGTERM)
+    assert quiet.wait(30) == 0
+    assert " hexq.task: " not in quiet.output()
 
 
 def test_max_tasks_per_worker_recycles_children(cluster: Cluster, tasks: Any) -> None:

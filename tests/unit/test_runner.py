@@ -659,7 +659,7 @@ def test_a_cancelled_error_from_the_task_is_an_exception_not_a_soft_timeout(
     assert world.dead_reasons() == [f"raised CancelledError: {message}"]  # no retry_on: not retried
     assert world.stats() == (0, 0, 0)
     assert "soft timeout" not in caplog.text
-    assert "failed after" in caplog.text
+    assert "cancelled[t1] failed in " in caplog.text
 
 
 @pytest.mark.usefixtures("strategy")
