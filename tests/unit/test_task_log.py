@@ -11,6 +11,7 @@ from test_runner import make_world
 
 from hexq import ConfigError, HexQ
 from hexq.core.errors import SoftTimeout
+from hexq.core.message import TaskMessage
 from hexq.entrypoints.cli import build_parser
 from hexq.entrypoints.logs import FORMAT, TaskContextFilter
 
@@ -214,3 +215,19 @@ def test_log_tasks_is_an_app_option_a_cli_flag_and_reaches_the_inline_runner(
         assert ran == [1]
     assert [m for _, m in shown(lines) if "job[" in m] == [m for _, m in shown(lines) if "succeeded" in m]
     assert len([m for _, m in shown(lines) if "job[" in m]) == 1
+
+
+def test_a_failure_whose_retry_would_miss_its_deadline_says_it_expired(lines: Lines) -> None:
+    world = make_world()
+
+    def flaky() -> None:
+        raise ConnectionError("down")
+
+    world.task("flaky", flaky, retry_on=(ConnectionError,), max_retries=2, backoff=4.0)
+    message = TaskMessage("e1", "flaky", "default", enqueued_at=world.clock.now(), expires=world.clock.now() + 1.0)
+    world.put(world.codec.encode(message), "e1")
+    world.run()
+    # The retry would wait 2 s, past the deadline 1 s away: not retried, and said so on the same line.
+    assert shown(lines) == [("ERROR", "flaky[e1] failed in 0.000 s (queue default, attempt 1): raised ConnectionError:"
+                                      " down; expired: its retry would start after its deadline; not retried")]
+    assert lines[0].task_outcome == "expired"  # type: ignore[attr-defined]
