@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from hexq.core import unique
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.ports import Clock, OutgoingTask
 
@@ -43,14 +44,21 @@ class TaskFactory:
     ids: TaskIds
 
     def new(self, name: str, queue: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], now: float,
-            eta: float | None = None, broadcast: bool = False, expires: float | None = None) -> OutgoingTask:
+            eta: float | None = None, broadcast: bool = False, expires: float | None = None,
+            unique_ms: int | None = None, unique_key: Any = None) -> OutgoingTask:
         """A first attempt of task ``name``; ``eta`` in epoch seconds (None: runnable now); ``expires``, the
-        deadline in epoch seconds (None: none)."""
+        deadline in epoch seconds (None: none). ``unique_ms``: a unique task's window, its identity taken from
+        ``unique_key`` (when not None) or the arguments."""
         task_id = self.ids.new()
+        lock = None
+        if unique_ms is not None:
+            lock = unique.lock_for(name, unique_ms, now, args, kwargs, unique_key)
+            task_id = unique.unique_id(task_id, lock)
         if eta is None:
             payload = self.codec.encode_fields(task_id, name, queue, args, kwargs, 0, now, None, broadcast, expires)
-            return OutgoingTask(task_id, queue, payload)
+            return OutgoingTask(task_id, queue, payload, unique=lock)
         message = TaskMessage(task_id, name, queue, tuple(args), kwargs, 0, now, eta, broadcast, expires)
-        # Rounded up: a task due at 12.3456 s must not become visible at 12.345 s (eta is never early).
+        # Rounded up: a task due at 12.3456 s must not become visible at 12.345 s (eta is never early). A
+        # unique task has no dedup key: its lock is its identity, across queues.
         return OutgoingTask(task_id, queue, self.codec.encode(message), math.ceil(eta * 1000),
-                            message.fingerprint())
+                            None if lock else message.fingerprint(), lock)

@@ -121,6 +121,15 @@ def encode_arguments(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[
     return native_args, native_kwargs
 
 
+def encode_value(what: str, value: Any) -> Any:
+    """One value as JSON-native data (the tagged form for datetime and the like), or ``ValueError`` saying
+    why not, for values that are not arguments (a unique task's key)."""
+    try:
+        return _prepare(value, what)
+    except _Refused as refused:
+        raise ValueError(refused.detail) from None
+
+
 # Built once: json.dumps/json.loads with options construct a new encoder/decoder on every call, which is
 # a measurable share of the per-task cost.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)

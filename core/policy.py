@@ -28,6 +28,7 @@ class TaskOptions:
     backoff: float = 1.0
     backoff_max: float = 600.0
     expires: float | None = None  # seconds from each send: the deadline a run must start by
+    unique_ms: int | None = None  # a unique task's window (hexq.core.unique); None: not unique
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, "task options")

@@ -14,6 +14,7 @@ from hexq.core.ports import Broker, Clock, Metrics, NoMetrics
 from hexq.core.queues import QueueSet
 from hexq.core.registry import Hook, Registry, TaskDef, Wrapper
 from hexq.core.services.sender import ArgumentCheck, Send, Sender
+from hexq.core.unique import check_key_allowed
 from hexq.core.validation import check_prefix, optional_whole_number
 from hexq.entrypoints import bootstrap
 from hexq.entrypoints.options import (
@@ -49,6 +50,7 @@ class Call:
     queue: str | None = None
     eta: Any = None
     expires: Any = None
+    unique_key: Any = None
 
 
 class Task(Generic[P, R]):
@@ -85,10 +87,12 @@ class Task(Generic[P, R]):
         return self.app.enqueue_many([Call(self, args, options, queue, eta)])[0]
 
     def options(self, *, queue: str | None = None, eta: Eta | None = None,
-                expires: Expires | None = None) -> TaskWithOptions[P, R]:
+                expires: Expires | None = None, unique_key: Any = None) -> TaskWithOptions[P, R]:
         """The typed way to pass options: ``task.options(queue=Q, eta=timedelta(seconds=10)).delay(1, y=2)``.
-        ``expires``: the deadline of this run (overrides the task's), a duration from now or a datetime."""
-        return TaskWithOptions(self, queue, eta, expires)
+        ``expires``: the deadline of this run (overrides the task's), a duration from now or a datetime.
+        ``unique_key`` (a task declared ``unique``): the call's identity instead of its arguments, any JSON value."""
+        check_key_allowed(self.name, self.definition.options.unique_ms, unique_key)
+        return TaskWithOptions(self, queue, eta, expires, unique_key)
 
     def apply(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
               queue: str | None = None, eta: Eta | None = None, expires: Expires | None = None) -> str:
@@ -117,9 +121,9 @@ class Task(Generic[P, R]):
         return self.app.broadcast(self, args, kwargs)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], queue: str | None, eta: Any,
-              expires: Any = None) -> Call:
+              expires: Any = None, unique_key: Any = None) -> Call:
         self.check(args, kwargs)
-        return Call(self, args, kwargs, queue, eta, expires)
+        return Call(self, args, kwargs, queue, eta, expires, unique_key)
 
     def __repr__(self) -> str:
         return f"<hexq task {self.name}>"
@@ -134,14 +138,15 @@ class TaskWithOptions(Generic[P, R]):
     queue: str | None = None
     eta: Eta | None = None
     expires: Expires | None = None
+    unique_key: Any = None
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a run with these options; returns the task id. Every keyword is the task's own argument."""
-        return self.task.app.enqueue_many([self.task._call(args, kwargs, self.queue, self.eta, self.expires)])[0]
+        return self.task.app.enqueue_many([self.bind(*args, **kwargs)])[0]
 
     def bind(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """One run for ``delay_many``, with these options."""
-        return self.task._call(args, kwargs, self.queue, self.eta, self.expires)
+        return self.task._call(args, kwargs, self.queue, self.eta, self.expires, self.unique_key)
 
 
 def _given(queue: str | None, eta: Any) -> tuple[str, ...]:
@@ -232,29 +237,34 @@ class HexQ(OptionViews):
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
-             backoff_max: float = 600.0, expires: float | int | timedelta | None = None) -> Task[P, R]: ...
+             backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
+             unique: float | int | timedelta | None = None) -> Task[P, R]: ...
 
     @overload
     def task(self, fn: None = None, *, name: str | None = None, queue: str | None = None,
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
-             backoff_max: float = 600.0, expires: float | int | timedelta | None = None
+             backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
+             unique: float | int | timedelta | None = None,
              ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str | None = None,
              max_retries: int | None = None, soft_timeout: float | int | timedelta | None = None,
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
-             backoff_max: float = 600.0, expires: float | int | timedelta | None = None) -> Any:
+             backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
+             unique: float | int | timedelta | None = None) -> Any:
         """Register a task; usable bare (``@app.task``) or with options (``@app.task(queue=...)``).
-        ``expires``: each run's deadline, counted from its ``.delay()``; a run not started by then never runs."""
+        ``expires``: each run's deadline, counted from its ``.delay()``; a run not started by then never runs.
+        ``unique``: a window (timedelta or seconds); while an identical call waits or runs, sending it again
+        stores nothing and returns that task's id (see the README, "Unique tasks")."""
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or function.__name__
             options = task_options(task_name, queue=queue, max_retries=max_retries, soft_timeout=soft_timeout,
                                    hard_timeout=hard_timeout, retry_on=retry_on, backoff=backoff,
-                                   backoff_max=backoff_max, expires=expires)
+                                   backoff_max=backoff_max, expires=expires, unique=unique)
             definition = TaskDef(task_name, function, options)
             self.registry.add(definition)
             return Task(self, definition)
@@ -293,7 +303,8 @@ class HexQ(OptionViews):
 
     def enqueue_many(self, calls: Sequence[Call]) -> list[str]:
         """Encode and store many task runs, pipelined; returns their ids in order."""
-        sends = [Send(call.task.name, call.args, call.kwargs, call.queue, call.eta, call.expires) for call in calls]
+        sends = [Send(call.task.name, call.args, call.kwargs, call.queue, call.eta, call.expires, call.unique_key)
+                 for call in calls]
         return bootstrap.sender_for(self).send(sends)
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:

@@ -230,14 +230,26 @@ class _Keyed:
     store: bool = True
     seen: list[OutgoingTask] = attrs.field(factory=list)
 
-    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
         keyed = [attrs.evolve(t, dedup_key=self.key) if t.eta_ms is not None else t for t in tasks]
         self.seen = keyed
         if self.store:
             self.broker.enqueue(keyed)
+        return [task.id for task in keyed]
 
     def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
         raise NotImplementedError("a migration never broadcasts")
+
+
+@attrs.frozen
+class _NotUnique(TaskFactory):
+    """WakaQ had no unique tasks: entries of a task declared ``unique`` in hexq move as they are, each under its
+    claim's id (which the migration looks up), none refused for a lock."""
+
+    def new(self, name: str, queue: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], now: float,
+            eta: float | None = None, broadcast: bool = False, unique_ms: int | None = None,
+            unique_key: Any = None) -> OutgoingTask:
+        return super().new(name, queue, args, kwargs, now, eta, broadcast)
 
 
 class HexqSide:
@@ -246,7 +258,7 @@ class HexqSide:
         self.ids = _FixedIds()
         self.producer = _Keyed(app.broker)
         clock: Clock = app.clock
-        self.sender = Sender(app.registry, TaskFactory(app.codec, self.ids), self.producer, clock)
+        self.sender = Sender(app.registry, _NotUnique(app.codec, self.ids), self.producer, clock)
 
     def call(self, claim: Claim, queue: str, eta: Any) -> Send:
         parsed = parse_entry(claim.raw)

@@ -89,16 +89,58 @@ local function store(id, queue, payload, eta, dedup)
   return true
 end
 
--- An outgoing task as the client packs it: "id\nqueue\neta_ms or empty\ndedup_key or empty\npayload"
--- (only the payload, last, may contain newlines).
--- Returns the queue when someone idle may need to know (see store), else nil.
+-- Unique tasks (hexq.core.unique): a unique task's id is UNIQUE_ID_LENGTH characters with "u" at
+-- UNIQUE_MARK_AT, then the key of its lock (uniquekey(key): the holder's id, with the task's window as TTL).
+-- No other id has that shape, so whatever ends a task can release its lock from the id alone, and other
+-- tasks pay one length comparison.
+local function lock_of(id)
+  if #id == UNIQUE_ID_LENGTH and string.byte(id, UNIQUE_MARK_AT) == UNIQUE_MARK_BYTE then
+    return uniquekey(string.sub(id, UNIQUE_MARK_AT + 1))
+  end
+  return nil
+end
+
+-- Takes the lock of unique task id for window_ms; returns the id of the task that holds it instead (store
+-- nothing), or nil. A holder no longer stored (its payload gone) left a stale lock, taken over; a task that
+-- holds its own lock was stored already (the same call sent again after a lost reply).
+local function take_lock(id, window_ms)
+  local key = lock_of(id)
+  if redis.call("set", key, id, "NX", "PX", window_ms) then return nil end
+  local holder = redis.call("get", key)
+  if holder == id or (holder and redis.call("hexists", TASKS, holder) == 1) then return holder end
+  redis.call("set", key, id, "PX", window_ms)
+  return nil
+end
+
+-- Releases the locks these ids still hold (a lock taken over since by another task is left alone).
+local function unlock(ids)
+  for _, id in ipairs(ids) do
+    local key = #id == UNIQUE_ID_LENGTH and lock_of(id)
+    if key and redis.call("get", key) == id then redis.call("del", key) end
+  end
+end
+
+-- An outgoing task as the client packs it: "id\nqueue\neta_ms or empty\ndedup_key or empty\npayload", and
+-- for a unique task's id the window (ms; "0": take no lock) before the payload (only the payload, last, may
+-- contain newlines). Returns the queue when someone idle may need to know (see store); for a unique task
+-- whose lock another task holds, nil and the holder's id (nothing stored).
 local function store_record(record)
   local a = string.find(record, "\n", 1, true)
   local b = string.find(record, "\n", a + 1, true)
   local c = string.find(record, "\n", b + 1, true)
   local d = string.find(record, "\n", c + 1, true)
+  local id = string.sub(record, 1, a - 1)
   local queue = string.sub(record, a + 1, b - 1)
-  if store(string.sub(record, 1, a - 1), queue, string.sub(record, d + 1), string.sub(record, b + 1, c - 1),
+  local last = d
+  if #id == UNIQUE_ID_LENGTH and lock_of(id) then
+    last = string.find(record, "\n", d + 1, true)
+    local window = string.sub(record, d + 1, last - 1)
+    if window ~= "0" then
+      local holder = take_lock(id, window)
+      if holder then return nil, holder end
+    end
+  end
+  if store(id, queue, string.sub(record, last + 1), string.sub(record, b + 1, c - 1),
            string.sub(record, c + 1, d - 1)) then
     return queue
   end
@@ -139,6 +181,7 @@ local function ack(consumer, ids)
   -- Crash counts are rare: when there are none at all, one EXISTS spares passing every id again.
   if redis.call("exists", CRASHES) == 1 then call_many("hdel", CRASHES, ids) end
   if #gone > 0 then call_many("hdel", INFLIGHT, gone) end
+  unlock(ids)
 end
 
 local function promote(queue, now)

@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.client import NEVER_DECODE
 
 from hexq.adapters.redis.client import blocking_twin, clients_for, describe
-from hexq.adapters.redis.codec import chunks, dead_letter_record, in_flight_record, packed
+from hexq.adapters.redis.codec import chunks, dead_letter_record, in_flight_record, packed, used_ids
 from hexq.adapters.redis.direct import DirectCommand
 from hexq.adapters.redis.durable import DurableEnqueue
 from hexq.adapters.redis.errors import translated
@@ -95,28 +95,28 @@ class RedisBroker(RedisInspection):
                    wait_replicas=connection.wait_replicas, wait_timeout_ms=connection.wait_timeout_ms)
 
     # -- producing ---------------------------------------------------------------------------------
-    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
         batches = [[packed(tasks[0])]] if len(tasks) == 1 else list(chunks(tasks))
         # '@' queues are a worker's private copies of a broadcast (parent_events.broadcast_queue), not the
         # .delay() that durable enqueue is about.
         if self._wait_replicas and not all(task.queue.startswith("@") for task in tasks):
-            self._durable.enqueue(tasks, batches)
-            return
+            return self._durable.enqueue(tasks, batches)
         with self._translator:
-            if len(tasks) == 1 and tasks[0].eta_ms is None and self._pushed(tasks[0]):
-                return
+            # A single runnable task: a MULTI, unless it is unique (taking its lock needs the script).
+            one = tasks[0] if len(tasks) == 1 and tasks[0].eta_ms is None and tasks[0].unique is None else None
+            if one is not None and self._pushed(one):
+                return [one.id]
             if len(batches) == 1:
                 # Straight to EVALSHA on this thread's own connection (see direct.py): the pool and
                 # Script wrappers cost more CPU than the command itself on a single .delay(). A runnable
                 # task the MULTI could not store goes through push, the cheaper script for one.
-                one = tasks[0] if len(tasks) == 1 and tasks[0].eta_ms is None else None
                 name, sha = ("push", self._push_sha) if one else ("enqueue", self._enqueue_sha)
                 args = [one.id, one.queue, one.payload] if one else batches[0]
                 try:
-                    self._direct("EVALSHA", sha, 1, self._tasks_key, *args)
+                    reply = self._direct("EVALSHA", sha, 1, self._tasks_key, *args)
                 except redis.exceptions.NoScriptError:
-                    self._scripts.run(name, args)
-                return
+                    reply = self._scripts.run(name, args)
+                return [one.id] if one else used_ids(tasks, batches, [reply])
             # Pipelined so Redis runs one chunk while we send the next. Plain EVALSHA: redis-py's Script
             # objects would add a SCRIPT EXISTS round trip to a pipeline. A chunk refused with NOSCRIPT
             # (a restarted server) stored nothing and is sent again through the self-loading Script.
@@ -125,11 +125,14 @@ class RedisBroker(RedisInspection):
             for args in batches:
                 pipe.execute_command("EVALSHA", sha, 1, self._tasks_key, *args)  # type: ignore[no-untyped-call]
             results = pipe.execute(raise_on_error=False)
+            replies = []
             for args, result in zip(batches, results, strict=True):
                 if isinstance(result, redis.exceptions.NoScriptError):
-                    self._scripts.run("enqueue", args)
+                    result = self._scripts.run("enqueue", args)
                 elif isinstance(result, Exception):
                     raise result
+                replies.append(result)
+            return used_ids(tasks, batches, replies)
 
     def _pushed(self, task: OutgoingTask) -> bool:
         """A single runnable .delay() as one MULTI on this thread's connection: the payload, the queue entry

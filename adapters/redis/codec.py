@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from hexq.core.message import stored_text as text  # noqa: F401  (the broker imports it from here)
 from hexq.core.ports import DeadLetter, InFlight, OutgoingTask
+from hexq.core.unique import lock_of
 
 ENQUEUE_CHUNK_TASKS = 250  # bounds one script call, so a huge batch never blocks Redis for long
 ENQUEUE_CHUNK_BYTES = 4 << 20
@@ -15,9 +17,27 @@ ENQUEUE_CHUNK_BYTES = 4 << 20
 def packed(task: OutgoingTask) -> str:
     """One script argument per task: id, queue, eta, dedup key and payload joined by newlines. Packing one
     argument instead of five roughly halves the client's cost of a batch; only the payload (last) may
-    contain newlines."""
+    contain newlines. A unique task's id (``lock_of``) is followed by its window (ms) before the payload:
+    store_record in _lib.lua reads that field for those ids only."""
     eta = "" if task.eta_ms is None else str(task.eta_ms)
-    return f"{task.id}\n{task.queue}\n{eta}\n{task.dedup_key or ''}\n{task.payload}"
+    head = f"{task.id}\n{task.queue}\n{eta}\n{task.dedup_key or ''}\n"
+    if lock_of(task.id) is not None:
+        head += f"{task.unique.window_ms if task.unique else 0}\n"
+    return head + task.payload
+
+
+def used_ids(tasks: Sequence[OutgoingTask], batches: Sequence[Sequence[str]], replies: Sequence[Any]) -> list[str]:
+    """The id each task is stored under, from the ``enqueue`` script's replies (one per batch, in order): its
+    own, or for a unique task the id of the task holding its lock (the script returns those as index, id)."""
+    used = [task.id for task in tasks]
+    offset = 0
+    for args, reply in zip(batches, replies, strict=True):
+        if isinstance(reply, list):
+            for i in range(0, len(reply) - 1, 2):
+                holder = reply[i + 1]
+                used[offset + int(reply[i]) - 1] = holder.decode() if isinstance(holder, bytes) else str(holder)
+        offset += len(args)
+    return used
 
 
 def chunks(tasks: Sequence[OutgoingTask]) -> Iterator[list[str]]:

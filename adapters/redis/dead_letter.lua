@@ -3,4 +3,5 @@ disown(ARGV[1], ARGV[2])
 redis.call("hdel", TASKS, ARGV[2])
 redis.call("hdel", CRASHES, ARGV[2])
 redis.call("lpush", DEAD, ARGV[3])
+unlock({ARGV[2]})
 return 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
+from hexq.adapters.redis.codec import used_ids
 from hexq.adapters.redis.errors import NotReplicatedError
 
 if TYPE_CHECKING:
@@ -40,43 +41,48 @@ class DurableEnqueue:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
 
-    def enqueue(self, tasks: Sequence[OutgoingTask], batches: Sequence[Sequence[str]]) -> None:
-        """Store ``batches`` (the packed ``tasks``); raise NotReplicatedError if too few replicas took them."""
+    def enqueue(self, tasks: Sequence[OutgoingTask], batches: Sequence[Sequence[str]]) -> list[str]:
+        """Store ``batches`` (the packed ``tasks``); returns the ids they are stored under (see
+        ``Producer.enqueue``); raise NotReplicatedError if too few replicas took them."""
         with self._translator:
-            acknowledged = self._enqueue_durably(batches)
+            acknowledged, replies = self._enqueue_durably(batches)
+        used = used_ids(tasks, batches, replies)
         if acknowledged < self._wait_replicas:
-            raise NotReplicatedError([task.id for task in tasks], self._wait_replicas, acknowledged,
-                                     self._wait_timeout_ms, self._where)
+            raise NotReplicatedError(used, self._wait_replicas, acknowledged, self._wait_timeout_ms, self._where)
+        return used
 
-    def _enqueue_durably(self, batches: Sequence[Sequence[str]]) -> int:
+    def _enqueue_durably(self, batches: Sequence[Sequence[str]]) -> tuple[int, list[Any]]:
         """Send the batches, then WAIT on the same connection; returns how many replicas acknowledged
-        them all. A chunk refused with NOSCRIPT stored nothing: the script is loaded and the refused chunks
-        sent again, with their own WAIT (WAIT covers the writes of the connection it is sent on)."""
+        them all, and each batch's reply. A chunk refused with NOSCRIPT stored nothing: the script is loaded
+        and the refused chunks sent again, with their own WAIT (WAIT covers the writes of the connection it
+        is sent on)."""
         sha = self._sha
         wait = ("WAIT", self._wait_replicas, self._wait_timeout_ms)
-        pending = list(batches)
+        pending = list(range(len(batches)))
+        replies: list[Any] = [None] * len(batches)
         acknowledged = self._wait_replicas
         for attempt in (1, 2, 3):
             if len(pending) == 1:
-                replies = self._durable_direct(("EVALSHA", sha, 1, self._tasks_key, *pending[0]), wait)
+                sent = self._durable_direct(("EVALSHA", sha, 1, self._tasks_key, *batches[pending[0]]), wait)
             else:
                 pipe = self._client.pipeline(transaction=False)
-                for args in pending:
-                    pipe.execute_command("EVALSHA", sha, 1, self._tasks_key, *args)  # type: ignore[no-untyped-call]
+                for index in pending:
+                    pipe.execute_command("EVALSHA", sha, 1, self._tasks_key, *batches[index])  # type: ignore[no-untyped-call]
                 pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
-                replies = pipe.execute(raise_on_error=False)
-            *stored, acked = replies
-            refused = [args for args, reply in zip(pending, stored, strict=True)
+                sent = pipe.execute(raise_on_error=False)
+            *stored, acked = sent
+            refused = [index for index, reply in zip(pending, stored, strict=True)
                        if isinstance(reply, redis.exceptions.NoScriptError)]
-            for reply in stored:
+            for index, reply in zip(pending, stored, strict=True):
                 if isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.NoScriptError):
                     raise reply
+                replies[index] = reply
             if isinstance(acked, Exception):
                 raise acked
             if len(refused) < len(pending):  # some chunk was stored by this round: its WAIT counts
                 acknowledged = min(acknowledged, int(acked))
             if not refused:
-                return acknowledged
+                return acknowledged, replies
             if attempt == 3:
                 break
             self._client.script_load(self._scripts.script("enqueue").script)

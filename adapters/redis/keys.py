@@ -47,6 +47,9 @@ key                   type    contents
 {p}:announce          pubsub  one message per broadcast, ``<task id> <copies stored>`` (a channel, not a key)
 {p}:meta              hash    ``partitions`` -> how many partitions the app's keys are spread over; absent
                               (one partition, the layout above) until an app runs with ``partitions`` > 1
+{p}:unique:<key>      string  the lock of a unique task (``hexq.core.unique``): the id of the task holding
+                              it, with a TTL of the task's window; deleted when that task is acknowledged,
+                              dead-lettered or purged. With partitions, in the partition the key names
 ====================  ======  ===========================================================================
 
 With ``partitions=N`` (N > 1) the whole layout above exists N times, once per hash tag: partition 0 is
@@ -58,22 +61,23 @@ partition 0 only.
 Scripts (``adapters/redis/*.lua``, each prefixed by the key preamble and ``_lib.lua``) and the keys they
 write:
 
-- ``enqueue``: tasks, q:*, eta:*, etakeys:*, armed:*, wake:*; ``push`` (one runnable task, when the
-  MULTI below fails): tasks, q:*, armed:*, wake:*.
-- ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight); promotion (eta:*, q:*, etakeys:*) of
-  the served queues; suspicion (suspects) and recovery of up to 10 expired consumers (leases, suspects,
-  owned:*, inflight, crashes, q:*, armed:*, wake:*); then q:<served>, owned:<consumer>, inflight, leases;
-  idle:* and armed:* of the served queues (marked and armed when it takes nothing, the mark cleared when it
-  takes work) and wake:* (the wake-up passed on); reads tasks, crashes, eta:* (next eta).
+- ``enqueue``: unique:* (a unique task's lock, read and taken), tasks, q:*, eta:*, etakeys:*, armed:*,
+  wake:*; ``push`` (one runnable task, when the MULTI below fails): tasks, q:*, armed:*, wake:*.
+- ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight, and unique:* of unique tasks); promotion
+  (eta:*, q:*, etakeys:*) of the served queues; suspicion (suspects) and recovery of up to 10 expired
+  consumers (leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*); then q:<served>,
+  owned:<consumer>, inflight, leases; idle:* and armed:* of the served queues (marked and armed when it
+  takes nothing, the mark cleared when it takes work) and wake:* (the wake-up passed on); reads tasks,
+  crashes, eta:* (next eta).
 - ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*.
-- ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead.
+- ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead, unique:* (a unique task's lock).
 - ``discard`` (a task that expired, or was cancelled, before it ran): owned:<consumer>, inflight, tasks,
   crashes, expired.
 - ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*.
 - ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*.
-- ``claim_cron``: cron, then as ``enqueue``.
+- ``claim_cron``: cron, then as ``enqueue`` (unique:* included).
 - ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*.
-- ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes.
+- ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes, unique:* (of purged unique tasks).
 - ``broadcast``: reads workers; tasks, q:@broadcast.<worker>, armed:*, wake:* (one copy per live worker).
 - ``forget_workers`` (``forget_worker``, and ``heartbeat`` for the stale ones): workers, workerinfo,
   q:@broadcast.<worker>, tasks, crashes, and the idle:, armed: and wake: keys of that queue.
@@ -93,6 +97,7 @@ import re
 
 import attrs
 
+from hexq.core.unique import BASE_ID_LENGTH, MARK, UNIQUE_ID_LENGTH
 from hexq.core.validation import check_prefix
 
 # Keys with one name per prefix: the Lua constant that names each in the scripts -> the name after ``{p}:``.
@@ -120,6 +125,13 @@ FAMILIES: dict[str, str] = {
     "idlekey": "idle:",
     "wakekey": "wake:",
     "armedkey": "armed:",
+    "uniquekey": "unique:",
+}
+# Numbers the scripts need, from where they are defined (the shape of a unique task's id).
+CONSTANTS: dict[str, int] = {
+    "UNIQUE_ID_LENGTH": UNIQUE_ID_LENGTH,
+    "UNIQUE_MARK_AT": BASE_ID_LENGTH + 1,  # Lua counts from 1
+    "UNIQUE_MARK_BYTE": ord(MARK),
 }
 
 
@@ -144,6 +156,7 @@ def lua_preamble() -> str:
     lines += [f"local {name} = B .. {_lua_string(suffix)}" for name, suffix in SINGLE_KEYS.items() if name != "TASKS"]
     lines += [f"local function {function}(name) return B .. {_lua_string(infix)} .. name end"
               for function, infix in FAMILIES.items()]
+    lines += [f"local {name} = {value}" for name, value in CONSTANTS.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -230,3 +243,6 @@ class Keys:
     @property
     def announce(self) -> str:
         return self.base + SINGLE_KEYS["ANNOUNCE"]
+
+    def unique(self, lock: str) -> str:
+        return self.base + FAMILIES["uniquekey"] + lock

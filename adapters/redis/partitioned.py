@@ -8,8 +8,11 @@ over up to N nodes. What lives where:
   producers do not all begin on the same node); a partition that cannot be reached is skipped and the task
   stored in the next. An eta task with a dedup key goes to the partition its key names (crc32), so that
   enqueueing it again finds and moves the waiting one.
+- a unique task goes to the partition its lock's key names (crc32), where the script that stores it takes
+  the lock: lock and task share a slot, and every producer finds the lock in the same place (global).
 - cron claims, worker heartbeats, broadcasts (the copies in each worker's '@' queue are written by one
-  script next to the heartbeats it reads) and the recorded partition count (``{p}:meta``): partition 0.
+  script next to the heartbeats it reads) and the recorded partition count (``{p}:meta``): partition 0;
+  except the claims of a unique task's schedule, in the partition of its lock.
 - ownership, leases, dead letters and crash counts: in the partition the task is in. A consumer's lease is
   renewed in every partition, and a dead consumer is recovered in every partition.
 
@@ -80,6 +83,7 @@ class PartitionedBroker:
         self._start: dict[str, int] = {}
         self._streak: dict[str, int] = {}
         self._layout_checked = False
+        self._cron_home: dict[str, int] = {}  # schedule key -> the partition its ticks are claimed in
 
     @property
     def partitions(self) -> list[RedisBroker]:
@@ -103,27 +107,36 @@ class PartitionedBroker:
     def _fixed_partition(self, task: OutgoingTask) -> int | None:
         if task.queue.startswith("@"):
             return 0
+        if task.unique is not None:
+            # A unique task and its lock share a slot, and every producer looks for the lock in the same
+            # partition: the lock is global. Never skipped for another partition when down.
+            return self.partition_of(task.unique.key)
         if task.dedup_key is not None:
             return zlib.crc32(task.dedup_key.encode()) % self._n
         return None
 
-    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+    def partition_of(self, key: str) -> int:
+        """The partition a key (a dedup key, a unique task's lock) names."""
+        return zlib.crc32(key.encode()) % self._n
+
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
         self._check_layout()
         if len(tasks) == 1:
             fixed = self._fixed_partition(tasks[0])
             if fixed is not None:
-                self._parts[fixed].enqueue(tasks)
-            else:
-                self._anywhere(lambda part: part.enqueue(tasks))
-            return
-        groups: dict[int, list[OutgoingTask]] = {}
-        for task in tasks:
+                return self._parts[fixed].enqueue(tasks)
+            return self._anywhere(lambda part: part.enqueue(tasks))
+        groups: dict[int, list[int]] = {}  # partition -> the places of its tasks in ``tasks``
+        for place, task in enumerate(tasks):
             fixed = self._fixed_partition(task)
-            groups.setdefault(next(self._turn) % self._n if fixed is None else fixed, []).append(task)
-        for index, group in groups.items():
-            self._parts[index].enqueue(group)
+            groups.setdefault(next(self._turn) % self._n if fixed is None else fixed, []).append(place)
+        used = [task.id for task in tasks]
+        for index, places in groups.items():
+            for place, stored in zip(places, self._parts[index].enqueue([tasks[p] for p in places]), strict=True):
+                used[place] = stored
+        return used
 
-    def _anywhere(self, store: Callable[[RedisBroker], None]) -> None:
+    def _anywhere(self, store: Callable[[RedisBroker], T]) -> T:
         """Store in the next partition in turn, or the one after it if that one cannot be reached: a task
         belongs to no partition in particular. A reply lost after the store may store it twice, which
         at-least-once delivery allows."""
@@ -131,8 +144,7 @@ class PartitionedBroker:
         failure: BrokerUnavailableError | None = None
         for step in range(self._n):
             try:
-                store(self._parts[(first + step) % self._n])
-                return
+                return store(self._parts[(first + step) % self._n])
             except BrokerUnavailableError as exc:
                 failure = failure or exc
         assert failure is not None
@@ -313,11 +325,24 @@ class PartitionedBroker:
 
     # -- cron ----------------------------------------------------------------------------------------
     def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
+        """In partition 0, except a unique task's tick: claimed in the partition of its lock, where the claim,
+        the lock and the task share a slot (one script, exactly once as ever)."""
         self._check_layout()
-        return self._parts[0].claim_cron_tick(schedule_key, fire_ms, task)
+        index = 0 if task.unique is None else self.partition_of(task.unique.key)
+        self._cron_home[schedule_key] = index
+        return self._parts[index].claim_cron_tick(schedule_key, fire_ms, task)
 
     def last_cron_tick(self, schedule_key: str) -> int | None:
-        return self._parts[0].last_cron_tick(schedule_key)
+        """Where this process last claimed the schedule's ticks; before its first claim, the latest tick
+        recorded in any partition (a schedule whose task became unique, or stopped being, has older ticks
+        in another partition), which is then where it looks until it claims."""
+        index = self._cron_home.get(schedule_key)
+        if index is not None:
+            return self._parts[index].last_cron_tick(schedule_key)
+        recorded = [(tick, i) for i, part in enumerate(self._parts)
+                    if (tick := part.last_cron_tick(schedule_key)) is not None]
+        latest, self._cron_home[schedule_key] = max(recorded, default=(None, 0))
+        return latest
 
     # -- inspection and administration ---------------------------------------------------------------
     def partition_stats(self, queues: Sequence[str]) -> list[list[QueueStats]]:

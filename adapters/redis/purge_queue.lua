@@ -7,4 +7,6 @@ call_many("hdel", CRASHES, pending)
 call_many("hdel", TASKS, waiting)
 call_many("hdel", CRASHES, waiting)
 redis.call("del", q, ek, dedupkey(ARGV[1]))
+unlock(pending)
+unlock(waiting)
 return {#pending, #waiting}

@@ -45,11 +45,13 @@ class SqliteBroker(SqliteInspection):
         return cls.from_settings(SqliteSettings.from_url(url), rules=rules)
 
     # -- producing ---------------------------------------------------------------------------------
-    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
         if not tasks:
-            return
-        if self._db.write(statements.store, tasks):
+            return []
+        runnable, used = self._db.write(statements.enqueue, tasks)
+        if runnable:
             self._db.wake_waiters()
+        return [task.id for task in tasks] if used is None else used
 
     def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
         copies = self._db.write(statements.broadcast, task, now_ms - self._rules.live_worker_ms)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hexq.adapters.sqlite import statements
 from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
 from hexq.core.ports import DeadLetter, InFlight, OutgoingTask, QueueStats, WorkerBeat
+from hexq.core.unique import UNIQUE_ID_LENGTH
 
 if TYPE_CHECKING:
     from hexq.adapters.sqlite.database import Database
@@ -50,6 +51,9 @@ def _purge_dead(conn: sqlite3.Connection) -> int:
 
 
 def _purge_queue(conn: sqlite3.Connection, queue: str) -> tuple[int, int]:
+    statements.unlock(conn, [task_id for (task_id,) in conn.execute(
+        "SELECT id FROM tasks WHERE state IN (?, ?) AND queue = ? AND length(id) = ?",
+        (QUEUED, WAITING, queue, UNIQUE_ID_LENGTH))])
     pending = conn.execute("DELETE FROM tasks WHERE state = ? AND queue = ?", (QUEUED, queue)).rowcount
     waiting = conn.execute("DELETE FROM tasks WHERE state = ? AND queue = ?", (WAITING, queue)).rowcount
     return pending, waiting

@@ -21,6 +21,9 @@ cron           schedule key -> last fired tick ms
 workers        worker id -> last heartbeat ms and info JSON (a broadcast is copied into the private queue,
                in ``tasks``, of each worker whose heartbeat is recent)
 expired        queue -> how many of its tasks were dropped unrun because their deadline had passed
+uniques        a unique task's lock (``hexq.core.unique``): lock key -> the task id holding it and until when
+               (ms); deleted when that task is acknowledged, dead-lettered or purged; an expired one, or one
+               whose task is gone, is overwritten by the next task that takes the lock
 =============  =============================================================================================
 
 Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
@@ -84,6 +87,8 @@ INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION});
 # Added after version 2 (see "Additions" above): table name -> its DDL.
 ADDED_TABLES = {
     "expired": "CREATE TABLE IF NOT EXISTS expired (queue TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID",
+    "uniques": ("CREATE TABLE IF NOT EXISTS uniques (lock TEXT PRIMARY KEY, task_id TEXT NOT NULL, "
+                "until_ms INTEGER NOT NULL) WITHOUT ROWID"),
 }
 
 

@@ -14,6 +14,7 @@ from functools import lru_cache
 from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
 from hexq.core.ports import OutgoingTask
 from hexq.core.queues import broadcast_queue
+from hexq.core.unique import lock_of
 
 CHUNK = 1000  # at most this many tasks taken or promoted per call, as the Redis scripts do
 # Each reservation recovers at most this many expired consumers, so one call never holds the write lock
@@ -63,6 +64,13 @@ _LIVE_WORKERS = "SELECT worker_id FROM workers WHERE last_beat_ms >= ? ORDER BY 
 _CLAIM = ("INSERT INTO cron (schedule_key, last_fire_ms) VALUES (?, ?) ON CONFLICT (schedule_key) "
           "DO UPDATE SET last_fire_ms = excluded.last_fire_ms WHERE excluded.last_fire_ms > cron.last_fire_ms")
 
+# Unique tasks (hexq.core.unique): the lock's holder, if it is still held: not expired (by the producer's clock)
+# and its task still stored, or it is this very task (sent again after a lost reply).
+_LOCK_HOLDER = ("SELECT u.task_id FROM uniques AS u WHERE u.lock = ?1 AND u.until_ms > ?2 AND (u.task_id = ?3 "
+                "OR EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = u.task_id AND t.payload IS NOT NULL))")
+_TAKE_LOCK = "INSERT OR REPLACE INTO uniques (lock, task_id, until_ms) VALUES (?, ?, ?)"
+_UNLOCK = "DELETE FROM uniques WHERE lock = ? AND task_id = ?"
+
 Row = tuple[str, bytes | None, int]  # id, payload, crashes
 
 
@@ -91,6 +99,38 @@ def store(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> int:
     return len(runnable)
 
 
+def enqueue(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> tuple[int, list[str] | None]:
+    """``store``, each unique task only if it takes its lock (see ``Producer.enqueue``). Returns how many
+    became runnable, and the ids the tasks are stored under (None: each under its own, no task was unique)."""
+    if all(t.unique is None for t in tasks):
+        return store(conn, tasks), None
+    used: list[str] = []
+    kept: list[OutgoingTask] = []
+    taken: dict[str, str] = {}  # locks taken by this call: its tasks are stored after the loop
+    for t in tasks:
+        lock = t.unique
+        if lock is not None:
+            holder = taken.get(lock.key)
+            if holder is None:
+                row = conn.execute(_LOCK_HOLDER, (lock.key, lock.since_ms, t.id)).fetchone()
+                holder = None if row is None else row[0]
+            if holder is not None:
+                used.append(holder)
+                continue
+            conn.execute(_TAKE_LOCK, (lock.key, t.id, lock.until_ms))
+            taken[lock.key] = t.id
+        used.append(t.id)
+        kept.append(t)
+    return store(conn, kept), used
+
+
+def unlock(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+    """Release the locks that these ids of unique tasks still hold; other ids cost a length check each."""
+    held = [(key, task_id) for task_id in ids if (key := lock_of(task_id)) is not None]
+    if held:
+        conn.executemany(_UNLOCK, held)
+
+
 def broadcast(conn: sqlite3.Connection, task: OutgoingTask, live_since_ms: int) -> int:
     """One copy of ``task`` for each worker whose last heartbeat is at least ``live_since_ms``, at the tail of
     its private queue under the id "<task id>.<n>" (as broadcast.lua does). Returns how many."""
@@ -103,7 +143,7 @@ def claim_cron(conn: sqlite3.Connection, schedule_key: str, fire_ms: int, task: 
     """Compare-and-set of the schedule's last tick, and the tick's task, in one transaction."""
     if conn.execute(_CLAIM, (schedule_key, fire_ms)).rowcount == 0:
         return False
-    store(conn, [task])
+    enqueue(conn, [task])
     return True
 
 
@@ -120,6 +160,7 @@ def ack(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> None:
         return
     if conn.executemany(_DELETE_OWNED, [(i, consumer) for i in ids]).rowcount < len(ids):
         conn.executemany(_FORGET_PAYLOAD, [(i,) for i in ids])
+    unlock(conn, ids)
 
 
 def _promote(conn: sqlite3.Connection, queue: str, now_ms: int) -> int | None:

@@ -18,6 +18,7 @@ from hexq.core.ports.records import (
     OutgoingTask,
     QueueStats,
     Reservation,
+    UniqueLock,
     Unrun,
     WorkerBeat,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "Reservation",
     "RunningBoard",
     "Supervision",
+    "UniqueLock",
     "Unrun",
     "WorkerBeat",
 ]

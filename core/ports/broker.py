@@ -37,12 +37,23 @@ from hexq.core.ports.records import (
 class Producer(Protocol):
     """What ``.delay()`` and ``.broadcast()`` need."""
 
-    def enqueue(self, tasks: Sequence[OutgoingTask]) -> None:
+    def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
         """Store tasks; each one is stored atomically (payload and queue entry together) and in order.
+        Returns, for each task in order, the id it is stored under.
 
         Runnable tasks go to the tail of their queue (FIFO); eta tasks to the queue's eta set. Several tasks
         may be sent in one round trip. Raises BrokerFullError if the store refused the write for lack of
         memory, BrokerUnavailableError if it cannot be reached; in both cases the caller may retry.
+
+        Unique tasks (``task.unique`` set): in the same atomic step, the task takes its lock
+        (``unique.key``) for ``unique.window_ms`` and is stored; if another stored task holds that lock, this
+        one is not stored and the holder's id is returned in its place (also for a duplicate earlier in the
+        same call). A lock whose holder is no longer stored (its payload gone) counts as free, and a task
+        holding its own lock (the same id sent again after a lost reply) is not stored twice. The lock is
+        global: every producer of the app sees it, whatever queue or partition. It is released, if the task
+        still holds it, by ``ack``, ``dead_letter`` and ``purge_queue`` of the task (its id names its lock:
+        ``hexq.core.unique.lock_of``), and it expires after ``window_ms``; ``retry``, ``release`` and
+        crash recovery keep it. Tasks that are not unique never touch a lock.
         """
         ...
 
@@ -156,7 +167,8 @@ class CronStore(Protocol):
     def claim_cron_tick(self, schedule_key: str, fire_ms: int, task: OutgoingTask) -> bool:
         """Atomically: if ``fire_ms`` is later than the last tick recorded for ``schedule_key``, record it
         and enqueue ``task``; return True. Otherwise do nothing and return False. This makes each tick fire
-        exactly once however many schedulers race for it."""
+        exactly once however many schedulers race for it. A unique ``task`` whose lock is held is not stored,
+        but the tick is still recorded (and True returned): the run still waiting or running stands for it."""
         ...
 
     def last_cron_tick(self, schedule_key: str) -> int | None:

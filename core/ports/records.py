@@ -11,12 +11,29 @@ Unrun = Literal["expired", "cancelled"]
 
 
 @attrs.frozen
+class UniqueLock:
+    """The lock a unique task takes when it is stored (``hexq.core.unique``): ``key`` names it (32 hex
+    digits, also the end of the task's id), and it lasts ``window_ms`` from ``since_ms`` (the producer's clock)
+    unless the task ends first."""
+
+    key: str
+    since_ms: int
+    window_ms: int
+
+    @property
+    def until_ms(self) -> int:
+        return self.since_ms + self.window_ms
+
+
+@attrs.frozen
 class OutgoingTask:
     """An encoded task ready to be stored.
 
     ``eta_ms`` None means "runnable now" (appended to the tail of ``queue``). With ``eta_ms`` set the task
     waits in the queue's eta set; if ``dedup_key`` is set and a waiting eta task of the same queue has the
-    same key, that one is replaced (its eta and payload updated) instead of adding a second.
+    same key, that one is replaced (its eta and payload updated) instead of adding a second. With ``unique``
+    set (a unique task, whose id ends with the lock's key) the task is stored only if it takes that lock
+    (see ``Producer.enqueue``).
     """
 
     id: str
@@ -24,6 +41,7 @@ class OutgoingTask:
     payload: str
     eta_ms: int | None = None
     dedup_key: str | None = None
+    unique: UniqueLock | None = None
 
 
 @attrs.frozen

@@ -68,7 +68,9 @@ class Scheduler:
         queue = self.registry.queue_for(task, cron.queue)
         now = self.clock.now()
         fire_ms = round(fire.timestamp() * 1000)
-        outgoing = self.factory.new(task.name, queue, cron.args, cron.kwargs, now)
+        # A unique task's tick is unique too (its identity: the schedule's arguments): a tick that finds the
+        # previous run still waiting or running is recorded as fired and stores nothing.
+        outgoing = self.factory.new(task.name, queue, cron.args, cron.kwargs, now, unique_ms=task.options.unique_ms)
         if self.broker.claim_cron_tick(cron.key, fire_ms, outgoing):
             self.fired += 1
             log.info("fired %s for %s (%.0f ms late)", cron.task_name, fire.isoformat(),

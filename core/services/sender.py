@@ -15,6 +15,7 @@ from hexq.core.errors import DeadlineError, HexqError
 from hexq.core.outgoing import TaskFactory
 from hexq.core.ports import Clock, Metrics, NoMetrics, OutgoingTask, Producer
 from hexq.core.registry import Registry
+from hexq.core.unique import check_key_allowed
 
 
 @attrs.frozen
@@ -27,6 +28,7 @@ class Send:
     queue: str | None = None
     eta: Any = None  # a timedelta, a datetime (naive = UTC) or seconds from now
     expires: Any = None  # the deadline: a timedelta or seconds from now, or a datetime (naive = UTC)
+    unique_key: Any = None  # a unique task's identity instead of its arguments (None: the arguments)
 
 
 class TaskArgumentsError(HexqError, TypeError):
@@ -121,14 +123,16 @@ class Sender:
     metrics: Metrics = attrs.field(factory=NoMetrics)
 
     def send(self, calls: Sequence[Send]) -> list[str]:
-        """Encode and store task runs, in order and pipelined; returns their ids."""
+        """Encode and store task runs, in order and pipelined; returns their ids (for a unique task whose
+        identical task is still waiting or running, that task's id: nothing was stored for it)."""
         now = self.clock.now()
         outgoing = [self._outgoing(call, now) for call in calls]
-        if outgoing:
-            self.broker.enqueue(outgoing)
-            if not isinstance(self.metrics, NoMetrics):
-                self._count(calls, outgoing)
-        return [task.id for task in outgoing]
+        if not outgoing:
+            return []
+        used = self.broker.enqueue(outgoing)
+        if not isinstance(self.metrics, NoMetrics):
+            self._count(calls, outgoing, used)
+        return used
 
     def broadcast(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """Run once on every live worker; returns how many workers got a copy to run (see
@@ -140,20 +144,26 @@ class Sender:
         definition = self.registry.get(call.name)
         queue = self.registry.queue_for(definition, call.queue)
         eta = None if call.eta is None else eta_to_epoch(call.eta, now)
+        unique_ms = definition.options.unique_ms
+        if call.unique_key is not None:
+            check_key_allowed(definition.name, unique_ms, call.unique_key)
         expires = definition.options.expires if call.expires is None else call.expires
         if expires is None:
-            return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta)
+            return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta, unique_ms=unique_ms,
+                                    unique_key=call.unique_key)
         deadline = deadline_to_epoch(expires, now)
         _check_deadline(definition.name, deadline, now, eta)
-        return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta, expires=deadline)
+        return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta, expires=deadline,
+                                unique_ms=unique_ms, unique_key=call.unique_key)
 
     def _broadcast_task(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], now: float) -> OutgoingTask:
         definition = self.registry.get(name)
         queue = self.registry.queues.default.name
         return self.factory.new(definition.name, queue, args, kwargs, now, broadcast=True)
 
-    def _count(self, calls: Sequence[Send], outgoing: Sequence[OutgoingTask]) -> None:
-        counts = Counter((call.name, task.queue) for call, task in zip(calls, outgoing, strict=True))
+    def _count(self, calls: Sequence[Send], outgoing: Sequence[OutgoingTask], used: Sequence[str]) -> None:
+        counts = Counter((call.name, task.queue) for call, task, stored in zip(calls, outgoing, used, strict=True)
+                         if stored == task.id)
         for (name, queue), count in counts.items():
             self.metrics.enqueued(name, queue, count)
 

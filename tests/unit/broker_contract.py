@@ -9,6 +9,7 @@ assert on state that the ports expose.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +17,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hexq.core.errors import BrokerUnavailableError
-from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask, QueueStats
+from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask, QueueStats, UniqueLock
 from hexq.core.queues import broadcast_queue
 from hexq.core.rules import LeaseRules
+from hexq.core.unique import unique_id
 
 T0 = 1_700_000_000_000  # a realistic epoch-ms "now"
 LEASE = 30_000
@@ -45,6 +47,13 @@ def broker_factory(build: MakeBroker) -> Iterator[MakeBroker]:
 def task(task_id: str, queue: str = "default", payload: str | None = None, eta_ms: int | None = None,
          dedup_key: str | None = None) -> OutgoingTask:
     return OutgoingTask(task_id, queue, payload if payload is not None else f"p-{task_id}", eta_ms, dedup_key)
+
+
+def unique_task(name: str, key: str = "k", *, window_ms: int = 60_000, queue: str = "default",
+                eta_ms: int | None = None, since_ms: int = T0) -> OutgoingTask:
+    """A unique task named ``name`` (its id is 65 characters, ``id_of(name)`` ends it) holding lock ``key``."""
+    lock = UniqueLock(hashlib.sha256(key.encode()).hexdigest()[:32], since_ms, window_ms)
+    return OutgoingTask(unique_id(name.ljust(32, "0"), lock), queue, f"p-{name}", eta_ms, None, lock)
 
 
 def take(broker: Broker, queues: list[str] | str = "default", limit: int = 100, now_ms: int = T0,
@@ -725,6 +734,123 @@ class AdministrationContract(_Contract):
         assert ids(take(broker, now_ms=T0 + 10)) == ["e2"]
 
 
+class UniqueContract(_Contract):
+    """Unique tasks (``OutgoingTask.unique``): one stored task per lock while it waits or runs."""
+
+    def test_a_unique_task_is_stored_once_and_a_second_gets_the_first_ones_id(self, broker: Broker) -> None:
+        first, second = unique_task("a"), unique_task("b")
+        assert broker.enqueue([first]) == [first.id]
+        assert broker.enqueue([second]) == [first.id]
+        assert stats(broker) == (1, 0, 0)
+        assert [(d.id, d.payload) for d in take(broker)] == [(first.id, "p-a")]
+
+    def test_other_locks_and_tasks_that_are_not_unique_are_stored_as_ever(self, broker: Broker) -> None:
+        one, other = unique_task("a", "k1"), unique_task("b", "k2")
+        assert broker.enqueue([one, task("plain"), other, task("plain2")]) == [one.id, "plain", other.id, "plain2"]
+        assert ids(take(broker)) == [one.id, "plain", other.id, "plain2"]
+
+    def test_a_duplicate_in_the_same_call_gets_the_first_ones_id(self, broker: Broker) -> None:
+        one, dup = unique_task("a"), unique_task("c")
+        assert broker.enqueue([one, task("plain"), dup]) == [one.id, "plain", one.id]
+        assert ids(take(broker)) == [one.id, "plain"]
+
+    def test_the_same_task_sent_again_is_not_stored_twice(self, broker: Broker) -> None:
+        one = unique_task("a")  # a producer that lost the reply sends the very same task again
+        assert broker.enqueue([one]) == [one.id]
+        assert broker.enqueue([one]) == [one.id]
+        assert ids(take(broker)) == [one.id]
+
+    def test_the_lock_is_across_queues(self, broker: Broker) -> None:
+        one = unique_task("a", queue="high")
+        broker.enqueue([one])
+        assert broker.enqueue([unique_task("b", queue="low")]) == [one.id]
+        assert stats(broker, "low") == (0, 0, 0)
+
+    def test_the_lock_holds_while_the_task_runs_and_its_ack_releases_it(self, broker: Broker) -> None:
+        one = unique_task("a")
+        broker.enqueue([one])
+        take(broker)
+        assert broker.enqueue([unique_task("b")]) == [one.id]
+        broker.ack("c1", [one.id])
+        again = unique_task("c")
+        assert broker.enqueue([again]) == [again.id]
+        assert ids(take(broker)) == [again.id]
+
+    def test_an_ack_carried_by_the_next_reservation_releases_the_lock(self, broker: Broker) -> None:
+        one = unique_task("a")
+        broker.enqueue([one])
+        take(broker)
+        assert take(broker, acks=(one.id,)) == []
+        again = unique_task("b")
+        assert broker.enqueue([again]) == [again.id]
+
+    def test_a_dead_letter_releases_the_lock(self, broker: Broker) -> None:
+        one = unique_task("a")
+        broker.enqueue([one])
+        take(broker)
+        broker.dead_letter("c1", one.id, "default", "p-a", "boom", T0)
+        again = unique_task("b")
+        assert broker.enqueue([again]) == [again.id]
+
+    def test_a_retry_keeps_the_lock_until_the_retried_task_ends(self, broker: Broker) -> None:
+        one = unique_task("a")
+        broker.enqueue([one])
+        take(broker)
+        broker.retry("c1", OutgoingTask(one.id, "default", "p-a2", T0 + 1000))
+        assert broker.enqueue([unique_task("b")]) == [one.id]
+        assert [(d.id, d.payload) for d in take(broker, now_ms=T0 + 1000)] == [(one.id, "p-a2")]
+        assert broker.enqueue([unique_task("c")]) == [one.id]
+        broker.ack("c1", [one.id])
+        again = unique_task("d")
+        assert broker.enqueue([again]) == [again.id]
+
+    def test_release_and_crash_recovery_keep_the_lock(self, broker: Broker) -> None:
+        one = unique_task("a")
+        broker.enqueue([one])
+        take(broker)
+        assert broker.release("c1", [one.id]) == 1
+        assert broker.enqueue([unique_task("b")]) == [one.id]
+        take(broker)
+        assert broker.recover_consumer("c1", [one.id]) == 1
+        assert broker.enqueue([unique_task("c")]) == [one.id]
+        assert [(d.id, d.crashes) for d in take(broker)] == [(one.id, 1)]
+
+    def test_a_task_waiting_for_its_eta_holds_its_lock(self, broker: Broker) -> None:
+        one = unique_task("a", eta_ms=T0 + 5000)
+        broker.enqueue([one])
+        assert broker.enqueue([unique_task("b")]) == [one.id]
+        assert stats(broker) == (0, 1, 0)
+        assert ids(take(broker, now_ms=T0 + 5000)) == [one.id]
+
+    def test_purging_the_queue_releases_the_locks_of_its_tasks(self, broker: Broker) -> None:
+        waiting, queued = unique_task("a", "k1", eta_ms=T0 + 5000), unique_task("b", "k2")
+        broker.enqueue([waiting, queued])
+        assert broker.purge_queue("default") == (1, 1)
+        fresh = [unique_task("c", "k1"), unique_task("d", "k2")]
+        assert broker.enqueue(fresh) == [t.id for t in fresh]
+
+    def test_the_lock_expires_after_its_window(self, broker: Broker) -> None:
+        # Real time: Redis counts a lock's window on its own clock.
+        now = int(time.time() * 1000)
+        one = unique_task("a", window_ms=300, since_ms=now)
+        broker.enqueue([one])
+        assert broker.enqueue([unique_task("b", window_ms=300, since_ms=now + 1)]) == [one.id]
+        time.sleep(0.45)
+        later = unique_task("c", window_ms=300, since_ms=int(time.time() * 1000))
+        assert broker.enqueue([later]) == [later.id]
+        assert ids(take(broker)) == [one.id, later.id]
+
+    def test_a_cron_tick_of_a_held_unique_task_is_recorded_and_stores_nothing(self, broker: Broker) -> None:
+        one = unique_task("a")
+        assert broker.claim_cron_tick("s", T0, one) is True
+        assert broker.claim_cron_tick("s", T0 + 1000, unique_task("b")) is True
+        assert broker.last_cron_tick("s") == T0 + 1000
+        assert ids(take(broker)) == [one.id]
+        broker.ack("c1", [one.id])
+        assert broker.claim_cron_tick("s", T0 + 2000, later := unique_task("c")) is True
+        assert ids(take(broker)) == [later.id]
+
+
 class BrokerContract(ProducerContract, ConsumerContract, SupervisionContract, CronStoreContract,
-                     InspectionContract, AdministrationContract):
+                     InspectionContract, AdministrationContract, UniqueContract):
     """Every role: what each adapter's test module subclasses (with a ``make_broker`` fixture)."""

@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 import redis
 import redis.exceptions as rx
-from broker_contract import GRACE, LEASE, STALE_WORKER, T0, ids, settle, stats, take, task
+from broker_contract import GRACE, LEASE, STALE_WORKER, T0, ids, settle, stats, take, task, unique_task
 
 from hexq.adapters.redis import keys as key_layout
 from hexq.adapters.redis.broker import RedisBroker
@@ -60,6 +60,8 @@ DEPLOYED_LAYOUT = {
     "{p}:announce": "pubsub",
     # Added with deadlines: written only when a task with expires= expires.
     "{p}:expired": "hash",
+    # Added with unique tasks: written only for tasks declared unique.
+    "{p}:unique:<key>": "string",
 }
 
 
@@ -71,6 +73,7 @@ def documented_layout() -> dict[str, str]:
 def documented_row(key: str) -> str | None:
     for pattern in documented_layout():
         regex = re.escape(pattern.replace("{p}", "{app}")).replace("<queue>", ".+").replace("<consumer>", ".+")
+        regex = regex.replace(re.escape("<key>"), "[0-9a-f]{32}")
         if re.fullmatch(regex, key):
             return pattern
     return None
@@ -100,6 +103,7 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: take(broker, "calm", consumer="c3"),  # finds nothing: idle on "calm", which it arms...
         lambda: broker.enqueue([task("w", "calm")]),  # ...so this fires a wake token
         lambda: take(broker, "quiet", consumer="c3"),  # armed, and left so
+        lambda: broker.enqueue([unique_task("u")]),  # a unique task's lock, held while it waits
     ]
     seen: dict[str, str] = {}
     for step in steps:
