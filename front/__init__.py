@@ -18,6 +18,7 @@ from hexq.core.errors import (
 from hexq.core.queues import Queue
 from hexq.core.registry import current_attempt, current_task
 from hexq.core.services.sender import TaskArgumentsError
+from hexq.core.unique import UniqueKeyError
 from hexq.entrypoints.app import Call, HexQ, Task
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "SoftTimeout",
     "Task",
     "TaskArgumentsError",
+    "UniqueKeyError",
     "UnknownQueueError",
     "UnknownTaskError",
     "current_attempt",

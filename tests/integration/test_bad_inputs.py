@@ -42,6 +42,7 @@ from hexq import Call, ConfigError, CronTask, HexQ, Queue, SerializationError, U
 from hexq.core.errors import BrokerAuthError, BrokerFullError, CronError, DeadlineError, PayloadTooLargeError
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.services.sender import TaskArgumentsError
+from hexq.core.unique import UniqueKeyError
 from tests.integration.broker_state import topology_url, url_for
 
 pytestmark = pytest.mark.integration
@@ -345,6 +346,39 @@ def test_an_invalid_expires_value_is_refused(cluster: BadCluster) -> None:
         "task '<lambda>' expires must be a duration (seconds or a timedelta, counted from each .delay()), got the "
         "datetime datetime.datetime(2030, 1, 1, 0, 0): give a moment to one call with .options(expires=...)")
     assert cluster.state.queued_ids("default") == [kept]
+
+
+def test_a_unique_key_that_is_not_json_is_refused(cluster: BadCluster) -> None:
+    bad_app = cluster.tasks()
+    kept = bad_app.unique_record.delay("kept")
+    with pytest.raises(UniqueKeyError) as caught:
+        bad_app.unique_record.options(unique_key={1, 2}).delay("a")
+    assert str(caught.value) == (
+        "task 'unique_record': unique_key {1, 2} cannot be encoded as JSON (type builtins.set is not supported); "
+        "pass a str, a number, or a list or dict of those (nothing was enqueued)")
+    assert isinstance(caught.value, TypeError)
+    with pytest.raises(UniqueKeyError, match=r"^task 'unique_record': unique_key \[<object object at .*>\] cannot "
+                                             r"be encoded as JSON \(type builtins.object is not supported\)"):
+        bad_app.unique_record.delay_many([bad_app.unique_record.options(unique_key=[object()]).bind("b"),
+                                          bad_app.unique_record.bind("c")])
+    with pytest.raises(UniqueKeyError) as caught:
+        bad_app.record.options(unique_key="x")
+    assert str(caught.value) == (
+        "task 'record' was given unique_key='x' but is not declared unique: declare it with "
+        "@app.task(unique=timedelta(...)) (nothing was enqueued)")
+    assert {task_id for where, task_id in cluster.state.footprint() if where != "key"} == {kept}
+
+
+def test_an_invalid_unique_window_is_refused() -> None:
+    app = HexQ(url="memory://")
+    for window in (0, -5, 0.0001, timedelta(days=400), float("nan")):
+        with pytest.raises(ConfigError, match=r"^task 'job': unique window must be from 1 ms to 366 days, got "):
+            app.task(unique=window, name="job")(lambda: None)
+    for window in (True, "10m", [60]):
+        with pytest.raises(ConfigError, match=r"^task 'job': unique must be a timedelta or a number of seconds "
+                                              r"\(how long at most an identical task is refused while this one "
+                                              r"waits or runs\), got .*; for example unique=timedelta\(minutes=10\)$"):
+            app.task(unique=window, name="job")(lambda: None)
 
 
 def test_huge_payload_is_refused_at_delay(cluster: BadCluster) -> None:

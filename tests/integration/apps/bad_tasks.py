@@ -47,6 +47,11 @@ def record(tag: str) -> None:
     report(tag=tag)
 
 
+@app.task(unique=60)
+def unique_record(tag: str) -> None:
+    report(tag=tag)
+
+
 @app.task
 def exit_process(tag: str, code: int = 0) -> None:
     report(tag=f"{tag}:start")

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import time
+from datetime import timedelta
 
 from hexq import CronTask, HexQ
 from tests.integration.apps.reporting import Reporter
@@ -107,3 +108,28 @@ def fail_then_retry(tag: str) -> None:
     """Fails every run with a retryable error; each retry waits up to 4 s (full jitter)."""
     report(tag=f"{tag}:start")
     raise ConnectionError("the service is down")
+
+
+@app.task(unique=timedelta(seconds=60))
+def unique_record(tag: str) -> None:
+    report(tag=tag)
+
+
+@app.task(unique=0.5)
+def unique_short(tag: str) -> None:
+    report(tag=tag)
+
+
+@app.task(unique=60, retry_on=(RuntimeError,), max_retries=3, backoff=1.0, backoff_max=1.0)
+def unique_fails_once(tag: str) -> None:
+    """Fails its first attempt (retried after about a second), succeeds on the second."""
+    report(tag=f"{tag}:start")
+    if client().incr(f"{PREFIX}-fails-{tag}") == 1:
+        raise RuntimeError("first attempt fails")
+    report(tag=tag)
+
+
+@app.task(unique=60)
+def unique_raises(tag: str) -> None:
+    report(tag=f"{tag}:start")
+    raise ValueError("always")
