@@ -247,9 +247,9 @@ class _NotUnique(TaskFactory):
     claim's id (which the migration looks up), none refused for a lock."""
 
     def new(self, name: str, queue: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], now: float,
-            eta: float | None = None, broadcast: bool = False, unique_ms: int | None = None,
-            unique_key: Any = None) -> OutgoingTask:
-        return super().new(name, queue, args, kwargs, now, eta, broadcast)
+            eta: float | None = None, broadcast: bool = False, expires: float | None = None,
+            unique_ms: int | None = None, unique_key: Any = None) -> OutgoingTask:
+        return super().new(name, queue, args, kwargs, now, eta, broadcast, expires)
 
 
 class HexqSide:

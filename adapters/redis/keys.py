@@ -72,7 +72,7 @@ write:
 - ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*.
 - ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead, unique:* (a unique task's lock).
 - ``discard`` (a task that expired, or was cancelled, before it ran): owned:<consumer>, inflight, tasks,
-  crashes, expired.
+  crashes, expired, unique:* (a unique task's lock).
 - ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*.
 - ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*.
 - ``claim_cron``: cron, then as ``enqueue`` (unique:* included).

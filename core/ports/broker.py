@@ -51,7 +51,7 @@ class Producer(Protocol):
         same call). A lock whose holder is no longer stored (its payload gone) counts as free, and a task
         holding its own lock (the same id sent again after a lost reply) is not stored twice. The lock is
         global: every producer of the app sees it, whatever queue or partition. It is released, if the task
-        still holds it, by ``ack``, ``dead_letter`` and ``purge_queue`` of the task (its id names its lock:
+        still holds it, by ``ack``, ``dead_letter``, ``discard`` and ``purge_queue`` of the task (its id names its lock:
         ``hexq.core.unique.lock_of``), and it expires after ``window_ms``; ``retry``, ``release`` and
         crash recovery keep it. Tasks that are not unique never touch a lock.
         """

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hexq.core.errors import BrokerUnavailableError
-from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask, QueueStats, UniqueLock
+from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask, QueueStats, UniqueLock, Unrun
 from hexq.core.queues import broadcast_queue
 from hexq.core.rules import LeaseRules
 from hexq.core.unique import unique_id
@@ -789,6 +789,15 @@ class UniqueContract(_Contract):
         broker.enqueue([one])
         take(broker)
         broker.dead_letter("c1", one.id, "default", "p-a", "boom", T0)
+        again = unique_task("b")
+        assert broker.enqueue([again]) == [again.id]
+
+    @pytest.mark.parametrize("why", ["expired", "cancelled"])
+    def test_a_task_discarded_unrun_releases_the_lock(self, broker: Broker, why: Unrun) -> None:
+        one = unique_task("a")
+        broker.enqueue([one])
+        take(broker)
+        broker.discard("c1", one.id, "default", why)
         again = unique_task("b")
         assert broker.enqueue([again]) == [again.id]
 
