@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, c
 import attrs
 
 from hexq.core.message import DEFAULT_MAX_PAYLOAD_BYTES
-from hexq.core.ports import Broker, Clock, Metrics, NoMetrics
+from hexq.core.ports import Broker, Cancelled, Clock, Metrics, NoMetrics
 from hexq.core.queues import QueueSet
 from hexq.core.registry import Hook, Registry, TaskDef, Wrapper
 from hexq.core.services.sender import ArgumentCheck, Send, Sender
@@ -309,6 +309,11 @@ class HexQ(OptionViews):
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         return bootstrap.sender_for(self).broadcast(task.name, args, kwargs)
+
+    def cancel(self, task_id: str) -> Cancelled:
+        """Cancel one task by id and say what it was (``Cancelled``): removed before it ran, being stopped by
+        its worker, already finished, or unknown (the last two change nothing)."""
+        return self.broker.cancel(task_id, self.queues.names)
 
     def run_pending(self) -> int:
         """In-process mode: run every task that is due now (including eta tasks whose time has come)."""

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from hexq.core.errors import BrokerUnavailableError, ConfigError, DeadlineError, HexqError, UnknownTaskError
+from hexq.core.ports import Cancelled
 from hexq.core.services.sender import TaskArgumentsError
 from hexq.entrypoints.app import HexQ
 from hexq.entrypoints.loading import load_app
 from hexq.entrypoints.logs import setup_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_NOTHING_TO_CANCEL = 3  # hexq cancel: some id was finished or unknown (nothing was done for it)
 
 
 def _names(value: str) -> list[str]:
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--eta", type=float, help="run after this many seconds")
     enqueue.add_argument("--expires", type=float, metavar="SECONDS",
                          help="never start it later than this many seconds from now")
+
+    cancel = command("cancel", "Cancel tasks by id: one line per id says what it was (exit 0 when every id was "
+                     "cancelled or is being stopped, 3 when some were finished or unknown).")
+    cancel.add_argument("ids", nargs="+", metavar="TASK_ID", help="the ids of the tasks to cancel")
 
     dead = command("dead", "List, requeue or purge dead letters.")
     dead.add_argument("action", choices=["list", "requeue", "purge"])
@@ -250,6 +256,24 @@ def _cmd_enqueue(app: HexQ, args: argparse.Namespace) -> int:
     # Checked against the task's signature like .delay(): a wrong call is refused here, not dead-lettered later.
     print(task.apply(positional, kwargs, queue=args.queue, eta=args.eta, expires=args.expires))
     return EXIT_OK
+
+
+_CANCELLED_SAYS = {
+    Cancelled.REMOVED: "it was queued or waiting: it will never run",
+    Cancelled.RUNNING: "a worker holds it: it is stopped within about a second, and never runs again",
+    Cancelled.FINISHED: "it had already ended: nothing done",
+    Cancelled.UNKNOWN: "no such task, or its record has expired: nothing done",
+}
+
+
+def _cmd_cancel(app: HexQ, args: argparse.Namespace) -> int:
+    code = EXIT_OK
+    for task_id in args.ids:
+        found = app.cancel(task_id)
+        print(f"{task_id} {found.value} ({_CANCELLED_SAYS[found]})")
+        if found in (Cancelled.FINISHED, Cancelled.UNKNOWN):
+            code = EXIT_NOTHING_TO_CANCEL
+    return code
 
 
 def _cmd_dead(app: HexQ, args: argparse.Namespace) -> int:

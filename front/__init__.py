@@ -15,6 +15,7 @@ from hexq.core.errors import (
     UnknownQueueError,
     UnknownTaskError,
 )
+from hexq.core.ports import Cancelled
 from hexq.core.queues import Queue
 from hexq.core.registry import current_attempt, current_task
 from hexq.core.services.sender import TaskArgumentsError
@@ -24,6 +25,7 @@ from hexq.entrypoints.app import Call, HexQ, Task
 __all__ = [
     "BrokerUnavailableError",
     "Call",
+    "Cancelled",
     "ConfigError",
     "CronTask",
     "DeadlineError",

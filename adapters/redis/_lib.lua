@@ -207,8 +207,19 @@ local function promote(queue, now)
   return #due
 end
 
--- Puts everything the consumer owned back at the head of its queue, in reservation order.
--- crashed: true (count a crash for every task) or a set of ids.
+-- Cancellation marks (cancel.lua): CANCELS holds an owned task's id while its cancellation is pending.
+-- Every way an owned task ends but an acknowledgement honours it with this: a marked task is dropped for
+-- good (payload, crash count, mark) instead of being stored again. Returns true when it was marked.
+local function drop_if_cancelled(id)
+  if redis.call("hdel", CANCELS, id) == 0 then return false end
+  redis.call("hdel", TASKS, id)
+  redis.call("hdel", CRASHES, id)
+  unlock({id})
+  return true
+end
+
+-- Puts everything the consumer owned back at the head of its queue, in reservation order (a task marked
+-- cancelled is dropped instead). crashed: true (count a crash for every task) or a set of ids.
 local function recover(consumer, crashed)
   local owned = ownedkey(consumer)
   local ids = redis.call("lrange", owned, 0, -1)
@@ -217,10 +228,14 @@ local function recover(consumer, crashed)
   redis.call("hdel", SUSPECTS, consumer)
   if #ids == 0 then return 0 end
   local records = hmget_many(INFLIGHT, ids)
+  local marks = redis.call("exists", CANCELS) == 1
   local back = {}
   for i = #ids, 1, -1 do
     local id, record = ids[i], records[i]
     local queue = record and queue_of(record)
+    if queue and marks and drop_if_cancelled(id) then
+      queue = nil
+    end
     if queue then
       if crashed == true or crashed[id] then redis.call("hincrby", CRASHES, id, 1) end
       redis.call("lpush", qkey(queue), id)

@@ -37,7 +37,7 @@ from hexq.adapters.redis.scripts import Scripts
 from hexq.adapters.redis.settings import DEFAULT_WAIT_TIMEOUT_MS
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Delivery, OutgoingTask, Reservation, Unrun
+from hexq.core.ports import Cancelled, Delivery, OutgoingTask, Reservation, Unrun
 from hexq.core.queues import BROADCAST_QUEUE_PREFIX
 from hexq.core.rules import LeaseRules
 
@@ -154,6 +154,10 @@ class RedisBroker(RedisInspection):
             return False
         done = replies[-1]
         return isinstance(done, list) and not any(isinstance(reply, Exception) for reply in (*replies, *done))
+
+    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
+        with self._translator:
+            return Cancelled(self._scripts.run("cancel", [task_id, *queues]))
 
     def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
         # One script: the live workers read from {p}:workers and every copy stored in the same step. Not
@@ -289,15 +293,14 @@ class RedisBroker(RedisInspection):
         return released
 
     # -- supervision -------------------------------------------------------------------------------
-    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:
         if not consumers:
-            return
+            return {}
         with self._translator:
-            # One MULTI: renewing also clears any suspicion raised while the lease looked expired.
-            pipe = self._client.pipeline(transaction=True)
-            pipe.zadd(self._keys.leases, dict.fromkeys(consumers, until_ms))
-            pipe.hdel(self._keys.suspects, *consumers)
-            pipe.execute()
+            # One script: renewing also clears any suspicion raised while the lease looked expired, and
+            # reads the cancellation requests for the consumers' tasks (one EXISTS when there are none).
+            found = self._scripts.run("renew", [until_ms, *consumers])
+        return {found[i]: found[i + 1] for i in range(0, len(found), 2)}
 
     def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
         with self._translator:

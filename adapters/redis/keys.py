@@ -31,6 +31,8 @@ key                   type    contents
                               newest first
 {p}:cron              hash    schedule key -> last fire ms
 {p}:expired           hash    queue -> how many of its tasks were dropped unrun, their deadline passed
+{p}:cancels           hash    task id -> "1" while an owned task's cancellation is pending (``cancel``); the
+                              worker parent's renewal reads it, and any other end of the task takes it
 {p}:workers           zset    worker id -> last heartbeat ms; a broadcast is copied for the workers whose
                               heartbeat is recent (LeaseRules.live_worker_ms)
 {p}:workerinfo        hash    worker id -> info JSON written by the worker
@@ -65,16 +67,23 @@ write:
   wake:*; ``push`` (one runnable task, when the MULTI below fails): tasks, q:*, armed:*, wake:*.
 - ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight, and unique:* of unique tasks); promotion
   (eta:*, q:*, etakeys:*) of the served queues; suspicion (suspects) and recovery of up to 10 expired
-  consumers (leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*); then q:<served>,
-  owned:<consumer>, inflight, leases; idle:* and armed:* of the served queues (marked and armed when it
-  takes nothing, the mark cleared when it takes work) and wake:* (the wake-up passed on); reads tasks,
-  crashes, eta:* (next eta).
-- ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*.
-- ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead, unique:* (a unique task's lock).
+  consumers (leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*; tasks, cancels and unique:*
+  of a task marked cancelled); then q:<served>, owned:<consumer>, inflight, leases; idle:* and armed:* of
+  the served queues (marked and armed when it takes nothing, the mark cleared when it takes work) and
+  wake:* (the wake-up passed on); reads tasks, crashes, eta:* (next eta).
+- ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*; cancels and unique:*
+  (a task marked cancelled is dropped instead, as by ``release``, ``recover_consumer``, ``dead_letter`` and
+  the recovery in ``reserve``).
+- ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead, unique:* (a unique task's lock), cancels.
 - ``discard`` (a task that expired, or was cancelled, before it ran): owned:<consumer>, inflight, tasks,
-  crashes, expired, unique:* (a unique task's lock).
-- ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*.
-- ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*.
+  crashes, expired, unique:* (a unique task's lock), cancels.
+- ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*; tasks, crashes, cancels, unique:* (cancelled).
+- ``recover_consumer``: leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*; tasks, cancels,
+  unique:* (cancelled).
+- ``cancel``: cancels (an owned task), or q:<queue> or eta:<queue> and etakeys:<queue>, tasks, crashes,
+  unique:* (a queued or waiting task).
+- ``renew`` (``renew_leases``): leases, suspects; reads cancels and inflight, and forgets marks of tasks
+  nobody owns.
 - ``claim_cron``: cron, then as ``enqueue`` (unique:* included).
 - ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*.
 - ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes, unique:* (of purged unique tasks).
@@ -83,7 +92,7 @@ write:
   q:@broadcast.<worker>, tasks, crashes, and the idle:, armed: and wake: keys of that queue.
 
 Single-command or MULTI/EXEC operations: a single runnable ``.delay()`` (HSET tasks, RPUSH q:<queue>,
-LMOVE armed:<queue> to wake:<queue>), renew_leases (leases, suspects), heartbeat (workers, workerinfo),
+LMOVE armed:<queue> to wake:<queue>), heartbeat (workers, workerinfo),
 purge_dead (dead), and the read-only inspections and lookup. One pub/sub channel, ``{p}:announce``: the
 ``broadcast`` script PUBLISHes ``<task id> <copies>`` there for anyone watching (a dashboard, ``redis-cli
 SUBSCRIBE``); no hexq process needs it. Until this version, broadcasts themselves were PUBLISHed on
@@ -110,6 +119,7 @@ SINGLE_KEYS: dict[str, str] = {
     "DEAD": "dead",
     "CRON": "cron",
     "EXPIRED": "expired",
+    "CANCELS": "cancels",
     "WORKERS": "workers",
     "WORKERINFO": "workerinfo",
     "WAKE": "wake",
@@ -202,6 +212,10 @@ class Keys:
     @property
     def cron(self) -> str:
         return self.base + SINGLE_KEYS["CRON"]
+
+    @property
+    def cancels(self) -> str:
+        return self.base + SINGLE_KEYS["CANCELS"]
 
     @property
     def expired(self) -> str:

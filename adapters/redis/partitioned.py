@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from hexq.core.errors import BrokerUnavailableError, ConfigError
 from hexq.core.ports import (
+    Cancelled,
     DeadLetter,
     Delivery,
     InFlight,
@@ -149,6 +150,17 @@ class PartitionedBroker:
                 failure = failure or exc
         assert failure is not None
         raise failure
+
+    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
+        """The first partition that holds the task says what it was; every partition is asked otherwise
+        (ids do not name their partition)."""
+        self._check_layout()
+        found = Cancelled.UNKNOWN
+        for part in self._parts:
+            found = part.cancel(task_id, queues)
+            if found is not Cancelled.UNKNOWN:
+                return found
+        return found
 
     def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
         self._check_layout()  # as enqueue does: every write of a process with another partition count is refused
@@ -300,8 +312,9 @@ class PartitionedBroker:
             raise failure
         return results
 
-    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
-        self._every(lambda part: part.renew_leases(consumers, until_ms))
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:
+        return {task_id: consumer for requests in self._every(lambda part: part.renew_leases(consumers, until_ms))
+                for task_id, consumer in requests.items()}
 
     def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
         return sum(self._every(lambda part: part.recover_consumer(consumer, crashed_ids)))

@@ -1,4 +1,5 @@
--- ARGV: consumer, id... Owned ids go back to the head of their queue in the given order.
+-- ARGV: consumer, id... Owned ids go back to the head of their queue in the given order (those marked
+-- cancelled are dropped instead).
 local owned = ownedkey(ARGV[1])
 local back, queues = {}, {}
 for i = 2, #ARGV do
@@ -7,7 +8,7 @@ for i = 2, #ARGV do
     local record = redis.call("hget", INFLIGHT, id)
     redis.call("hdel", INFLIGHT, id)
     local queue = record and queue_of(record)
-    if queue then
+    if queue and not drop_if_cancelled(id) then
       back[#back + 1] = id
       queues[#back] = queue
     end

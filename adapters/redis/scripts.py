@@ -22,6 +22,8 @@ NAMES = (
     "retry",
     "dead_letter",
     "discard",
+    "cancel",
+    "renew",
     "release",
     "recover_consumer",
     "claim_cron",

@@ -19,7 +19,7 @@ from hexq.adapters.sqlite.inspection import SqliteInspection
 from hexq.adapters.sqlite.settings import SqliteSettings
 from hexq.core.errors import BrokerError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Delivery, OutgoingTask, Reservation, Unrun
+from hexq.core.ports import Cancelled, Delivery, OutgoingTask, Reservation, Unrun
 from hexq.core.rules import LeaseRules
 
 _DEFAULT_RULES = LeaseRules()
@@ -52,6 +52,9 @@ class SqliteBroker(SqliteInspection):
         if runnable:
             self._db.wake_waiters()
         return [task.id for task in tasks] if used is None else used
+
+    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
+        return Cancelled(self._db.write(statements.cancel, task_id))
 
     def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
         copies = self._db.write(statements.broadcast, task, now_ms - self._rules.live_worker_ms)
@@ -98,9 +101,10 @@ class SqliteBroker(SqliteInspection):
         return back
 
     # -- supervision -------------------------------------------------------------------------------
-    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
-        if consumers:
-            self._db.write(statements.renew_leases, consumers, until_ms)
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:
+        if not consumers:
+            return {}
+        return self._db.write(statements.renew_leases, consumers, until_ms)
 
     def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
         back = self._db.write(statements.recover, consumer, frozenset(crashed_ids))

@@ -24,6 +24,7 @@ expired        queue -> how many of its tasks were dropped unrun because their d
 uniques        a unique task's lock (``hexq.core.unique``): lock key -> the task id holding it and until when
                (ms); deleted when that task is acknowledged, dead-lettered or purged; an expired one, or one
                whose task is gone, is overwritten by the next task that takes the lock
+cancels        id of an owned task whose cancellation is pending (``statements.cancel``), until it ends
 =============  =============================================================================================
 
 Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
@@ -89,6 +90,7 @@ ADDED_TABLES = {
     "expired": "CREATE TABLE IF NOT EXISTS expired (queue TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID",
     "uniques": ("CREATE TABLE IF NOT EXISTS uniques (lock TEXT PRIMARY KEY, task_id TEXT NOT NULL, "
                 "until_ms INTEGER NOT NULL) WITHOUT ROWID"),
+    "cancels": "CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY) WITHOUT ROWID",
 }
 
 

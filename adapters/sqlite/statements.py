@@ -231,13 +231,18 @@ def has_work(conn: sqlite3.Connection, queues: Sequence[str], now_ms: int) -> bo
 
 
 def retry(conn: sqlite3.Connection, task: OutgoingTask) -> int:
-    """The task replaces its stored row (ownership ends, crash count 0): queued at the tail, or waiting."""
+    """The task replaces its stored row (ownership ends, crash count 0): queued at the tail, or waiting; a task
+    marked cancelled goes instead."""
+    if _drop_if_cancelled(conn, task.id):
+        return 0
     return store(conn, [OutgoingTask(task.id, task.queue, task.payload, task.eta_ms)])
 
 
 def dead_letter(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, payload: str | None,
                 reason: str, now_ms: int) -> None:
     ack(conn, consumer, [task_id])
+    if _drop_if_cancelled(conn, task_id):
+        return
     conn.execute("INSERT INTO dead (id, queue, payload, reason, failed_at_ms) VALUES (?, ?, ?, ?, ?)",
                  (task_id, queue, payload, reason, now_ms))
 
@@ -245,17 +250,19 @@ def dead_letter(conn: sqlite3.Connection, consumer: str, task_id: str, queue: st
 def discard(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, why: str) -> None:
     """The task ends unrun, for good (as an ack drops it); an expired one is counted for its queue."""
     ack(conn, consumer, [task_id])
+    conn.execute("DELETE FROM cancels WHERE id = ?", (task_id,))
     if why == "expired":
         conn.execute("INSERT INTO expired (queue, count) VALUES (?, 1) "
                      "ON CONFLICT (queue) DO UPDATE SET count = count + 1", (queue,))
 
 
 def release(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> int:
-    """Owned ids back to the head of their queues, the first given in front; no crash counted."""
+    """Owned ids back to the head of their queues, the first given in front; no crash counted. Those marked
+    cancelled go instead."""
     rowids: list[int] = []
     for task_id in dict.fromkeys(ids):
         found = conn.execute(_OWNED_ONE, (task_id, consumer)).fetchone()
-        if found is not None:
+        if found is not None and not _drop_if_cancelled(conn, task_id):
             rowids.append(found[0])
     conn.executemany(_PUT_BACK, [(0, rowid) for rowid in reversed(rowids)])
     return len(rowids)
@@ -267,13 +274,47 @@ def recover(conn: sqlite3.Connection, consumer: str, crashed: Collection[str] | 
     for each id in ``crashed`` (None: for all). The lease and any suspicion go."""
     rows = conn.execute(_OWNED_BY, (consumer,)).fetchall()
     conn.execute("DELETE FROM leases WHERE consumer = ?", (consumer,))
+    if rows and conn.execute("SELECT EXISTS (SELECT 1 FROM cancels)").fetchone()[0]:
+        rows = [(rowid, task_id) for rowid, task_id in rows if not _drop_if_cancelled(conn, task_id)]
     conn.executemany(_PUT_BACK, [(1 if crashed is None or task_id in crashed else 0, rowid)
                                  for rowid, task_id in reversed(rows)])
     return len(rows)
 
 
-def renew_leases(conn: sqlite3.Connection, consumers: Sequence[str], until_ms: int) -> None:
+def renew_leases(conn: sqlite3.Connection, consumers: Sequence[str], until_ms: int) -> dict[str, str]:
+    """Renew; return the cancellation requests for the consumers' tasks (id -> consumer), and forget marks of
+    tasks nobody owns any more (acknowledged: they finished first)."""
     conn.executemany(_RENEW, [(c, until_ms) for c in consumers])
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM cancels)").fetchone()[0]:
+        return {}
+    conn.execute(f"DELETE FROM cancels WHERE id NOT IN (SELECT id FROM tasks WHERE state = {OWNED})")
+    mine = set(consumers)
+    rows = conn.execute(f"SELECT c.id, t.consumer FROM cancels AS c JOIN tasks AS t ON t.id = c.id "
+                        f"WHERE t.state = {OWNED}").fetchall()
+    return {task_id: consumer for task_id, consumer in rows if consumer in mine}
+
+
+def cancel(conn: sqlite3.Connection, task_id: str) -> str:
+    """An owned task is marked; a queued or waiting one is deleted (its dedup key with it: it is a column of its
+    row). Returns "cancelling", "cancelled" or "unknown", as ``Cancelled`` spells them."""
+    row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        return "unknown"
+    if row[0] == OWNED:
+        conn.execute("INSERT OR IGNORE INTO cancels (id) VALUES (?)", (task_id,))
+        return "cancelling"
+    conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+    unlock(conn, [task_id])
+    return "cancelled"
+
+
+def _drop_if_cancelled(conn: sqlite3.Connection, task_id: str) -> bool:
+    """A task marked cancelled ends for good here instead of being stored again (the mark goes with it)."""
+    if conn.execute("DELETE FROM cancels WHERE id = ?", (task_id,)).rowcount == 0:
+        return False
+    conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+    unlock(conn, [task_id])
+    return True
 
 
 def lookup(conn: sqlite3.Connection, task_id: str) -> tuple[str, bytes | None, int] | None:

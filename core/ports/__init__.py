@@ -4,6 +4,7 @@ cross them. ``broker`` holds the broker's roles, ``runtime`` time, processes and
 from hexq.core.ports.broker import (
     Administration,
     Broker,
+    Canceller,
     Consumer,
     CronStore,
     Inspection,
@@ -11,6 +12,7 @@ from hexq.core.ports.broker import (
     Supervision,
 )
 from hexq.core.ports.records import (
+    Cancelled,
     ChildExit,
     DeadLetter,
     Delivery,
@@ -27,6 +29,8 @@ from hexq.core.ports.runtime import Clock, Metrics, NoMetrics, ProcessControl, R
 __all__ = [
     "Administration",
     "Broker",
+    "Cancelled",
+    "Canceller",
     "ChildExit",
     "Clock",
     "Consumer",

@@ -8,6 +8,13 @@ a clock of their own and tests control time. The rules that are policy rather th
 expired lease is only suspected, when a silent worker is forgotten, which workers count as live) come from
 ``hexq.core.rules`` and are handed to the adapter by the composition root.
 
+Cancellation: ``Producer.cancel`` removes a task that is not owned, and *marks* one that is. A mark lasts as
+long as the task is owned and is honoured by every way an owned task ends other than an acknowledgement:
+``retry``, ``dead_letter``, ``release`` and the recovery of a dead consumer (``recover_consumer``, and expired
+leases in ``reserve``) end a marked task as ``discard(..., "cancelled")`` does instead of storing it again,
+so a cancelled task never runs again; ``renew_leases`` tells the worker parent about its children's marked
+tasks, and forgets marks whose task is no longer owned (acknowledged: it finished before it could be stopped).
+
 Vocabulary: a *consumer* is one worker child; it *owns* the tasks it reserved until it acknowledges,
 retries, dead-letters or releases them. A consumer's lease is renewed by ``renew_leases``. An expired lease
 is first only *suspected* by the ``reserve`` call that sees it; a later reservation at least
@@ -23,6 +30,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from hexq.core.ports.records import (
+    Cancelled,
     DeadLetter,
     Delivery,
     InFlight,
@@ -73,6 +81,26 @@ class Producer(Protocol):
         ...
 
 
+class Canceller(Protocol):
+    """What ``app.cancel()``, a handle's ``.cancel()`` and ``hexq cancel`` need."""
+
+    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
+        """Atomically cancel one task, and say what was found (see the module docstring). ``queues`` are the
+        queues it may be in (the app's); an adapter that cannot tell a task's queue from its id looks there.
+
+        - queued, or waiting for its eta or a retry's delay: removed (queue or eta entry, payload, crash count,
+          eta dedup key), so it never runs; ``Cancelled.REMOVED``;
+        - owned by a consumer (running, or reserved and not started): marked, nothing else changes; the
+          worker parent learns of it at its next ``renew_leases``; ``Cancelled.RUNNING``, again each time
+          until the task ends;
+        - anything else: nothing changes; ``Cancelled.UNKNOWN``.
+
+        A stored task in none of ``queues`` (and whose queue the adapter cannot tell) loses its payload, so
+        whoever reserves it skips it: it never runs either.
+        """
+        ...
+
+
 class Consumer(Protocol):
     """What a worker child needs: take tasks by priority and settle each one."""
 
@@ -107,37 +135,42 @@ class Consumer(Protocol):
 
     def retry(self, consumer: str, task: OutgoingTask) -> None:
         """Atomically replace the owned task ``task.id`` with ``task`` (new payload): to the eta set when
-        ``eta_ms`` is set, else to the tail of its queue; ownership ends and the crash count is reset."""
+        ``eta_ms`` is set, else to the tail of its queue; ownership ends and the crash count is reset. A task
+        marked cancelled is discarded instead."""
         ...
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
                     now_ms: int) -> None:
-        """Atomically end ownership of ``task_id``, drop its stored payload and append a dead letter."""
+        """Atomically end ownership of ``task_id``, drop its stored payload and append a dead letter; a task
+        marked cancelled is discarded instead (no dead letter)."""
         ...
 
     def release(self, consumer: str, ids: Sequence[str]) -> int:
         """Hand back owned tasks that never started: to the head of their queues, order kept, no crash
-        counted. Returns how many were handed back."""
+        counted; those marked cancelled are discarded instead. Returns how many were handed back."""
         ...
 
     def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
         """Atomically end the owned task ``task_id`` for good without running it (again): end ownership, drop
-        its payload and crash count and, for ``why`` "expired" (its deadline passed before it started), add
-        one to ``queue``'s expired count (``QueueStats.expired``). Like ``dead_letter``, the payload goes even
-        if ``consumer`` no longer owns it; an unknown id only counts."""
+        its payload, crash count and cancellation mark and, for ``why`` "expired" (its deadline passed before
+        it started), add one to ``queue``'s expired count (``QueueStats.expired``). Like ``dead_letter``, the
+        payload goes even if ``consumer`` no longer owns it; an unknown id only counts."""
         ...
 
 
 class Supervision(Protocol):
     """What a worker parent needs to keep its children's consumers alive and clean up after dead ones."""
 
-    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> None:
-        """Extend the leases of live consumers (and clear any suspicion of them)."""
+    def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:
+        """Extend the leases of live consumers (and clear any suspicion of them). Returns the cancellation
+        requests for the tasks they own, task id -> the consumer that owns it (``Producer.cancel``), and
+        forgets the marks of tasks nobody owns any more."""
         ...
 
     def recover_consumer(self, consumer: str, crashed_ids: Sequence[str]) -> int:
-        """The consumer died: put every task it owned back at the head of its queue. The ids in
-        ``crashed_ids`` were running and get their crash count raised. Returns how many went back."""
+        """The consumer died: put every task it owned back at the head of its queue (those marked cancelled
+        are discarded instead). The ids in ``crashed_ids`` were running and get their crash count raised.
+        Returns how many went back."""
         ...
 
     def lookup(self, task_id: str) -> Delivery | None:
@@ -218,7 +251,7 @@ class Administration(Protocol):
         ...
 
 
-class Broker(Producer, Consumer, Supervision, CronStore, Inspection, Administration, Protocol):
+class Broker(Producer, Canceller, Consumer, Supervision, CronStore, Inspection, Administration, Protocol):
     """Every role at once: what an adapter implements."""
 
     def close(self) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Literal
 
 import attrs
 
 # Why an owned task ends without running (again): its deadline passed, or it was cancelled.
 Unrun = Literal["expired", "cancelled"]
+
+
+class Cancelled(str, enum.Enum):
+    """What cancelling one task id found (``Producer.cancel``); the value is what ``hexq cancel`` prints."""
+
+    REMOVED = "cancelled"  # it was queued or waiting (its eta, a retry's delay): removed, it never runs
+    RUNNING = "cancelling"  # a worker holds it (running, or reserved): marked, and its worker stops it
+    FINISHED = "finished"  # it had already ended (its record says how): nothing done
+    UNKNOWN = "unknown"  # no trace of it (never existed, or its record has expired): nothing done
 
 
 @attrs.frozen

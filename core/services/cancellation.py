@@ -19,7 +19,7 @@ from hexq.core.services.invoke import Escaped, contained
 TaskBody = Coroutine[Any, Any, None]
 
 
-class TaskCancelled(Exception):
+class OwnCancellation(Exception):
     """The task itself raised CancelledError; carries it, to be recorded as the task's failure."""
 
     def __init__(self, original: asyncio.CancelledError) -> None:
@@ -54,7 +54,7 @@ async def _own_cancellation_marked(body: TaskBody) -> None:
     try:
         await body
     except asyncio.CancelledError as exc:
-        raise TaskCancelled(exc) from None
+        raise OwnCancellation(exc) from None
 
 
 if sys.version_info >= (3, 11):
@@ -71,7 +71,7 @@ if sys.version_info >= (3, 11):
             running = asyncio.current_task()
             if running is not None and running.cancelling():
                 raise
-            raise TaskCancelled(exc) from None
+            raise OwnCancellation(exc) from None
 
     run_task_body = run_checking_cancelling
 else:

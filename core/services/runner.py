@@ -15,7 +15,7 @@ from hexq.core.message import MAX_TASK_ID_BYTES, Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
 from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutgoingTask, Unrun
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
-from hexq.core.services.cancellation import TaskCancelled, run_task_body
+from hexq.core.services.cancellation import OwnCancellation, run_task_body
 from hexq.core.services.invoke import call_hooks, call_task
 from hexq.core.services.soft_timeout import NoAlarm, SoftAlarm, run_async, run_sync
 from hexq.core.services.task_log import log_failed, log_succeeded
@@ -180,8 +180,8 @@ class TaskRunner:
             await run_task_body(self._body(task, message, limits))
         except SoftTimeout as exc:
             return "soft_timeout", exc
-        except TaskCancelled as cancelled:
-            return "exception", cancelled.original
+        except OwnCancellation as own:
+            return "exception", own.original
         except asyncio.CancelledError:
             raise  # the asyncio task running this is being cancelled: the run has no outcome
         except BaseException as exc:
@@ -209,7 +209,7 @@ class TaskRunner:
         if hooks:
             try:
                 await run_task_body(call_hooks(hooks))
-            except Exception:  # TaskCancelled too: a hook's own CancelledError is its failure, not a shutdown
+            except Exception:  # OwnCancellation too: a hook's own CancelledError is its failure, not a shutdown
                 log.exception("after_task_finished hook failed")
 
     def _record(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,

@@ -38,7 +38,7 @@ import redis
 from redis_server import RedisServer, free_port
 from workers import ROOT, Cluster, Proc, wait_for
 
-from hexq import Call, ConfigError, CronTask, HexQ, Queue, SerializationError, UnknownQueueError
+from hexq import Call, Cancelled, ConfigError, CronTask, HexQ, Queue, SerializationError, UnknownQueueError
 from hexq.core.errors import BrokerAuthError, BrokerFullError, CronError, DeadlineError, PayloadTooLargeError
 from hexq.core.message import Codec, TaskMessage
 from hexq.core.services.sender import TaskArgumentsError
@@ -379,6 +379,16 @@ def test_an_invalid_unique_window_is_refused() -> None:
                                               r"\(how long at most an identical task is refused while this one "
                                               r"waits or runs\), got .*; for example unique=timedelta\(minutes=10\)$"):
             app.task(unique=window, name="job")(lambda: None)
+def test_cancelling_an_unknown_id_is_a_clear_no_op(cluster: BadCluster) -> None:
+    bad_app = cluster.tasks()
+    kept = bad_app.record.delay("kept")
+    assert bad_app.app.cancel("no-such-task") is Cancelled.UNKNOWN
+    done = hexq_cli(cluster.env(), "cancel", f"--app={BAD_APP}", "no-such-task", kept)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == [
+        "no-such-task unknown (no such task, or its record has expired: nothing done)",
+        f"{kept} cancelled (it was queued or waiting: it will never run)"]
+    assert {task_id for where, task_id in cluster.state.footprint() if where != "key"} == set()
 
 
 def test_huge_payload_is_refused_at_delay(cluster: BadCluster) -> None:

@@ -17,7 +17,17 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hexq.core.errors import BrokerUnavailableError
-from hexq.core.ports import Broker, DeadLetter, Delivery, InFlight, OutgoingTask, QueueStats, UniqueLock, Unrun
+from hexq.core.ports import (
+    Broker,
+    Cancelled,
+    DeadLetter,
+    Delivery,
+    InFlight,
+    OutgoingTask,
+    QueueStats,
+    UniqueLock,
+    Unrun,
+)
 from hexq.core.queues import broadcast_queue
 from hexq.core.rules import LeaseRules
 from hexq.core.unique import unique_id
@@ -860,6 +870,144 @@ class UniqueContract(_Contract):
         assert ids(take(broker)) == [later.id]
 
 
+class CancellationContract(_Contract):
+    """``Producer.cancel`` and how every end of an owned task honours a cancellation mark."""
+
+    QUEUES = ("default", "other")
+
+    def cancel(self, broker: Broker, task_id: str) -> Cancelled:
+        return broker.cancel(task_id, self.QUEUES)
+
+    def test_a_queued_task_is_removed_and_never_runs(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b"), task("c"), task("o", "other")])
+        assert self.cancel(broker, "b") is Cancelled.REMOVED
+        assert self.cancel(broker, "o") is Cancelled.REMOVED
+        assert broker.lookup("b") is None and broker.lookup("o") is None
+        assert stats(broker) == (2, 0, 0) and stats(broker, "other") == (0, 0, 0)
+        assert ids(take(broker, ["default", "other"])) == ["a", "c"]
+
+    def test_a_task_waiting_for_its_eta_is_removed_with_its_dedup_key(self, broker: Broker) -> None:
+        broker.enqueue([task("e", eta_ms=T0 + 10, dedup_key="k"), task("f", eta_ms=T0 + 20)])
+        assert self.cancel(broker, "e") is Cancelled.REMOVED
+        assert stats(broker) == (0, 1, 0)
+        assert ids(take(broker, now_ms=T0 + 100)) == ["f"]
+        broker.enqueue([task("e2", eta_ms=T0 + 10, dedup_key="k")])  # the key went with it: a new task
+        assert ids(take(broker, now_ms=T0 + 100)) == ["e2"]
+
+    def test_a_task_waiting_for_a_retry_is_removed(self, broker: Broker) -> None:
+        broker.enqueue([task("r")])
+        take(broker)
+        broker.retry("c1", task("r", payload="p-r2", eta_ms=T0 + 5000))
+        assert self.cancel(broker, "r") is Cancelled.REMOVED
+        assert stats(broker) == (0, 0, 0) and take(broker, now_ms=T0 + 5000) == []
+
+    def test_an_owned_task_is_marked_and_reported_to_its_consumers_renewal_only(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b"), task("x", "other")])
+        take(broker, limit=2, consumer="c1")
+        take(broker, "other", consumer="c2")
+        assert self.cancel(broker, "b") is Cancelled.RUNNING
+        assert self.cancel(broker, "x") is Cancelled.RUNNING
+        assert self.cancel(broker, "b") is Cancelled.RUNNING  # again, until it ends
+        assert sorted(owners(broker)) == [("a", "c1"), ("b", "c1"), ("x", "c2")]  # nothing else changed
+        assert broker.renew_leases(["c1"], T0 + LEASE) == {"b": "c1"}
+        assert broker.renew_leases(["c1", "c2"], T0 + LEASE) == {"b": "c1", "x": "c2"}
+        assert broker.renew_leases(["c3"], T0 + LEASE) == {}
+
+    def test_an_unknown_or_finished_task_is_left_alone(self, broker: Broker) -> None:
+        assert self.cancel(broker, "never-seen") is Cancelled.UNKNOWN
+        broker.enqueue([task("done")])
+        take(broker)
+        broker.ack("c1", ["done"])
+        assert self.cancel(broker, "done") is Cancelled.UNKNOWN
+        assert broker.renew_leases(["c1"], T0 + LEASE) == {}
+
+    def test_a_mark_is_forgotten_when_the_task_is_acknowledged(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        take(broker)
+        self.cancel(broker, "a")
+        broker.ack("c1", ["a"])  # it finished before its worker could stop it
+        assert broker.renew_leases(["c1"], T0 + LEASE) == {}
+        broker.enqueue([task("a", payload="p-again")])  # the same id stored again is not cancelled
+        take(broker)
+        assert broker.renew_leases(["c1"], T0 + LEASE) == {}
+        broker.retry("c1", task("a", payload="p-retried"))
+        assert ids(take(broker)) == ["a"]
+
+    def test_a_marked_task_is_never_retried(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        take(broker)
+        self.cancel(broker, "a")
+        broker.retry("c1", task("a", payload="p-a2", eta_ms=T0 + 10))
+        assert stats(broker) == (0, 0, 0) and broker.lookup("a") is None
+        assert take(broker, now_ms=T0 + 10) == []
+        assert broker.renew_leases(["c1"], T0 + LEASE) == {}
+
+    def test_a_marked_task_is_never_dead_lettered(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        take(broker)
+        self.cancel(broker, "a")
+        broker.dead_letter("c1", "a", "default", "p-a", "raised TaskCancelled", T0)
+        assert broker.dead_letters() == [] and broker.lookup("a") is None and owners(broker) == []
+
+    def test_a_marked_task_is_not_handed_back(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b")])
+        take(broker)
+        self.cancel(broker, "a")
+        assert broker.release("c1", ["a", "b"]) == 1
+        assert ids(take(broker, consumer="c2")) == ["b"]
+        assert broker.lookup("a") is None
+
+    def test_a_marked_task_never_comes_back_from_crash_recovery(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b")])
+        take(broker)
+        self.cancel(broker, "a")
+        assert broker.recover_consumer("c1", ["a", "b"]) == 1
+        assert [(d.id, d.crashes) for d in take(broker, consumer="c2")] == [("b", 1)]
+        assert broker.lookup("a") is None
+
+    def test_a_marked_task_never_comes_back_when_its_lease_expires(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b")])
+        take(broker, lease_ms=100)
+        self.cancel(broker, "a")
+        settle(broker, T0 + 101)  # suspected...
+        settle(broker, T0 + 101 + GRACE)  # ...then recovered
+        assert ids(take(broker, consumer="c2", now_ms=T0 + 101 + GRACE)) == ["b"]
+        assert broker.lookup("a") is None
+
+    def test_cancelling_a_waiting_unique_task_releases_its_lock(self, broker: Broker) -> None:
+        one = unique_task("a", eta_ms=T0 + 10)
+        broker.enqueue([one])
+        assert self.cancel(broker, one.id) is Cancelled.REMOVED
+        again = unique_task("b")
+        assert broker.enqueue([again]) == [again.id]
+
+    @pytest.mark.parametrize("end", ["retry", "release", "recover", "dead_letter"])
+    def test_a_marked_unique_task_dropped_instead_of_stored_again_releases_its_lock(
+            self, broker: Broker, end: str) -> None:
+        one = unique_task("a")
+        broker.enqueue([one])
+        take(broker)
+        self.cancel(broker, one.id)
+        if end == "retry":
+            broker.retry("c1", OutgoingTask(one.id, "default", "p-a2"))
+        elif end == "release":
+            assert broker.release("c1", [one.id]) == 0
+        elif end == "recover":
+            assert broker.recover_consumer("c1", [one.id]) == 0
+        else:
+            broker.dead_letter("c1", one.id, "default", "p-a", "boom", T0)
+        again = unique_task("b")
+        assert broker.enqueue([again]) == [again.id]
+
+    def test_discarding_a_marked_task_takes_its_mark(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        take(broker)
+        self.cancel(broker, "a")
+        broker.discard("c1", "a", "default", "cancelled")
+        assert broker.renew_leases(["c1"], T0 + LEASE) == {}
+        assert broker.lookup("a") is None and broker.queue_stats(["default"])[0].expired == 0
+
+
 class BrokerContract(ProducerContract, ConsumerContract, SupervisionContract, CronStoreContract,
-                     InspectionContract, AdministrationContract, UniqueContract):
+                     InspectionContract, AdministrationContract, UniqueContract, CancellationContract):
     """Every role: what each adapter's test module subclasses (with a ``make_broker`` fixture)."""

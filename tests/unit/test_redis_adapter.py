@@ -62,6 +62,8 @@ DEPLOYED_LAYOUT = {
     "{p}:expired": "hash",
     # Added with unique tasks: written only for tasks declared unique.
     "{p}:unique:<key>": "string",
+    # Added with cancellation: written only while a running task's cancellation is pending.
+    "{p}:cancels": "hash",
 }
 
 
@@ -94,6 +96,10 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: broker.ack("c2", ["a"]),
         lambda: broker.dead_letter("c2", "b", "default", "p-b", "boom", later),
         lambda: broker.discard("c2", "l", "low", "expired"),
+        lambda: broker.enqueue([task("x")]),
+        lambda: take(broker, consumer="c4"),
+        lambda: broker.cancel("x"),  # marked: it is owned
+        lambda: broker.renew_leases(["c4"], later + 30_000),
         lambda: broker.renew_leases(["c2"], later + 30_000),
         lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),
         lambda: broker.heartbeat("w1", "{}", T0),
