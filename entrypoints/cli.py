@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=50)
     dead.add_argument("--json", action="store_true")
 
+    dashboard = command("dashboard", "Serve the web dashboard: queues, workers, dead letters, schedules, tasks "
+                        "(needs hexq[dashboard]).")
+    dashboard.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                           help="the address to listen on (default: 127.0.0.1, this machine only)")
+    dashboard.add_argument("--port", type=int, default=8080, help="the TCP port (default: 8080)")
+    dashboard.add_argument("--token", help="enables requeue and delete for whoever logs in with it (at least 16 "
+                           "characters; default: the HEXQ_DASHBOARD_TOKEN environment variable; none: read-only)")
+    dashboard.add_argument("--read-only", action="store_true", help="refuse every change, token or not")
+
     migrate = command("migrate-from-wakaq", "Move WakaQ's pending and eta tasks into this app's broker, each "
                       "exactly once; safe to run again and to resume (docs/MIGRATING_FROM_WAKAQ.md).")
     migrate.add_argument("--wakaq-url", help="WakaQ's Redis (default: the app's URL, if it is a Redis URL)")
@@ -295,6 +304,12 @@ def _cmd_dead(app: HexQ, args: argparse.Namespace) -> int:
     count = app.broker.purge_dead()
     print(f"deleted {count} dead letter(s)")
     return EXIT_OK
+
+
+def _cmd_dashboard(app: HexQ, args: argparse.Namespace) -> int:
+    from hexq.entrypoints.dashboard.server import serve
+
+    return serve(app, args.bind, args.port, args.token, args.read_only)
 
 
 def _cmd_migrate_from_wakaq(app: HexQ, args: argparse.Namespace) -> int:

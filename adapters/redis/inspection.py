@@ -58,6 +58,11 @@ class RedisInspection:
         with self._translator:
             return int(self._client.llen(self._keys.dead))
 
+    def find_dead(self, task_id: str) -> list[DeadLetter]:
+        with self._translator:
+            raw: Any = self._scripts.run("find_dead", [task_id])
+        return [dead_letter(r) for r in raw]
+
     def workers(self) -> list[WorkerBeat]:
         with self._translator:
             pipe = self._client.pipeline(transaction=True)
@@ -79,6 +84,12 @@ class RedisInspection:
             pipe.delete(self._keys.dead)
             count, _ = pipe.execute()
         return int(count)
+
+    def delete_dead(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self._translator:
+            return int(self._scripts.run("delete_dead", list(ids)))
 
     def purge_queue(self, queue: str) -> tuple[int, int]:
         with self._translator:

@@ -86,6 +86,7 @@ write:
   nobody owns.
 - ``claim_cron``: cron, then as ``enqueue`` (unique:* included).
 - ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*.
+- ``delete_dead``: dead; ``find_dead`` reads dead and writes nothing.
 - ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes, unique:* (of purged unique tasks).
 - ``broadcast``: reads workers; tasks, q:@broadcast.<worker>, armed:*, wake:* (one copy per live worker).
 - ``forget_workers`` (``forget_worker``, and ``heartbeat`` for the stale ones): workers, workerinfo,

@@ -388,6 +388,10 @@ class PartitionedBroker:
     def dead_count(self) -> int:
         return sum(part.dead_count() for part in self._parts)
 
+    def find_dead(self, task_id: str) -> list[DeadLetter]:
+        rows = [row for part in self._parts for row in part.find_dead(task_id)]
+        return sorted(rows, key=lambda row: row.failed_at_ms, reverse=True)
+
     def workers(self) -> list[WorkerBeat]:
         return self._parts[0].workers()
 
@@ -396,6 +400,10 @@ class PartitionedBroker:
 
     def purge_dead(self) -> int:
         return sum(part.purge_dead() for part in self._parts)
+
+    def delete_dead(self, ids: Sequence[str]) -> int:
+        # Atomic per partition; a letter lives in the partition its task was in.
+        return sum(part.delete_dead(ids) for part in self._parts) if ids else 0
 
     def purge_queue(self, queue: str) -> tuple[int, int]:
         counts = [part.purge_queue(queue) for part in self._parts]

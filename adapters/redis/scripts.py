@@ -28,6 +28,8 @@ NAMES = (
     "recover_consumer",
     "claim_cron",
     "requeue_dead",
+    "find_dead",
+    "delete_dead",
     "purge_queue",
     "broadcast",
     "forget_workers",

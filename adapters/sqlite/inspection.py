@@ -50,6 +50,10 @@ def _purge_dead(conn: sqlite3.Connection) -> int:
     return count
 
 
+def _delete_dead(conn: sqlite3.Connection, ids: list[str]) -> int:
+    return sum(conn.execute("DELETE FROM dead WHERE id = ?", (task_id,)).rowcount for task_id in ids)
+
+
 def _purge_queue(conn: sqlite3.Connection, queue: str) -> tuple[int, int]:
     statements.unlock(conn, [task_id for (task_id,) in conn.execute(
         "SELECT id FROM tasks WHERE state IN (?, ?) AND queue = ? AND length(id) = ?",
@@ -85,6 +89,10 @@ class SqliteInspection:
         ((count,),) = self._db.read(_rows, "SELECT count(*) FROM dead")
         return int(count)
 
+    def find_dead(self, task_id: str) -> list[DeadLetter]:
+        rows = self._db.read(_rows, f"SELECT {_DEAD_COLUMNS} FROM dead WHERE id = ? ORDER BY seq DESC", task_id)
+        return [_dead_letter(row) for row in rows]
+
     def workers(self) -> list[WorkerBeat]:
         rows = self._db.read(_rows, "SELECT worker_id, last_beat_ms, info FROM workers "
                                     "ORDER BY last_beat_ms DESC, worker_id DESC")
@@ -99,6 +107,9 @@ class SqliteInspection:
 
     def purge_dead(self) -> int:
         return self._db.write(_purge_dead)
+
+    def delete_dead(self, ids: Sequence[str]) -> int:
+        return self._db.write(_delete_dead, list(dict.fromkeys(ids))) if ids else 0
 
     def purge_queue(self, queue: str) -> tuple[int, int]:
         return self._db.write(_purge_queue, queue)

@@ -229,6 +229,12 @@ class Inspection(Protocol):
         """How many dead letters there are, without fetching them."""
         ...
 
+    def find_dead(self, task_id: str) -> list[DeadLetter]:
+        """The dead letters whose id is exactly ``task_id``, newest first; [] when there are none (usually
+        one: a task is dead-lettered once unless it was requeued and died again, or a raw entry reused an id).
+        May scan every dead letter; meant for an operator's search, not a hot path."""
+        ...
+
     def workers(self) -> list[WorkerBeat]:
         """Every worker heartbeat recorded, newest first."""
         ...
@@ -244,6 +250,11 @@ class Administration(Protocol):
 
     def purge_dead(self) -> int:
         """Delete every dead letter; returns how many."""
+        ...
+
+    def delete_dead(self, ids: Sequence[str]) -> int:
+        """Delete the dead letters with these ids (every letter of an id that has several); unknown ids are
+        ignored, an empty list deletes nothing. Atomic. Returns how many were deleted."""
         ...
 
     def purge_queue(self, queue: str) -> tuple[int, int]:

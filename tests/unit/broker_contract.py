@@ -684,6 +684,16 @@ class InspectionContract(_Contract):
         broker.purge_dead()
         assert broker.dead_count() == 0
 
+    def test_find_dead_by_exact_id_newest_first(self, broker: Broker) -> None:
+        broker.dead_letter("c1", "a", "default", "pa", "first", T0)
+        broker.dead_letter("c1", "ab", "default", "pab", "other", T0 + 1)
+        broker.dead_letter("c1", "a", "other", None, "second", T0 + 2)  # the same id dead twice (a raw entry)
+        assert [(d.id, d.reason, d.payload) for d in broker.find_dead("a")] == [
+            ("a", "second", None), ("a", "first", "pa")]
+        assert [d.id for d in broker.find_dead("ab")] == ["ab"]
+        assert broker.find_dead("b") == [] and broker.find_dead("") == []
+        assert broker.dead_count() == 3  # only read
+
     def test_workers_newest_first_with_their_latest_info(self, broker: Broker) -> None:
         assert broker.workers() == []
         broker.heartbeat("w1", '{"pid": 1}', T0)
@@ -731,6 +741,17 @@ class AdministrationContract(_Contract):
         assert broker.purge_dead() == 2
         assert broker.dead_letters() == []
         assert broker.purge_dead() == 0
+
+    def test_delete_dead_letters_by_id(self, broker: Broker) -> None:
+        broker.dead_letter("c1", "a", "default", "pa", "r", T0)
+        broker.dead_letter("c1", "b", "default", "pb", "r", T0 + 1)
+        broker.dead_letter("c1", "c", "other", None, "r", T0 + 2)
+        broker.dead_letter("c1", "a", "default", "pa2", "again", T0 + 3)
+        assert broker.delete_dead(["a", "c", "unknown"]) == 3
+        assert [d.id for d in broker.dead_letters()] == ["b"]
+        assert broker.delete_dead([]) == 0 and broker.delete_dead(["a"]) == 0
+        assert broker.dead_count() == 1
+        assert take(broker) == [] and take(broker, "other") == []  # deleted, not requeued
 
     def test_purge_queue_deletes_pending_and_waiting_tasks(self, broker: Broker) -> None:
         broker.enqueue([task("a"), task("b"), task("e", eta_ms=T0 + 10, dedup_key="k"), task("o", "other")])
