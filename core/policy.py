@@ -12,6 +12,7 @@ import attrs
 
 from hexq.core.errors import ConfigError
 from hexq.core.queues import Queue, check_timeouts
+from hexq.core.rate_limit import RateLimit
 
 FailureKind = Literal["soft_timeout", "hard_timeout", "exception", "crash"]
 
@@ -29,6 +30,7 @@ class TaskOptions:
     backoff_max: float = 600.0
     expires: float | None = None  # seconds from each send: the deadline a run must start by
     unique_ms: int | None = None  # a unique task's window (hexq.core.unique); None: not unique
+    rate_limit: RateLimit | None = None  # global, on the task's starts (hexq.core.rate_limit)
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, "task options")

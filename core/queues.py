@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
 from hexq.core.durations import to_seconds
 from hexq.core.errors import ConfigError, UnknownQueueError
+from hexq.core.rate_limit import RateLimit, rate_limit_of
 from hexq.core.validation import check_name, optional_whole_number, whole_number
 
 QUEUE_NAME_MAX_LENGTH = 200
@@ -51,6 +52,11 @@ def _retries(value: Any) -> int | None:
     return optional_whole_number(value, "queue max_retries")
 
 
+def _spelled_rate_limit(value: RateLimit | str | None) -> RateLimit | None:
+    # Parsed by Queue.__attrs_post_init__, where the error can name the queue; this only types __init__.
+    return cast("RateLimit | None", value)
+
+
 def _priority(value: object) -> int:
     # Any int: -1 is "unset" (see Queue) and other negative numbers are treated the same way.
     return whole_number(value, "queue priority", minimum=None)
@@ -58,7 +64,8 @@ def _priority(value: object) -> int:
 
 @attrs.frozen
 class Queue:
-    """A named queue with a priority and optional per-queue timeout/retry defaults.
+    """A named queue with a priority, optional per-queue timeout/retry defaults and an optional global rate
+    limit on the tasks started from it (``rate_limit="100/m"``, see ``hexq.core.rate_limit``).
 
     ``priority=-1`` means "unset": such a queue sorts after every numbered queue, as a bare string does.
     """
@@ -68,9 +75,12 @@ class Queue:
     max_retries: int | None = attrs.field(default=None, converter=_retries)
     soft_timeout: float | None = attrs.field(default=None, converter=_soft)
     hard_timeout: float | None = attrs.field(default=None, converter=_hard)
+    rate_limit: RateLimit | None = attrs.field(default=None, kw_only=True, converter=_spelled_rate_limit)
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, f"queue {self.name!r}")
+        # Parsed here rather than by a converter, so that a bad spelling's error names the queue.
+        object.__setattr__(self, "rate_limit", rate_limit_of(self.rate_limit, f"queue {self.name!r}"))
 
     @classmethod
     def create(cls, spec: Any) -> Queue:

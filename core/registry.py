@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -13,6 +13,7 @@ from hexq.core.errors import ConfigError, UnknownTaskError
 from hexq.core.message import TaskMessage
 from hexq.core.policy import AppDefaults, Limits, TaskOptions, check_limits, resolve_limits
 from hexq.core.queues import QueueSet
+from hexq.core.rate_limit import RateLimits
 
 # The task a worker is running right now; per asyncio task, so async concurrency never mixes them up.
 current_task: contextvars.ContextVar[TaskMessage | None] = contextvars.ContextVar(
@@ -81,3 +82,11 @@ class Registry:
 
     def limits(self, task: TaskDef, queue: str) -> Limits:
         return resolve_limits(task.options, self.queues.get(queue), self.defaults)
+
+    def rate_limits(self, served: Sequence[str], *, signed: bool) -> RateLimits:
+        """The rate limits a consumer of ``served`` enforces: every task's (a task may be sent to any queue)
+        and those of the served queues. Empty when the app declares none."""
+        return RateLimits.build(
+            [(task.name, task.options.rate_limit) for task in self.tasks.values()],
+            [(queue.name, queue.rate_limit) for queue in self.queues.ordered if queue.name in served],
+            signed=signed)

@@ -12,6 +12,7 @@ import attrs
 from hexq.core.message import DEFAULT_MAX_PAYLOAD_BYTES
 from hexq.core.ports import Broker, Cancelled, Clock, Metrics, NoMetrics
 from hexq.core.queues import QueueSet
+from hexq.core.rate_limit import RateLimit
 from hexq.core.registry import Hook, Registry, TaskDef, Wrapper
 from hexq.core.services.sender import ArgumentCheck, Send, Sender
 from hexq.core.unique import check_key_allowed
@@ -238,7 +239,8 @@ class HexQ(OptionViews):
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
              backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
-             unique: float | int | timedelta | None = None) -> Task[P, R]: ...
+             unique: float | int | timedelta | None = None,
+             rate_limit: str | RateLimit | None = None) -> Task[P, R]: ...
 
     @overload
     def task(self, fn: None = None, *, name: str | None = None, queue: str | None = None,
@@ -247,6 +249,7 @@ class HexQ(OptionViews):
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
              backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
              unique: float | int | timedelta | None = None,
+             rate_limit: str | RateLimit | None = None,
              ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str | None = None,
@@ -254,17 +257,20 @@ class HexQ(OptionViews):
              hard_timeout: float | int | timedelta | None = None,
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
              backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
-             unique: float | int | timedelta | None = None) -> Any:
+             unique: float | int | timedelta | None = None,
+             rate_limit: str | RateLimit | None = None) -> Any:
         """Register a task; usable bare (``@app.task``) or with options (``@app.task(queue=...)``).
         ``expires``: each run's deadline, counted from its ``.delay()``; a run not started by then never runs.
         ``unique``: a window (timedelta or seconds); while an identical call waits or runs, sending it again
-        stores nothing and returns that task's id (see the README, "Unique tasks")."""
+        stores nothing and returns that task's id (see the README, "Unique tasks").
+        ``rate_limit`` ("100/m", see ``hexq.core.rate_limit``) caps how often it starts, across every worker."""
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or function.__name__
             options = task_options(task_name, queue=queue, max_retries=max_retries, soft_timeout=soft_timeout,
                                    hard_timeout=hard_timeout, retry_on=retry_on, backoff=backoff,
-                                   backoff_max=backoff_max, expires=expires, unique=unique)
+                                   backoff_max=backoff_max, expires=expires, unique=unique,
+                                   rate_limit=rate_limit)
             definition = TaskDef(task_name, function, options)
             self.registry.add(definition)
             return Task(self, definition)

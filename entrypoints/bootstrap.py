@@ -90,7 +90,9 @@ def inline_runner(app: HexQ) -> InlineRunner:
     if existing is None:
         runner = TaskRunner(app.registry, app.codec, app.broker, app.clock, CONSUMER, process_random(),
                             metrics=app.metrics, defer_acks=False, log_tasks=app.log_tasks)
-        existing = InlineRunner(app.queues.names, app.broker, app.clock, runner, lease_ms=int(app.lease_timeout * 1000))
+        existing = InlineRunner(app.queues.names, app.broker, app.clock, runner, lease_ms=int(app.lease_timeout * 1000),
+                                rates=lambda: app.registry.rate_limits(app.queues.names,
+                                                                       signed=app.codec.signing_key is not None))
         app._inline = existing
     return existing
 

@@ -19,6 +19,7 @@ import attrs
 from hexq.core.errors import BrokerError, HexqError
 from hexq.core.message import TaskMessage
 from hexq.core.ports import Clock, Consumer, Delivery
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.registry import TaskDef
 from hexq.core.services.batching import BatchPlanner
 from hexq.core.services.outage import OutageLog
@@ -38,6 +39,7 @@ class ChildConfig:
     prefetch_max: int = 64  # the largest batch a reservation takes
     idle_wait: float = 1.0
     backoff_max: float = 5.0
+    rates: RateLimits = NO_RATE_LIMITS  # enforced by the broker in each reservation
 
 
 @attrs.define
@@ -90,7 +92,7 @@ class ChildLoop:
                 reservation = await self._io(
                     self.broker.reserve, self.config.consumer, self.config.queues,
                     self.planner.size(len(self._running)), int(self.clock.now() * 1000), self.config.lease_ms,
-                    acks, wait,
+                    acks, wait, self.config.rates,
                 )
             except BrokerError as exc:
                 # Unreachable, refusing our credentials, or out of memory: wait it out, never crash-loop, and

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hexq.core.ports import Clock, Consumer
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.services.runner import TaskRunner
 
 CONSUMER = "inline"
@@ -18,8 +19,9 @@ CONSUMER = "inline"
 
 class InlineRunner:
     def __init__(self, queues: Sequence[str], broker: Consumer, clock: Clock, runner: TaskRunner,
-                 lease_ms: int) -> None:
+                 lease_ms: int, rates: Callable[[], RateLimits] = lambda: NO_RATE_LIMITS) -> None:
         self._queues = list(queues)
+        self._rates = rates  # asked at each run: tasks may be declared after the first
         self._broker = broker
         self._clock = clock
         self._runner = runner
@@ -61,9 +63,10 @@ class InlineRunner:
 
     async def _drain(self) -> int:
         ran = 0
+        rates = self._rates()
         while True:
             now_ms = int(self._clock.now() * 1000)
-            reservation = self._broker.reserve(CONSUMER, self._queues, 1, now_ms, self._lease_ms)
+            reservation = self._broker.reserve(CONSUMER, self._queues, 1, now_ms, self._lease_ms, rates=rates)
             if not reservation.deliveries:
                 return ran
             for delivery in reservation.deliveries:

@@ -22,6 +22,7 @@ from hexq.core.errors import ConfigError
 from hexq.core.message import Codec
 from hexq.core.policy import AppDefaults, TaskOptions
 from hexq.core.queues import QueueSet, check_timeouts
+from hexq.core.rate_limit import rate_limit_of
 from hexq.core.unique import window_ms
 from hexq.core.validation import is_int, number, number_between, optional_whole_number, whole, whole_number
 
@@ -147,7 +148,8 @@ def _exception_classes(retry_on: object, owner: str) -> tuple[type[BaseException
 
 def task_options(name: str, *, queue: str | None, max_retries: int | None, soft_timeout: Seconds | None,
                  hard_timeout: Seconds | None, retry_on: object, backoff: float, backoff_max: float,
-                 expires: Seconds | None = None, unique: Seconds | None = None) -> TaskOptions:
+                 expires: Seconds | None = None, unique: Seconds | None = None,
+                 rate_limit: object = None) -> TaskOptions:
     """What ``@app.task(...)`` said about task ``name``, checked; the queue is checked when it is registered."""
     owner = f"task {name!r}"
     soft = to_seconds(soft_timeout, f"{owner} soft_timeout")
@@ -157,7 +159,8 @@ def task_options(name: str, *, queue: str | None, max_retries: int | None, soft_
                        _exception_classes(retry_on, owner),
                        number_between(backoff, f"{owner} backoff", 0, unit="seconds"),
                        number_between(backoff_max, f"{owner} backoff_max", 0, unit="seconds"),
-                       expires_after(expires, f"{owner} expires"), window_ms(unique, owner))
+                       expires_after(expires, f"{owner} expires"), window_ms(unique, owner),
+                       rate_limit_of(rate_limit, owner))
 
 
 def schedules_for(specs: Iterable[Any], queues: QueueSet) -> list[CronTask]:

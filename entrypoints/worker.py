@@ -159,7 +159,8 @@ def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics,
                         alarm=SignalAlarm(), reporter=ChildReporter(board, index), metrics=metrics,
                         log_tasks=plan.log_tasks)
     config = ChildConfig(consumer=consumer, queues=plan.child_queues, slots=plan.slots,
-                         lease_ms=int(app.lease_timeout * 1000), max_tasks=app.max_tasks_per_worker)
+                         lease_ms=int(app.lease_timeout * 1000), max_tasks=app.max_tasks_per_worker,
+                         rates=app.registry.rate_limits(plan.served, signed=app.codec.signing_key is not None))
     loop = ChildLoop(runner, broker, app.clock, config, on_started=list(app.registry.hooks.after_worker_started))
 
     def stop(signum: int, frame: FrameType | None) -> None:

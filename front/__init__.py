@@ -17,6 +17,7 @@ from hexq.core.errors import (
 )
 from hexq.core.ports import Cancelled
 from hexq.core.queues import Queue
+from hexq.core.rate_limit import RateLimit
 from hexq.core.registry import current_attempt, current_task
 from hexq.core.services.sender import TaskArgumentsError
 from hexq.core.unique import UniqueKeyError
@@ -33,6 +34,7 @@ __all__ = [
     "HexqError",
     "MalformedPayloadError",
     "Queue",
+    "RateLimit",
     "SerializationError",
     "SoftTimeout",
     "Task",

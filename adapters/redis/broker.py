@@ -39,6 +39,7 @@ from hexq.core.errors import BrokerUnavailableError
 from hexq.core.message import stored_text as text
 from hexq.core.ports import Cancelled, Delivery, OutgoingTask, Reservation, Unrun
 from hexq.core.queues import BROADCAST_QUEUE_PREFIX
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.rules import LeaseRules
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class RedisBroker(RedisInspection):
         self._push_sha: str = self._scripts.script("push").sha
         self._push_keys: dict[str, tuple[str, str, str]] = {}  # queue -> its list, armed and wake keys
         self._reserve_sha: str = self._scripts.script("reserve").sha
+        self._reserve_rated_sha: str = self._scripts.script("reserve_rated").sha
         self._translator = translated(self._where)
         self._direct = DirectCommand(client.connection_pool)
         self._blocking_direct = DirectCommand(self._blocking.connection_pool)
@@ -86,6 +88,7 @@ class RedisBroker(RedisInspection):
         self._durable = DurableEnqueue(client, self._direct, self._scripts, self._tasks_key, self._translator,
                                        self._where, wait_replicas, wait_timeout_ms)
         self._received = ReceivedTasks(client, self._blocking, self._keys, self._scripts, self._translator)
+        self._rate_args: dict[RateLimits, list[str | int]] = {}  # a worker has one RateLimits: built once
 
     @classmethod
     def from_connection(cls, connection: RedisSettings | SentinelSettings, prefix: str, *,
@@ -168,7 +171,7 @@ class RedisBroker(RedisInspection):
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
         waits = wait >= 0.001
         if waits and acks:
             self.ack(consumer, acks)
@@ -176,17 +179,26 @@ class RedisBroker(RedisInspection):
         if waits and limit > 0 and not self._idle.get(consumer):
             # Only a marked consumer is woken (wake() in _lib.lua), and the mark comes from a reservation
             # that finds nothing: without one first, a task stored just before the BLPOP would wake nobody.
-            first = self.reserve(consumer, queues, limit, now_ms, lease_ms)
+            first = self.reserve(consumer, queues, limit, now_ms, lease_ms, rates=rates)
             if first.deliveries:
                 return first
         received = self._received
         received.before_reserve(consumer, now_ms)
         idle = 2 if waits else int(consumer in self._idle)
-        args: list[str | int] = [consumer, limit, now_ms, lease_ms, self._grace_ms, idle,
-                                 self._rules.stale_worker_ms, len(queues), *queues, *acks]
+        if rates:
+            rate_args = self._rate_args.get(rates) or self._rate_args.setdefault(rates, _rate_arguments(rates))
+            args: list[str | int] = [consumer, limit, now_ms, lease_ms, self._grace_ms, idle,
+                                     self._rules.stale_worker_ms, f"{len(queues)}+{len(rate_args)}", *queues,
+                                     *rate_args, *acks]
+            script = "reserve_rated"
+        else:
+            args = [consumer, limit, now_ms, lease_ms, self._grace_ms, idle, self._rules.stale_worker_ms,
+                    len(queues), *queues, *acks]
+            script = "reserve"
         try:
             with self._translator:
-                reply = self._wait_then_reserve(wait, queues, args) if waits else self._raw_script("reserve", args)
+                reply = (self._wait_then_reserve(wait, queues, args, script) if waits
+                         else self._raw_script(script, args))
         except BrokerUnavailableError:
             received.reply_lost(consumer)
             if limit > 0:
@@ -206,7 +218,8 @@ class RedisBroker(RedisInspection):
                 self._idle[consumer] = True
         return Reservation(deliveries, next_eta)
 
-    def _wait_then_reserve(self, wait: float, queues: Sequence[str], args: Sequence[str | int]) -> Any:
+    def _wait_then_reserve(self, wait: float, queues: Sequence[str], args: Sequence[str | int],
+                           script: str = "reserve") -> Any:
         """BLPOP on the wake lists of ``queues`` (and the shared one that producers of earlier versions
         push to) and the reservation, sent together on this thread's blocking connection: Redis runs the
         reservation the moment the wake-up arrives, so an idle worker gets a new task in one round trip
@@ -215,11 +228,12 @@ class RedisBroker(RedisInspection):
         had been lost (what it reserved, if anything, is handed back by the next reserve)."""
         _, reply = self._blocking_direct.pipelined(
             ("BLPOP", *[self._keys.wake_list(queue) for queue in queues], self._wake_key, wait),
-            ("EVALSHA", self._reserve_sha, 1, self._tasks_key, *args),
+            ("EVALSHA", self._reserve_rated_sha if script == "reserve_rated" else self._reserve_sha, 1,
+             self._tasks_key, *args),
             raw=True, timeout=wait + BLOCKING_READ_MARGIN,
         )
         if isinstance(reply, redis.exceptions.NoScriptError):
-            return self._raw_script("reserve", args)
+            return self._raw_script(script, args)
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -365,3 +379,13 @@ class RedisBroker(RedisInspection):
         self._blocking.close()
         self._client.connection_pool.disconnect()
         self._blocking.connection_pool.disconnect()
+
+
+def _rate_arguments(rates: RateLimits) -> list[str | int]:
+    """The limits as reserve.lua reads them (rate_gate in _rate_limit.lua): five arguments each."""
+    args: list[str | int] = []
+    for task in rates.tasks:
+        args += ["t", task.wire, task.key, task.limit.interval_us, task.limit.tolerance_us]
+    for queue in rates.queues:
+        args += ["q", queue.queue, queue.key, queue.limit.interval_us, queue.limit.tolerance_us]
+    return args

@@ -52,6 +52,9 @@ key                   type    contents
 {p}:unique:<key>      string  the lock of a unique task (``hexq.core.unique``): the id of the task holding
                               it, with a TTL of the task's window; deleted when that task is acknowledged,
                               dead-lettered or purged. With partitions, in the partition the key names
+{p}:rates             hash    rate limit (``t:<task>`` or ``q:<queue>``) -> ``"<TAT> <cursor>"`` in epoch
+                              microseconds (hexq.core.rate_limit); written only by reservations of workers
+                              that enforce rate limits, one field per limit, never expires
 ====================  ======  ===========================================================================
 
 With ``partitions=N`` (N > 1) the whole layout above exists N times, once per hash tag: partition 0 is
@@ -70,7 +73,8 @@ write:
   consumers (leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*; tasks, cancels and unique:*
   of a task marked cancelled); then q:<served>, owned:<consumer>, inflight, leases; idle:* and armed:* of
   the served queues (marked and armed when it takes nothing, the mark cleared when it takes work) and
-  wake:* (the wake-up passed on); reads tasks, crashes, eta:* (next eta).
+  wake:* (the wake-up passed on); reads tasks, crashes, eta:* (next eta). With rate limits (``reserve_rated``,
+  ``_rate_limit.lua``): rates, and eta:*, armed:*, wake:* of a queue whose tasks it defers.
 - ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*; cancels and unique:*
   (a task marked cancelled is dropped instead, as by ``release``, ``recover_consumer``, ``dead_letter`` and
   the recovery in ``reserve``).
@@ -87,7 +91,8 @@ write:
 - ``claim_cron``: cron, then as ``enqueue`` (unique:* included).
 - ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*.
 - ``delete_dead``: dead; ``find_dead`` reads dead and writes nothing.
-- ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes, unique:* (of purged unique tasks).
+- ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes, unique:* (of purged unique tasks),
+  rates (cursors reset).
 - ``broadcast``: reads workers; tasks, q:@broadcast.<worker>, armed:*, wake:* (one copy per live worker).
 - ``forget_workers`` (``forget_worker``, and ``heartbeat`` for the stale ones): workers, workerinfo,
   q:@broadcast.<worker>, tasks, crashes, and the idle:, armed: and wake: keys of that queue.
@@ -126,6 +131,7 @@ SINGLE_KEYS: dict[str, str] = {
     "WAKE": "wake",
     "META": "meta",
     "ANNOUNCE": "announce",
+    "RATES": "rates",
 }
 # Keys per queue or per consumer: the Lua function that builds each -> the part between ``{p}:`` and the name.
 FAMILIES: dict[str, str] = {
@@ -261,3 +267,7 @@ class Keys:
 
     def unique(self, lock: str) -> str:
         return self.base + FAMILIES["uniquekey"] + lock
+
+    @property
+    def rates(self) -> str:
+        return self.base + SINGLE_KEYS["RATES"]

@@ -28,6 +28,13 @@ sweeps every partition once, then blocks on its *home* partition's wake list (ch
 homes in turn), for the whole idle wait when its worker's children cover every partition, else for at most
 ``SWEEP_WAIT`` so that a partition nobody blocks on is still looked at often.
 
+Rate limits: a script stays in one slot, so the partitions cannot share one limit's state atomically. Each
+partition enforces an equal share of every limit on its own (``RateLimits.split``: the rate divided by N, the
+burst too, at least 1 each), with no extra round trip. Together they never exceed the limit (the bursts
+may add up to N), but when the limited tasks are not spread evenly (a backlog in one partition, eta tasks
+placed by their dedup key) the whole runs below it: a partition with work cannot borrow the share of an
+idle one.
+
 Changing N changes every tag but partition 0's, so the count is recorded in ``{p}:meta`` by the first process
 that runs with N > 1, and a process with another N is refused (``ConfigError``) instead of stranding tasks.
 """
@@ -53,6 +60,7 @@ from hexq.core.ports import (
     Unrun,
     WorkerBeat,
 )
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 
 if TYPE_CHECKING:
     from hexq.adapters.redis.broker import RedisBroker
@@ -85,6 +93,7 @@ class PartitionedBroker:
         self._streak: dict[str, int] = {}
         self._layout_checked = False
         self._cron_home: dict[str, int] = {}  # schedule key -> the partition its ticks are claimed in
+        self._shares: dict[RateLimits, RateLimits] = {}  # a worker's limits, each split N ways (read once)
 
     @property
     def partitions(self) -> list[RedisBroker]:
@@ -202,8 +211,10 @@ class PartitionedBroker:
                 self._keep_unsent(consumer, index, ids)
 
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
         self._check_layout()
+        if rates:
+            rates = self._shares.get(rates) or self._shares.setdefault(rates, rates.split(self._n))
         pending = self._pending_acks(consumer, acks)
         start = self._start.get(consumer, self._home)
         order = [(start + step) % self._n for step in range(self._n)]
@@ -220,7 +231,7 @@ class PartitionedBroker:
             try:
                 reservation = self._parts[index].reserve(
                     consumer, queues, limit, now_ms, lease_ms, own_acks,
-                    min(wait, self._idle_cap or wait) if blocking else 0.0)
+                    min(wait, self._idle_cap or wait) if blocking else 0.0, rates)
             except BrokerUnavailableError as exc:
                 # One partition's node is down (a failover): serve the others meanwhile.
                 failure = failure or exc

@@ -1,4 +1,6 @@
--- ARGV: consumer, limit, now_ms, lease_ms, grace_ms, idle, stale_ms, n_queues, queue..., ack id...
+-- ARGV: consumer, limit, now_ms, lease_ms, grace_ms, idle, stale_ms, n_queues, queue..., ack id...; with rate
+-- limits, n_queues is "<n_queues>+<n_rate_args>" and the rate arguments (rate_gate in _rate_limit.lua) come
+-- between the queues and the acks, so a reservation without limits reads exactly what it always did.
 -- grace_ms and stale_ms are LeaseRules.expiry_grace_ms and stale_worker_ms, passed by the caller: policy is
 -- not written in the scripts. idle: "0" the consumer is not marked idle, "1" it may be (an earlier
 -- reservation found nothing), "2" it may be and this call follows its BLPOP of the wake lists (see wake()
@@ -7,11 +9,16 @@ local consumer, now = ARGV[1], ARGV[3]
 local limit = math.min(tonumber(ARGV[2]), CHUNK)
 local grace = tonumber(ARGV[5])
 local idle, stale = ARGV[6], tonumber(ARGV[7])
-local nq = tonumber(ARGV[8])
+local nq, nr = tonumber(ARGV[8]), 0
+if not nq then
+  local queued, rated = string.match(ARGV[8], "^(%d+)%+(%d+)$")
+  nq, nr = tonumber(queued), tonumber(rated)
+end
 local queues = {}
 for i = 1, nq do queues[i] = ARGV[8 + i] end
 local acks = {}
-for i = 9 + nq, #ARGV do acks[#acks + 1] = ARGV[i] end
+for i = 9 + nq + nr, #ARGV do acks[#acks + 1] = ARGV[i] end
+local gate = nr > 0 and rate_gate(ARGV, 9 + nq, nr, now)
 -- Each reservation recovers at most this many expired consumers, so one call never holds Redis for long;
 -- the next reservations recover the rest.
 local RECOVER_PER_RESERVE = 10
@@ -37,14 +44,20 @@ end
 
 -- Found every queue empty: idle on each until a reservation takes work. Marks not renewed for the
 -- stale-worker age (their consumer died idle) are dropped, and a queue nobody marks any more loses its key.
+-- A queue skipped while over its rate limit is not waited on: its tasks wait for their time (which bounds
+-- the idle wait), and a wake-up for each task stored there meanwhile would only wake us to skip it again.
 local function mark_idle()
   local t = tonumber(now)
   for _, queue in ipairs(queues) do
     local key = idlekey(queue)
-    redis.call("zremrangebyscore", key, "-inf", "(" .. (t - stale))
-    redis.call("zadd", key, t, consumer)
-    redis.call("pexpire", key, stale)
-    arm(queue, stale)
+    if gate and gate.blocked[queue] then
+      if idle ~= "0" then redis.call("zrem", key, consumer) end
+    else
+      redis.call("zremrangebyscore", key, "-inf", "(" .. (t - stale))
+      redis.call("zadd", key, t, consumer)
+      redis.call("pexpire", key, stale)
+      arm(queue, stale)
+    end
   end
 end
 
@@ -87,8 +100,15 @@ for _, queue in ipairs(queues) do
 end
 recover_expired()
 
-local taken, served = {}, false
-if limit > 0 then
+local taken, served, payloads = {}, false, nil
+if limit > 0 and gate then
+  taken, served, payloads = rate_take(gate, queues, limit)
+  rate_save(gate)
+  if gate.next then
+    local allowed = math.ceil(gate.next / 1000)
+    if not next_eta or allowed < next_eta then next_eta = allowed end
+  end
+elseif limit > 0 then
   for _, queue in ipairs(queues) do
     local ids = redis.call("lpop", qkey(queue), limit)
     if ids and #ids > 0 then
@@ -118,7 +138,7 @@ redis.call("hset", INFLIGHT, unpack(fields))
 redis.call("zadd", LEASES, tonumber(now) + tonumber(ARGV[4]), consumer)
 -- A consumer that reserves is alive: a suspicion raised while its lease looked expired no longer holds.
 redis.call("hdel", SUSPECTS, consumer)
-local payloads = redis.call("hmget", TASKS, unpack(taken))
+payloads = payloads or redis.call("hmget", TASKS, unpack(taken))
 local crashes = redis.call("exists", CRASHES) == 1 and redis.call("hmget", CRASHES, unpack(taken)) or {}
 for i, id in ipairs(taken) do
   out[#out + 1] = id

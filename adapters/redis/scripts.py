@@ -33,7 +33,11 @@ NAMES = (
     "purge_queue",
     "broadcast",
     "forget_workers",
+    "reserve_rated",
 )
+# Scripts that share another's body with the rate limit helpers added (``_rate_limit.lua``): only a worker that
+# enforces rate limits runs them, so the plain script defines none of those helpers on each call.
+RATED = {"reserve_rated": "reserve"}
 
 
 # A top-level definition of the preamble or of _lib.lua: ``local NAME = ...`` or ``local function NAME(...)``.
@@ -44,11 +48,15 @@ _NAME = re.compile(r"[A-Za-z_]\w*")
 
 @cache
 def source(name: str) -> str:
-    """The script as sent to Redis: the key names (from ``keys.py``) and the shared helpers it uses, then
-    the script itself."""
+    """The script as sent to Redis: the key names (from ``keys.py``) and the shared helpers it uses (from
+    ``_lib.lua``, and ``_rate_limit.lua`` for the ``RATED`` ones), then the script itself. ``reserve`` calls
+    the rate helpers only when it is given rate arguments, which only ``reserve_rated`` ever is."""
     package = files("hexq.adapters.redis")
-    body = package.joinpath(f"{name}.lua").read_text()
-    return used_definitions(lua_preamble() + package.joinpath("_lib.lua").read_text(), body) + body
+    body = package.joinpath(f"{RATED.get(name, name)}.lua").read_text()
+    library = package.joinpath("_lib.lua").read_text()
+    if name in RATED:
+        library += package.joinpath("_rate_limit.lua").read_text()
+    return used_definitions(lua_preamble() + library, body) + body
 
 
 def used_definitions(definitions: str, body: str) -> str:

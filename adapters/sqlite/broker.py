@@ -20,6 +20,7 @@ from hexq.adapters.sqlite.settings import SqliteSettings
 from hexq.core.errors import BrokerError
 from hexq.core.message import stored_text as text
 from hexq.core.ports import Cancelled, Delivery, OutgoingTask, Reservation, Unrun
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.rules import LeaseRules
 
 _DEFAULT_RULES = LeaseRules()
@@ -35,6 +36,9 @@ class SqliteBroker(SqliteInspection):
         self._rules = rules
         self._grace_ms = rules.expiry_grace_ms
         self.where = database.where
+        # Per consumer: the queues its last reservation skipped while over their rate limit, and until
+        # when. A waiting reservation does not count their tasks as work before then (see reserve).
+        self._blocked: dict[str, tuple[frozenset[str], int]] = {}
 
     @classmethod
     def from_settings(cls, settings: SqliteSettings, *, rules: LeaseRules = _DEFAULT_RULES) -> SqliteBroker:
@@ -64,14 +68,22 @@ class SqliteBroker(SqliteInspection):
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
         if wait > 0:
             if acks:
                 self._db.write(statements.ack, consumer, acks)
                 acks = ()
-            self._db.wait(lambda conn: statements.has_work(conn, queues, now_ms), wait)
-        queue, rows, next_eta, back = self._db.write(
-            statements.reserve, consumer, queues, limit, now_ms, lease_ms, self._grace_ms, acks)
+            # A queue skipped for its rate limit has tasks, but none this consumer may take before the time
+            # that bounds its wait: without this, every commit would wake it to skip the queue again.
+            blocked, until_ms = self._blocked.get(consumer, (frozenset(), 0))
+            watched = [q for q in queues if q not in blocked] if blocked and now_ms < until_ms else queues
+            self._db.wait(lambda conn: statements.has_work(conn, watched, now_ms), wait)
+        queue, rows, next_eta, back, blocked = self._db.write(
+            statements.reserve, consumer, queues, limit, now_ms, lease_ms, self._grace_ms, acks, rates)
+        if blocked:
+            self._blocked[consumer] = (blocked, next_eta or 0)
+        elif rates:
+            self._blocked.pop(consumer, None)
         if back:
             self._db.wake_waiters()  # expired consumers' tasks went back: other idle workers may take them
         deliveries = tuple([Delivery(task_id, queue, text(payload), crashes) for task_id, payload, crashes in rows])

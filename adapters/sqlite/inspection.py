@@ -60,6 +60,8 @@ def _purge_queue(conn: sqlite3.Connection, queue: str) -> tuple[int, int]:
         (QUEUED, WAITING, queue, UNIQUE_ID_LENGTH))])
     pending = conn.execute("DELETE FROM tasks WHERE state = ? AND queue = ?", (QUEUED, queue)).rowcount
     waiting = conn.execute("DELETE FROM tasks WHERE state = ? AND queue = ?", (WAITING, queue)).rowcount
+    # Rate limit cursors may point past tasks that are gone now: the next deferred task starts afresh.
+    conn.execute("UPDATE rates SET cursor_us = 0")
     return pending, waiting
 
 

@@ -25,6 +25,8 @@ uniques        a unique task's lock (``hexq.core.unique``): lock key -> the task
                (ms); deleted when that task is acknowledged, dead-lettered or purged; an expired one, or one
                whose task is gone, is overwritten by the next task that takes the lock
 cancels        id of an owned task whose cancellation is pending (``statements.cancel``), until it ends
+rates          rate limit key (``t:<task>``, ``q:<queue>``) -> its TAT and cursor in epoch microseconds
+               (``hexq.core.rate_limit``); written only by workers that enforce rate limits
 =============  =============================================================================================
 
 Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
@@ -91,6 +93,8 @@ ADDED_TABLES = {
     "uniques": ("CREATE TABLE IF NOT EXISTS uniques (lock TEXT PRIMARY KEY, task_id TEXT NOT NULL, "
                 "until_ms INTEGER NOT NULL) WITHOUT ROWID"),
     "cancels": "CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    "rates": ("CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat_us INTEGER NOT NULL, "
+              "cursor_us INTEGER NOT NULL) WITHOUT ROWID"),
 }
 
 

@@ -14,6 +14,7 @@ from functools import lru_cache
 from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
 from hexq.core.ports import OutgoingTask
 from hexq.core.queues import broadcast_queue
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateGate, RateLimits, task_name_on_wire
 from hexq.core.unique import lock_of
 
 CHUNK = 1000  # at most this many tasks taken or promoted per call, as the Redis scripts do
@@ -192,9 +193,11 @@ def _recover_expired(conn: sqlite3.Connection, now_ms: int, grace_ms: int) -> in
 
 
 def reserve(conn: sqlite3.Connection, consumer: str, queues: Sequence[str], limit: int, now_ms: int,
-            lease_ms: int, grace_ms: int, acks: Sequence[str]) -> tuple[str, list[Row], int | None, int]:
+            lease_ms: int, grace_ms: int, acks: Sequence[str], rates: RateLimits = NO_RATE_LIMITS,
+            ) -> tuple[str, list[Row], int | None, int, frozenset[str]]:
     """Acks, eta promotion of the served queues, expiry, then up to ``limit`` tasks from the head of the
-    first non-empty queue. Returns (served queue, rows, next eta, tasks put back by expiry)."""
+    first non-empty queue (under ``rates``: see ``_rated_take``). Returns (served queue, rows, next eta,
+    tasks put back by expiry, queues skipped while over their rate limit)."""
     ack(conn, consumer, acks)
     minima: list[int | None] = list(conn.execute(_eta_minima_sql(len(queues)), queues).fetchone()) if queues else []
     for index, queue in enumerate(queues):
@@ -205,14 +208,72 @@ def reserve(conn: sqlite3.Connection, consumer: str, queues: Sequence[str], limi
     next_eta = min((m for m in minima if m is not None), default=None)
     limit = min(limit, CHUNK)
     if limit <= 0:
-        return "", [], next_eta, back
+        return "", [], next_eta, back, frozenset()
+    if rates:
+        gate = RateGate.load(rates, now_ms, _rate_states(conn, rates))
+        queue, rows = _rated_take(conn, gate, queues, limit, now_ms)
+        conn.executemany(_SAVE_RATE, gate.changed_states())
+        held = gate.next_ms
+        if held is not None and (next_eta is None or held < next_eta):
+            next_eta = held
+        blocked = frozenset(gate.blocked)
+    else:
+        queue, rows, blocked = "", [], frozenset()
+        for queue in queues:
+            rows = conn.execute(_FIRST, (queue, limit)).fetchall()
+            if rows:
+                break
+    if rows:
+        conn.executemany(_OWN, [(consumer, now_ms, row[0]) for row in rows])
+        conn.execute(_LEASE, (consumer, now_ms + lease_ms))
+        return queue, [row[1:] for row in rows], next_eta, back, blocked
+    return "", [], next_eta, back, blocked
+
+
+_RATES = "SELECT key, tat_us, cursor_us FROM rates WHERE key IN ({})"
+_SAVE_RATE = ("INSERT INTO rates (key, tat_us, cursor_us) VALUES (?, ?, ?) ON CONFLICT (key) "
+              "DO UPDATE SET tat_us = excluded.tat_us, cursor_us = excluded.cursor_us")
+_DEFER = f"UPDATE tasks SET state = {WAITING}, pos = 0, eta_ms = ?, dedup_key = NULL WHERE rowid = ?"
+
+
+def _rate_states(conn: sqlite3.Connection, rates: RateLimits) -> dict[str, tuple[int, int]]:
+    keys = rates.keys
+    rows = conn.execute(_RATES.format(", ".join("?" * len(keys))), keys).fetchall()
+    return {key: (tat, cursor) for key, tat, cursor in rows}
+
+
+def _rated_take(conn: sqlite3.Connection, gate: RateGate, queues: Sequence[str], limit: int,
+                now_ms: int) -> tuple[str, list[tuple[int, str, bytes | None, int]]]:
+    """The take under rate limits, as ``rate_take`` in the Redis adapter's ``_rate_limit.lua``: up to
+    ``limit`` rows from the first queue that has any it may start now; a queue over its own limit is
+    skipped, a task over its own limit goes to its queue's waiting set at the time the gate gives. Looks at
+    most CHUNK rows per queue. The rows taken are not owned yet: the caller owns them."""
     for queue in queues:
-        rows = conn.execute(_FIRST, (queue, limit)).fetchall()
-        if rows:
-            conn.executemany(_OWN, [(consumer, now_ms, row[0]) for row in rows])
-            conn.execute(_LEASE, (consumer, now_ms + lease_ms))
-            return queue, [row[1:] for row in rows], next_eta, back
-    return "", [], next_eta, back
+        kept: list[tuple[int, str, bytes | None, int]] = []
+        scanned, skip = 0, 0
+        while len(kept) < limit and scanned < CHUNK:
+            want = gate.queue_quota(queue, min(limit - len(kept), CHUNK - scanned))
+            if want == 0:
+                break
+            # Kept rows are still queued until the caller owns them: read past them.
+            rows = conn.execute(_FIRST + " OFFSET ?", (queue, want, skip)).fetchall()
+            if not rows:
+                break
+            scanned += len(rows)
+            before = len(kept)
+            deferred = []
+            for row in rows:
+                eta = gate.admit(queue, task_name_on_wire(row[2])) if gate.limits_tasks else None
+                if eta is None:
+                    kept.append(row)
+                else:
+                    deferred.append((eta, row[0]))
+            conn.executemany(_DEFER, deferred)
+            skip += len(kept) - before
+            gate.charge_queue(queue, len(kept) - before)
+        if kept:
+            return queue, kept
+    return "", []
 
 
 @lru_cache(maxsize=64)

@@ -40,6 +40,7 @@ from hexq.core.ports.records import (
     Unrun,
     WorkerBeat,
 )
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 
 
 class Producer(Protocol):
@@ -113,20 +114,33 @@ class Consumer(Protocol):
         lease_ms: int,
         acks: Sequence[str] = (),
         wait: float = 0.0,
+        rates: RateLimits = NO_RATE_LIMITS,
     ) -> Reservation:
         """Atomically: acknowledge ``acks``; move eta tasks due at ``now_ms`` of ``queues`` to the tail of
         their queue; suspect or put back the tasks of consumers whose lease has expired (see the module
         docstring); then take up to ``limit`` tasks from the head of the first non-empty queue in
         ``queues`` (strict priority: a lower queue is never served while a higher one has tasks), owned by
         ``consumer`` with a lease until ``now_ms + lease_ms``. An empty result means every served queue was
-        empty. A lease has expired only once ``now_ms`` is past its deadline; an adapter may recover a
-        bounded number of expired consumers per call (later reservations recover the rest).
+        empty (or, with ``rates``, held back by a limit: see below). A lease has expired only once
+        ``now_ms`` is past its deadline; an adapter may recover a bounded number of expired consumers per
+        call (later reservations recover the rest).
 
         With ``wait`` > 0 (the caller's last reservation was empty) the acks are applied first, then the
         call blocks up to ``wait`` seconds until a task may have been stored (wake-ups may be spurious; a
         task stored just before the call is not missed), then reserves as above, so that an idle worker
         takes a new task in one round trip. ``now_ms`` is not advanced by the wait: an eta task that falls
-        due during the wait is taken by the next call, never early."""
+        due during the wait is taken by the next call, never early.
+
+        ``rates`` (``hexq.core.rate_limit``; empty by default, and then none of this costs anything): the
+        limits the caller enforces, each global to every consumer of the store, applied atomically with the
+        take by the arithmetic of ``RateGate`` at ``now_ms`` and the state stored per limit. A queue over its
+        own limit is skipped as if empty (lower queues are served; its tasks stay at its head); the take from
+        a limited queue is at most what the limit allows at ``now_ms``. A task over its own task limit is
+        moved, in the same step, to its queue's eta set at the time ``RateGate.admit`` gives (its id, payload
+        and crash count unchanged, no attempt counted), and the take goes on with the tasks behind it (at
+        most 1000 looked at per queue). ``next_eta_ms`` is then also bounded by the earliest time a task held
+        back by a limit may be taken, so an idle caller waits until then and not longer. Broadcast queues
+        ('@...') are never limited."""
         ...
 
     def ack(self, consumer: str, ids: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hexq.core.errors import BrokerUnavailableError
+from hexq.core.message import Codec, TaskMessage
 from hexq.core.ports import (
     Broker,
     Cancelled,
@@ -29,6 +30,7 @@ from hexq.core.ports import (
     Unrun,
 )
 from hexq.core.queues import broadcast_queue
+from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
 from hexq.core.rules import LeaseRules
 from hexq.core.unique import unique_id
 
@@ -1029,6 +1031,145 @@ class CancellationContract(_Contract):
         assert broker.lookup("a") is None and broker.queue_stats(["default"])[0].expired == 0
 
 
+def envelope(task_id: str, name: str, queue: str = "default", signed: bool = False) -> OutgoingTask:
+    """A task whose payload is a real envelope: task limits read the task's name from it."""
+    codec = Codec(signing_key=SIGNING_KEY if signed else None)
+    return OutgoingTask(task_id, queue, codec.encode(TaskMessage(task_id, name, queue, (1,), {"k": name})))
+
+
+SIGNING_KEY = b"a signing key of 32 bytes, or so"
+
+
+def task_rates(name: str, spec: str, burst: int = 1, signed: bool = False) -> RateLimits:
+    return RateLimits.build([(name, RateLimit.parse(spec, burst))], [], signed=signed)
+
+
+def queue_rates(queue: str, spec: str, burst: int = 1) -> RateLimits:
+    return RateLimits(queues=(QueueRate(queue, RateLimit.parse(spec, burst)),))
+
+
+def rated(broker: Broker, rates: RateLimits, queues: list[str] | str = "default", limit: int = 100,
+          now_ms: int = T0, consumer: str = "c1") -> tuple[list[str], int | None]:
+    names = [queues] if isinstance(queues, str) else queues
+    reservation = broker.reserve(consumer, names, limit, now_ms, LEASE, rates=rates)
+    return ids(list(reservation.deliveries)), reservation.next_eta_ms
+
+
+class RateLimitContract(_Contract):
+    """``Consumer.reserve`` with ``rates``: global limits, enforced in the reservation at the given now_ms."""
+
+    def test_a_queue_limit_spaces_takes_one_interval_apart(self, broker: Broker) -> None:
+        broker.enqueue([task(f"t{i}") for i in range(5)])
+        rates = queue_rates("default", "2/s")
+        assert rated(broker, rates) == (["t0"], T0 + 500)
+        assert rated(broker, rates, now_ms=T0 + 499) == ([], T0 + 500)
+        assert rated(broker, rates, now_ms=T0 + 500) == (["t1"], T0 + 1000)
+        assert stats(broker) == (3, 0, 2)  # a queue over its limit keeps its tasks where they are
+
+    def test_the_limit_is_shared_by_every_consumer(self, broker: Broker) -> None:
+        broker.enqueue([task(f"t{i}") for i in range(4)])
+        rates = queue_rates("default", "10/s")
+        assert rated(broker, rates, consumer="c1")[0] == ["t0"]
+        assert rated(broker, rates, consumer="c2") == ([], T0 + 100)
+        assert rated(broker, rates, consumer="c2", now_ms=T0 + 100)[0] == ["t1"]
+
+    def test_a_batch_takes_no_more_than_the_burst_allows(self, broker: Broker) -> None:
+        broker.enqueue([task(f"t{i}") for i in range(10)])
+        rates = queue_rates("default", "10/s", burst=3)
+        assert rated(broker, rates, limit=100) == (["t0", "t1", "t2"], T0 + 100)
+        assert rated(broker, rates, limit=100, now_ms=T0 + 100)[0] == ["t3"]
+        assert rated(broker, rates, limit=100, now_ms=T0 + 10_000)[0] == ["t4", "t5", "t6"]
+
+    def test_a_queue_over_its_limit_is_skipped_for_the_next_one(self, broker: Broker) -> None:
+        broker.enqueue([task("h1", "high"), task("h2", "high"), task("l1", "low"), task("l2", "low")])
+        rates = queue_rates("high", "1/m")
+        assert rated(broker, rates, ["high", "low"]) == (["h1"], T0 + 60_000)
+        assert rated(broker, rates, ["high", "low"]) == (["l1", "l2"], T0 + 60_000)
+        assert rated(broker, rates, ["high", "low"]) == ([], T0 + 60_000)
+        assert rated(broker, rates, ["high", "low"], now_ms=T0 + 60_000)[0] == ["h2"]
+
+    def test_a_task_over_its_limit_waits_in_the_eta_set_and_the_rest_is_taken(self, broker: Broker) -> None:
+        broker.enqueue([envelope("s1", "send"), envelope("s2", "send"), envelope("o1", "other"),
+                        envelope("s3", "send"), envelope("o2", "other")])
+        rates = task_rates("send", "10/s")
+        assert rated(broker, rates) == (["s1", "o1", "o2"], T0 + 100)
+        assert stats(broker) == (0, 2, 3)
+        # Deferred one interval apart, each checked again when taken; kept as they were.
+        assert rated(broker, rates, now_ms=T0 + 99) == ([], T0 + 100)
+        assert rated(broker, rates, now_ms=T0 + 100) == (["s2"], T0 + 200)
+        found = broker.lookup("s3")
+        assert found is not None and found.payload == envelope("s3", "send").payload and found.crashes == 0
+        assert rated(broker, rates, now_ms=T0 + 200) == (["s3"], None)
+
+    def test_a_deferred_task_keeps_its_crash_count(self, broker: Broker) -> None:
+        broker.enqueue([envelope("s1", "send"), envelope("s2", "send")])
+        assert take(broker, limit=2, consumer="dying") != []
+        broker.recover_consumer("dying", ["s1", "s2"])
+        rates = task_rates("send", "1/s")
+        got = broker.reserve("c1", ["default"], 10, T0, LEASE, rates=rates).deliveries
+        assert [(d.id, d.crashes) for d in got] == [("s1", 1)]
+        got = broker.reserve("c1", ["default"], 10, T0 + 1000, LEASE, rates=rates).deliveries
+        assert [(d.id, d.crashes) for d in got] == [("s2", 1)]
+
+    def test_a_backlog_is_deferred_once_at_increasing_times(self, broker: Broker) -> None:
+        broker.enqueue([envelope(f"s{i}", "send") for i in range(6)])
+        rates = task_rates("send", "10/s")
+        assert rated(broker, rates, limit=2) == (["s0"], T0 + 100)
+        assert rated(broker, rates, limit=2) == ([], T0 + 100)
+        # Every later reservation finds the next one due, one interval after the one before.
+        for step in range(1, 6):
+            assert rated(broker, rates, limit=2, now_ms=T0 + 100 * step)[0] == [f"s{step}"]
+        assert stats(broker) == (0, 0, 6)
+
+    def test_task_limits_read_signed_envelopes(self, broker: Broker) -> None:
+        broker.enqueue([envelope("s1", "send", signed=True), envelope("s2", "send", signed=True)])
+        assert rated(broker, task_rates("send", "1/s", signed=True)) == (["s1"], T0 + 1000)
+
+    def test_a_limited_task_and_its_queue_limit_both_hold(self, broker: Broker) -> None:
+        broker.enqueue([envelope("s1", "send"), envelope("o1", "other"), envelope("o2", "other")])
+        rates = RateLimits.build([("send", RateLimit.parse("1/s"))], [("default", RateLimit.parse("2/s", 2))],
+                                 signed=False)
+        assert rated(broker, rates) == (["s1", "o1"], T0 + 500)
+        assert rated(broker, rates, now_ms=T0 + 500) == (["o2"], T0 + 1000)
+
+    def test_what_is_not_an_envelope_is_not_limited(self, broker: Broker) -> None:
+        broker.enqueue([task("raw1"), task("raw2")])
+        assert rated(broker, task_rates("send", "1/m")) == (["raw1", "raw2"], None)
+
+    def test_broadcast_copies_are_never_limited(self, broker: Broker) -> None:
+        broker.heartbeat("w1", "{}", T0)
+        for n in range(2):
+            broker.broadcast(envelope(f"b{n}", "send"), T0)
+        got = rated(broker, task_rates("send", "1/m"), broadcast_queue("w1"))[0]
+        assert len(got) == 2
+
+    def test_without_limits_nothing_is_held(self, broker: Broker) -> None:
+        broker.enqueue([envelope("s1", "send"), envelope("s2", "send")])
+        assert rated(broker, RateLimits()) == (["s1", "s2"], None)
+
+    def test_limits_given_to_a_reservation_that_takes_nothing_change_nothing(self, broker: Broker) -> None:
+        broker.enqueue([task("t0"), task("t1")])
+        rates = queue_rates("default", "1/s")
+        assert broker.reserve("c1", ["default"], 0, T0, LEASE, rates=rates).deliveries == ()
+        assert rated(broker, rates)[0] == ["t0"]
+
+    def test_a_waiting_reservation_on_a_limited_queue_never_takes_early(self, broker: Broker) -> None:
+        broker.enqueue([task("t0"), task("t1")])
+        rates = queue_rates("default", "1/m")
+        assert rated(broker, rates)[0] == ["t0"]
+        got = broker.reserve("c1", ["default"], 10, T0 + 1, LEASE, wait=0.05, rates=rates)
+        assert got.deliveries == () and got.next_eta_ms == T0 + 60_000
+
+    def test_purging_a_queue_lets_the_next_deferral_start_afresh(self, broker: Broker) -> None:
+        broker.enqueue([envelope(f"s{i}", "send") for i in range(5)])
+        rates = task_rates("send", "1/s")
+        assert rated(broker, rates) == (["s0"], T0 + 1000)
+        broker.purge_queue("default")
+        broker.enqueue([envelope("n1", "send"), envelope("n2", "send")])
+        assert rated(broker, rates, now_ms=T0 + 1000) == (["n1"], T0 + 2000)
+
+
 class BrokerContract(ProducerContract, ConsumerContract, SupervisionContract, CronStoreContract,
-                     InspectionContract, AdministrationContract, UniqueContract, CancellationContract):
+                     InspectionContract, AdministrationContract, UniqueContract, CancellationContract,
+                     RateLimitContract):
     """Every role: what each adapter's test module subclasses (with a ``make_broker`` fixture)."""

@@ -12,6 +12,7 @@ from service_fixtures import enqueue, make_app
 
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.ports import Reservation
+from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.services.runner import TaskRunner
 from hexq.entrypoints.child_driver import ChildConfig, ChildLoop
 
@@ -98,11 +99,11 @@ class FlakyBroker:
         self.failures = failures
 
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
         if self.failures:
             self.failures -= 1
             raise BrokerUnavailableError("connection refused")
-        return self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks, wait)  # type: ignore[no-any-return]
+        return self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks, wait, rates)  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -199,8 +200,8 @@ class RecordingBroker:
         self.reservations: list[tuple[int, str | None]] = []
 
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0) -> Reservation:
-        reservation: Reservation = self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks, wait)
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
+        reservation: Reservation = self.inner.reserve(consumer, queues, limit, now_ms, lease_ms, acks, wait, rates)
         served = reservation.deliveries[0].queue if reservation.deliveries else None
         self.reservations.append((limit, served))
         return reservation

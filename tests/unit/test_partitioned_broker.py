@@ -235,3 +235,24 @@ def test_the_worker_start_up_probe_meets_the_layout_check(server: fakeredis.Fake
     partitioned(server, 3).enqueue([task("a")])
     with pytest.raises(ConfigError, match="partitions=2"):
         partitioned(server, 2).queue_stats(["default"])  # what a worker reads before its first child starts
+
+
+def test_each_partition_enforces_its_share_of_a_rate_limit(broker: PartitionedBroker) -> None:
+    from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
+
+    broker.enqueue([task(f"t{i}") for i in range(9)])  # three in each partition
+    assert depth_per_partition(broker) == [3, 3, 3]
+    rates = RateLimits(queues=(QueueRate("default", RateLimit.parse("3/s")),))  # 1/s in each partition
+
+    def second(now_ms: int) -> list[str]:
+        taken: list[str] = []
+        while got := broker.reserve("c1", ["default"], 100, now_ms, LEASE, rates=rates).deliveries:
+            taken += [d.id for d in got]
+        return taken
+
+    # Together the partitions never exceed the whole; each takes one per second from its own backlog.
+    assert len(second(T0)) == 3
+    assert broker.reserve("c1", ["default"], 100, T0 + 999, LEASE, rates=rates).next_eta_ms == T0 + 1000
+    assert len(second(T0 + 999)) == 0
+    assert len(second(T0 + 1000)) == 3
+    assert depth_per_partition(broker) == [1, 1, 1]

@@ -21,6 +21,7 @@ from hexq.adapters.redis.errors import translate
 from hexq.adapters.redis.scripts import NAMES, source
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError, ConfigError
 from hexq.core.ports import Delivery
+from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
 from hexq.entrypoints.settings import Connection
 
 P = "{app}:"
@@ -64,6 +65,8 @@ DEPLOYED_LAYOUT = {
     "{p}:unique:<key>": "string",
     # Added with cancellation: written only while a running task's cancellation is pending.
     "{p}:cancels": "hash",
+    # Added with rate limits: written only by workers that enforce one.
+    "{p}:rates": "hash",
 }
 
 
@@ -110,6 +113,9 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: broker.enqueue([task("w", "calm")]),  # ...so this fires a wake token
         lambda: take(broker, "quiet", consumer="c3"),  # armed, and left so
         lambda: broker.enqueue([unique_task("u")]),  # a unique task's lock, held while it waits
+        lambda: broker.enqueue([task("r1", "rated"), task("r2", "rated")]),
+        lambda: broker.reserve("c4", ["rated"], 5, T0, LEASE, rates=RateLimits(  # one taken, one left queued
+            queues=(QueueRate("rated", RateLimit.parse("1/s")),))),
     ]
     seen: dict[str, str] = {}
     for step in steps:

@@ -87,3 +87,19 @@ def test_a_version_no_release_wrote_is_refused(path: Path) -> None:
     with pytest.raises(SqliteSchemaError, match="schema version 0") as caught:
         open_at(path).lookup("a")
     assert str(path) in str(caught.value) and "versions 1 to 2" in str(caught.value)
+
+
+def test_a_database_from_before_rate_limits_gets_their_table_when_opened(path: Path) -> None:
+    from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
+
+    create(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE rates")  # as hexq before rate limits wrote version 2
+    assert "rates" not in tables(path)
+    broker = open_at(path)
+    broker.enqueue([OutgoingTask("a", "default", "p"), OutgoingTask("b", "default", "p")])
+    rates = RateLimits(queues=(QueueRate("default", RateLimit.parse("1/s")),))
+    assert [d.id for d in broker.reserve("c1", ["default"], 10, T0, 30_000, rates=rates).deliveries] == ["a"]
+    assert broker.reserve("c1", ["default"], 10, T0, 30_000, rates=rates).deliveries == ()
+    broker.close()
+    assert "rates" in tables(path) and version(path) == SCHEMA_VERSION
