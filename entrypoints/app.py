@@ -87,6 +87,20 @@ class Task(Generic[P, R]):
         self.check(args, options, _given(queue, eta))
         return self.app.enqueue_many([Call(self, args, options, queue, eta)])[0]
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """``.delay()`` for ``async def`` code: the same store, awaited without blocking the event loop (see the
+        README, "Async producers"); returns the task id. ``queue=``/``eta=`` are taken as ``.delay()`` takes them."""
+        options = cast("dict[str, Any]", kwargs)
+        queue: str | None = options.pop("queue", None)
+        eta: Eta | None = options.pop("eta", None)
+        self.check(args, options, _given(queue, eta))
+        return (await self.app.aenqueue_many([Call(self, args, options, queue, eta)]))[0]
+
+    async def aapply(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                     queue: str | None = None, eta: Eta | None = None, expires: Expires | None = None) -> str:
+        """``.apply()``, awaited."""
+        return (await self.app.aenqueue_many([self._call(tuple(args), dict(kwargs or {}), queue, eta, expires)]))[0]
+
     def options(self, *, queue: str | None = None, eta: Eta | None = None,
                 expires: Expires | None = None, unique_key: Any = None) -> TaskWithOptions[P, R]:
         """The typed way to pass options: ``task.options(queue=Q, eta=timedelta(seconds=10)).delay(1, y=2)``.
@@ -145,9 +159,18 @@ class TaskWithOptions(Generic[P, R]):
         """Enqueue a run with these options; returns the task id. Every keyword is the task's own argument."""
         return self.task.app.enqueue_many([self.bind(*args, **kwargs)])[0]
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """``.delay()`` with these options, awaited (``task.adelay``)."""
+        return (await self.task.app.aenqueue_many([self.bind(*args, **kwargs)]))[0]
+
     def bind(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """One run for ``delay_many``, with these options."""
         return self.task._call(args, kwargs, self.queue, self.eta, self.expires, self.unique_key)
+
+
+def _sends(calls: Sequence[Call]) -> list[Send]:
+    return [Send(call.task.name, call.args, call.kwargs, call.queue, call.eta, call.expires, call.unique_key)
+            for call in calls]
 
 
 def _given(queue: str | None, eta: Any) -> tuple[str, ...]:
@@ -228,9 +251,11 @@ class HexQ(OptionViews):
 
         self.clock: Clock = clock or SystemClock()
         self._broker = broker
+        self._broker_given = broker is not None  # then adelay sends through it too (bootstrap.make_async_producer)
         self._inline_mode = self.connection.scheme == "memory"
         self._inline: InlineRunner | None = None
         self._sender: Sender | None = None
+        self._async_sender: bootstrap.AsyncSending | None = None
 
     # -- declaring ---------------------------------------------------------------------------------
     @overload
@@ -309,9 +334,16 @@ class HexQ(OptionViews):
 
     def enqueue_many(self, calls: Sequence[Call]) -> list[str]:
         """Encode and store many task runs, pipelined; returns their ids in order."""
-        sends = [Send(call.task.name, call.args, call.kwargs, call.queue, call.eta, call.expires, call.unique_key)
-                 for call in calls]
-        return bootstrap.sender_for(self).send(sends)
+        return bootstrap.sender_for(self).send(_sends(calls))
+
+    async def aenqueue_many(self, calls: Sequence[Call]) -> list[str]:
+        """``enqueue_many`` for ``async def`` code: awaited, never blocking the event loop."""
+        return await bootstrap.async_sender_for(self).send(_sends(calls))
+
+    async def aclose(self) -> None:
+        """Close the connections ``adelay`` opened in this event loop (they are also dropped with the loop)."""
+        if self._async_sender is not None:
+            await self._async_sender.aclose()
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         return bootstrap.sender_for(self).broadcast(task.name, args, kwargs)
@@ -324,6 +356,12 @@ class HexQ(OptionViews):
     def run_pending(self) -> int:
         """In-process mode: run every task that is due now (including eta tasks whose time has come)."""
         return bootstrap.inline_runner(self).run_pending()
+
+    def _own_async_sender(self) -> bootstrap.AsyncSending:
+        """What ``adelay`` uses in this app's own process (built on first use, as the sync sender)."""
+        if self._async_sender is None:
+            self._async_sender = bootstrap.build_async_sender(self, self._own_sender())
+        return self._async_sender
 
     def _own_sender(self) -> Sender:
         """The sender of this app's own process (a worker child has its own: see bootstrap.sender_for)."""

@@ -10,16 +10,17 @@ generator, and tasks that send tasks from inside it reach that child's sender th
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from hexq.adapters.system.entropy import PROCESS
 from hexq.core.outgoing import TaskFactory, TaskIds
-from hexq.core.ports import Broker, Clock, Metrics
+from hexq.core.ports import AsyncProducer, Broker, Clock, Metrics
 from hexq.core.rules import LeaseRules
+from hexq.core.services.async_sender import AsyncSender
 from hexq.core.services.runner import TaskRunner
 from hexq.core.services.scheduler import Scheduler
-from hexq.core.services.sender import InlineSender, Sender
+from hexq.core.services.sender import InlineSender, Send, Sender
 
 if TYPE_CHECKING:
     from hexq.entrypoints.app import HexQ
@@ -72,6 +73,59 @@ def sender_for(app: HexQ) -> Sender:
     if active is not None and active[0] is app:
         return active[1]
     return app._own_sender()
+
+
+class AsyncSending(Protocol):
+    """What ``adelay`` sends through: an ``AsyncSender``, or a whole ``.delay()`` moved to a thread."""
+
+    async def send(self, calls: Sequence[Send]) -> list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_async_producer(app: HexQ) -> AsyncProducer:
+    """The ``AsyncProducer`` for the app's settings: ``redis.asyncio`` on one Redis server or a Sentinel primary
+    (one partition); else the broker's own enqueue in a thread (SQLite and memory are local; partitions and Redis
+    Cluster pin their connections to a slot's node, which redis.asyncio has no hook for; a broker passed to
+    ``HexQ(broker=...)`` is the one to use)."""
+    from hexq.adapters.system.offload import ThreadProducer
+
+    connection = app.connection
+    if app._broker_given or connection.scheme in ("memory", "sqlite"):
+        return ThreadProducer(app.broker)
+    from hexq.adapters.redis.cluster_settings import ClusterSettings
+
+    if isinstance(connection, ClusterSettings) or app.partitions > 1:
+        return ThreadProducer(app.broker)
+    from hexq.adapters.redis.async_producer import AsyncRedisProducer
+
+    return AsyncRedisProducer(connection, app.prefix)  # type: ignore[arg-type]
+
+
+def build_async_sender(app: HexQ, sender: Sender) -> AsyncSending:
+    from hexq.adapters.system.offload import ThreadSender
+
+    if app.is_inline:  # sending runs the task here: all of it in a thread
+        return ThreadSender(sender)
+    return AsyncSender(sender, make_async_producer(app))
+
+
+_child_async: dict[int, tuple[Sender, AsyncSending]] = {}
+
+
+def async_sender_for(app: HexQ) -> AsyncSending:
+    """What ``adelay`` uses in this process: inside a worker child, its own sender's broker in a thread (the
+    child's connections, never the app object's); else the app's."""
+    active = _child_sender.get()
+    if active is not None and active[0] is app:
+        sender = active[1]
+        known = _child_async.get(id(sender))
+        if known is None or known[0] is not sender:
+            from hexq.adapters.system.offload import ThreadProducer
+
+            known = _child_async[id(sender)] = (sender, AsyncSender(sender, ThreadProducer(sender.broker)))
+        return known[1]
+    return app._own_async_sender()
 
 
 def build_sender(app: HexQ, broker: Broker, metrics: Metrics) -> Sender:

@@ -62,6 +62,15 @@ def main() -> None:
     body: bytes = asyncio.run(fetch("https://example.org"))
     fetch.delay("https://example.org")
     print(f"sent {len(ids)} in a batch, broadcast to {workers}; add(1, 2) = {total}; fetched {body!r}")
+    asyncio.run(from_an_event_loop())
+
+
+async def from_an_event_loop() -> None:
+    # In async def code (a FastAPI or aiohttp handler), the same calls awaited: typed as .delay() is.
+    await add.adelay(1, y=2)
+    await notify.options(eta=30).adelay(7, text="later")
+    await add.aapply(args=[1], kwargs={"y": 2}, queue=Q_HIGH)
+    # await add.adelay("1")    error: Argument 1 to "adelay" of "Task" has incompatible type "str"; expected "int"
 
 
 if __name__ == "__main__":

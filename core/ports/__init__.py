@@ -3,6 +3,7 @@ cross them. ``broker`` holds the broker's roles, ``runtime`` time, processes and
 
 from hexq.core.ports.broker import (
     Administration,
+    AsyncProducer,
     Broker,
     Canceller,
     Consumer,
@@ -28,6 +29,7 @@ from hexq.core.ports.runtime import Clock, Metrics, NoMetrics, ProcessControl, R
 
 __all__ = [
     "Administration",
+    "AsyncProducer",
     "Broker",
     "Cancelled",
     "Canceller",

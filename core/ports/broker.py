@@ -82,6 +82,21 @@ class Producer(Protocol):
         ...
 
 
+class AsyncProducer(Protocol):
+    """What ``await task.adelay()`` needs: ``Producer.enqueue`` for an event loop."""
+
+    async def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
+        """``Producer.enqueue``, awaited, with the same contract: the same atomic store (on Redis the same MULTI
+        and scripts, unique locks included), the same ids returned, the same errors. It never blocks the
+        event loop: it waits for the network without holding the loop, or runs the blocking call in a thread
+        (an adapter says which)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connections this producer opened. It may still be used afterwards (it opens new ones)."""
+        ...
+
+
 class Canceller(Protocol):
     """What ``app.cancel()``, a handle's ``.cancel()`` and ``hexq cancel`` need."""
 

@@ -125,11 +125,18 @@ class Sender:
     def send(self, calls: Sequence[Send]) -> list[str]:
         """Encode and store task runs, in order and pipelined; returns their ids (for a unique task whose
         identical task is still waiting or running, that task's id: nothing was stored for it)."""
-        now = self.clock.now()
-        outgoing = [self._outgoing(call, now) for call in calls]
+        outgoing = self.prepare(calls)
         if not outgoing:
             return []
-        used = self.broker.enqueue(outgoing)
+        return self.sent(calls, outgoing, self.broker.enqueue(outgoing))
+
+    def prepare(self, calls: Sequence[Send]) -> list[OutgoingTask]:
+        """The tasks to store for ``calls``, encoded and checked (what ``send`` does before the broker)."""
+        now = self.clock.now()
+        return [self._outgoing(call, now) for call in calls]
+
+    def sent(self, calls: Sequence[Send], outgoing: Sequence[OutgoingTask], used: list[str]) -> list[str]:
+        """After the broker stored ``outgoing`` under ``used``: counted, and ``used`` returned."""
         if not isinstance(self.metrics, NoMetrics):
             self._count(calls, outgoing, used)
         return used

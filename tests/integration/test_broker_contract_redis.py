@@ -15,11 +15,13 @@ import redis
 from redis.crc import key_slot
 from redis_server import RedisServer
 
+from hexq.adapters.redis.async_producer import AsyncRedisProducer
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
-from hexq.core.ports import OutgoingTask
+from hexq.core.ports import AsyncProducer, Broker, OutgoingTask
 from hexq.core.rules import LeaseRules
 from hexq.entrypoints.settings import Connection
+from tests.unit.async_producer_contract import AsyncProducerContract, MakePair
 from tests.unit.broker_contract import LEASE, T0, BrokerContract, MakeBroker, broker_factory, ids, take, task
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis_only]
@@ -43,6 +45,22 @@ class TestRedisBrokerContract(BrokerContract):
     @pytest.fixture
     def make_broker(self, redis_url: str, key_prefix: str) -> Iterator[MakeBroker]:
         yield from broker_factory(lambda rules: broker_for(redis_url, key_prefix, rules))
+
+
+class TestAsyncRedisProducerContract(AsyncProducerContract):
+    """``await task.adelay()``'s producer on redis.asyncio, against the real server."""
+
+    @pytest.fixture
+    def make_pair(self, redis_url: str, key_prefix: str) -> Iterator[MakePair]:
+        made: list[RedisBroker] = []
+
+        def make() -> tuple[Broker, AsyncProducer]:
+            made.append(broker_for(redis_url, key_prefix))
+            return made[-1], AsyncRedisProducer(Connection(redis_url), key_prefix)  # type: ignore[arg-type]
+
+        yield make
+        for broker in made:
+            broker.close()
 
 
 def test_lost_script_cache_is_reloaded_transparently(private_redis: PrivateRedis) -> None:

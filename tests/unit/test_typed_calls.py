@@ -32,6 +32,13 @@ reveal_type(add)
 reveal_type(fetch)
 reveal_type(notify)
 reveal_type(add(1))
+
+
+async def from_an_event_loop() -> None:
+    await add.adelay("1")
+    await notify.options(queue="default").adelay(7)
+    await add.aapply([1], queue=3)
+    reveal_type(await add.adelay(1))
 '''
 
 # Per line: what mypy's message must contain (the wording around it varies between mypy versions).
@@ -48,6 +55,10 @@ EXPECTED = {
     14: ["note: Revealed type is", "Task[[url: str], ", "Coroutine[Any, Any, bytes]]"],
     15: ["note: Revealed type is", "Task[[user_id: int, *, text: str, urgent: bool =], None]"],
     16: ['note: Revealed type is "int"'],
+    20: ['error: Argument 1 to "adelay" of "Task" has incompatible type "str"; expected "int"'],
+    21: ['error: Missing named argument "text" for "adelay" of "TaskWithOptions"'],
+    22: ['error: Argument "queue" to "aapply" of "Task" has incompatible type "int"; expected "str | None"'],
+    23: ['note: Revealed type is "str"'],
 }
 
 

@@ -1,0 +1,197 @@
+"""``AsyncProducer`` on ``redis.asyncio``: the enqueue of ``RedisBroker``, awaited, for one server or a primary
+found through Sentinel (one partition).
+
+The same store as ``.delay()``: a single runnable task that is not unique is one MULTI (HSET payload, RPUSH
+id, LMOVE of the queue's armed wake token), anything else the ``enqueue`` script (unique locks included), a
+MULTI that failed goes through the ``push`` script, and ``wait_replicas`` sends WAIT in the same round trip.
+The scripts are the very ones the broker sends (``scripts.source``), by EVALSHA, loaded again after NOSCRIPT.
+
+``redis.asyncio`` connections belong to the event loop that opened them, so this producer keeps one client
+per running loop (an application may run several loops one after another: ``asyncio.run`` in tests, a thread
+with its own loop), dropped with its loop.
+
+Partitions over several hash tags and Redis Cluster URLs are not served here: their connections are pinned to
+a slot's node by ``cluster.py``, which redis.asyncio has no hook for; ``bootstrap.make_async_producer`` gives
+those apps the thread-offloaded producer (``adapters/system/offload.py``) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio
+import redis.exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+
+from hexq.adapters.redis.client import HEALTH_CHECK_INTERVAL, SENTINEL_TIMEOUT
+from hexq.adapters.redis.codec import chunks, packed, used_ids
+from hexq.adapters.redis.errors import NotReplicatedError, translated
+from hexq.adapters.redis.keys import Keys
+from hexq.adapters.redis.scripts import source
+from hexq.adapters.redis.sentinel_settings import SentinelSettings
+
+if TYPE_CHECKING:
+    from hexq.adapters.redis.settings import RedisSettings
+    from hexq.core.ports import OutgoingTask
+
+Client = Any  # redis.asyncio.Redis: its stubs make every reply possibly awaitable, which helps nothing here
+# Enqueues in flight at once per event loop, each on a connection of its own: more coroutines wait their turn
+# (redis-py's pool refuses a connection past its cap, 100 by default in redis-py 8, instead of waiting for one).
+MAX_IN_FLIGHT = 50
+
+
+def _sha(name: str) -> str:
+    return hashlib.sha1(source(name).encode()).hexdigest()
+
+
+class AsyncRedisProducer:
+    def __init__(self, settings: RedisSettings | SentinelSettings, prefix: str, *,
+                 new_client: Callable[[], Client] | None = None) -> None:
+        """``new_client`` builds the client of each loop (tests pass a fake); by default, from ``settings``."""
+        self._settings = settings
+        self._make_client = new_client or self._new_client
+        self._keys = Keys(prefix)
+        self._tasks_key = self._keys.tasks
+        self._where = settings.redacted
+        self._translator = translated(self._where)
+        self._wait_replicas = settings.wait_replicas
+        self._wait_timeout_ms = settings.wait_timeout_ms
+        self._shas = {name: _sha(name) for name in ("enqueue", "push")}
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Client, asyncio.Semaphore]] = (
+            weakref.WeakKeyDictionary())
+
+    # -- connections ---------------------------------------------------------------------------------
+    def _client(self) -> tuple[Client, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        found = self._clients.get(loop)
+        if found is None:
+            found = self._clients[loop] = (self._make_client(), asyncio.Semaphore(MAX_IN_FLIGHT))
+        return found
+
+    def _new_client(self) -> Client:
+        settings = self._settings
+        options: dict[str, Any] = {
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.socket_connect_timeout,
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+            "decode_responses": True,
+            # As the sync clients: one quick retry replaces a pooled connection that died with a restarted
+            # server; timeouts are not retried (the command may have run).
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(rx.ConnectionError,)),
+        }
+        if isinstance(settings, SentinelSettings):
+            target = settings.target
+            tls: dict[str, Any] = {}
+            if target.tls:
+                tls = {"ssl": True, "ssl_ca_certs": settings.ssl_ca_certs, "ssl_certfile": settings.ssl_certfile,
+                       "ssl_keyfile": settings.ssl_keyfile}
+            sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={
+                "socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
+                "decode_responses": True, "username": target.sentinel_username,
+                "password": target.sentinel_password, **tls})
+            return sentinel.master_for(target.service, db=target.db, username=target.username,
+                                       password=target.password, **options, **tls)
+        if settings.scheme == "rediss":
+            options.update(ssl_ca_certs=settings.ssl_ca_certs, ssl_certfile=settings.ssl_certfile,
+                           ssl_keyfile=settings.ssl_keyfile)
+        return redis.asyncio.Redis.from_url(settings.client_url, **options)
+
+    async def aclose(self) -> None:
+        """Close the client of the running loop (those of other loops go with their loops)."""
+        found = self._clients.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].aclose()
+
+    # -- enqueue -------------------------------------------------------------------------------------
+    async def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
+        if not tasks:
+            return []
+        client, in_flight = self._client()
+        async with in_flight:
+            return await self._enqueue(client, tasks)
+
+    async def _enqueue(self, client: Client, tasks: Sequence[OutgoingTask]) -> list[str]:
+        one = tasks[0] if len(tasks) == 1 and tasks[0].eta_ms is None and tasks[0].unique is None else None
+        with self._translator:
+            if self._wait_replicas and not all(task.queue.startswith("@") for task in tasks):
+                return await self._durably(client, tasks)
+            if one is not None:
+                if await self._pushed(client, one):
+                    return [one.id]
+                await self._script(client, "push", [one.id, one.queue, one.payload])
+                return [one.id]
+            batches = [[packed(tasks[0])]] if len(tasks) == 1 else list(chunks(tasks))
+            if len(batches) == 1:
+                return used_ids(tasks, batches, [await self._script(client, "enqueue", batches[0])])
+            replies, _ = await self._batches(client, batches, wait=False)
+            return used_ids(tasks, batches, replies)
+
+    async def _pushed(self, client: Client, task: OutgoingTask) -> bool:
+        """The MULTI of ``RedisBroker._pushed``; False on anything but a clean reply, and the caller sends the
+        push script (which may store the task twice if this reply was lost: at-least-once allows it)."""
+        keys = self._keys
+        try:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self._tasks_key, task.id, task.payload)
+            pipe.rpush(keys.queue(task.queue), task.id)
+            pipe.lmove(keys.armed(task.queue), keys.wake_list(task.queue), "LEFT", "RIGHT")
+            replies = await pipe.execute(raise_on_error=False)
+        except (rx.ConnectionError, rx.TimeoutError, rx.ResponseError, OSError):
+            return False
+        return not any(isinstance(reply, Exception) for reply in replies)
+
+    async def _script(self, client: Client, name: str, args: Sequence[str]) -> Any:
+        try:
+            return await client.evalsha(self._shas[name], 1, self._tasks_key, *args)
+        except rx.NoScriptError:
+            await client.script_load(source(name))
+            return await client.evalsha(self._shas[name], 1, self._tasks_key, *args)
+
+    async def _batches(self, client: Client, batches: Sequence[Sequence[str]], wait: bool) -> tuple[list[Any], int]:
+        """Every batch by the ``enqueue`` script, pipelined (and WAIT after them when ``wait``, on the same
+        connection); returns each batch's reply and how many replicas acknowledged. A batch refused with
+        NOSCRIPT stored nothing: the script is loaded and those batches sent again (with a WAIT of their own)."""
+        sha = self._shas["enqueue"]
+        pending = list(range(len(batches)))
+        replies: list[Any] = [None] * len(batches)
+        acknowledged = self._wait_replicas
+        for attempt in (1, 2, 3):
+            pipe = client.pipeline(transaction=False)
+            for index in pending:
+                pipe.evalsha(sha, 1, self._tasks_key, *batches[index])
+            if wait:
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            results = await pipe.execute(raise_on_error=False)
+            stored = results[:len(pending)]
+            refused = [index for index, reply in zip(pending, stored, strict=True)
+                       if isinstance(reply, rx.NoScriptError)]
+            for index, reply in zip(pending, stored, strict=True):
+                if isinstance(reply, Exception) and not isinstance(reply, rx.NoScriptError):
+                    raise reply
+                replies[index] = reply
+            if wait:
+                if isinstance(results[-1], Exception):
+                    raise results[-1]
+                if len(refused) < len(pending):  # some batch was stored by this round: its WAIT counts
+                    acknowledged = min(acknowledged, int(results[-1]))
+            if not refused:
+                return replies, acknowledged
+            if attempt < 3:
+                await client.script_load(source("enqueue"))
+                pending = refused
+        raise rx.NoScriptError("the enqueue script could not be loaded")
+
+    async def _durably(self, client: Client, tasks: Sequence[OutgoingTask]) -> list[str]:
+        """``wait_replicas``: the enqueue script and WAIT in one round trip on one connection (``durable.py``)."""
+        batches = list(chunks(tasks))
+        replies, acknowledged = await self._batches(client, batches, wait=True)
+        used = used_ids(tasks, batches, replies)
+        if acknowledged < self._wait_replicas:
+            raise NotReplicatedError(used, self._wait_replicas, acknowledged, self._wait_timeout_ms, self._where)
+        return used
