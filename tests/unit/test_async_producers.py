@@ -26,7 +26,8 @@ from hexq.entrypoints.settings import Connection
 
 
 def closing(pairs: list[tuple[Broker, AsyncProducer]]) -> None:
-    for broker, _ in pairs:
+    for broker, producer in pairs:
+        asyncio.run(producer.aclose())  # its threads, if any, end with it
         broker.close()
 
 
@@ -92,6 +93,7 @@ def test_adelay_aapply_and_options_adelay_store_what_delay_would(tmp_path: Path)
                 await add.options(queue="high", eta=60).adelay(5), await add.adelay(6, queue="high")]
 
     sent = asyncio.run(send())
+    asyncio.run(app.aclose())
     got = app.broker.reserve("c1", ["high", "default"], 10, T0, LEASE).deliveries
     assert [d.id for d in got] == [sent[1], sent[3]]
     assert [app.codec.decode(d.payload).args for d in got if d.payload] == [(3,), (6,)]
@@ -107,6 +109,7 @@ def test_adelay_checks_the_call_before_anything_is_sent() -> None:
 
     with pytest.raises(TaskArgumentsError, match=r"job\(\) takes 1 positional argument but 2 were given"):
         asyncio.run(job.adelay(1, 2))  # type: ignore[call-arg]
+    asyncio.run(app.aclose())
     assert broker.queue_stats(["low"])[0].pending == 0
 
 
@@ -122,6 +125,7 @@ def test_unique_tasks_by_adelay_get_the_waiting_tasks_id() -> None:
     sent = asyncio.run(send())
     assert len(set(sent[:10])) == 1 and sent[10] != sent[0]
     assert asyncio.run(job.adelay(1)) == sent[0] == job.delay(1)
+    asyncio.run(app.aclose())
 
 
 def test_in_process_mode_runs_the_task_from_adelay_without_blocking_the_loop() -> None:
