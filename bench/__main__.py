@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import cluster, report
+from bench import async_enqueue, cluster, report
 from bench.harness import WORKLOADS, Config, Harness
 from bench.procs import REPO, kill_all
 from bench.proxy import Proxy
@@ -42,7 +42,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", default="",
                         help=f"comma-separated workloads to run (default all): {','.join(WORKLOADS)}; "
                              "e.g. --workloads priority; opt-in, never run by default: "
-                             f"{','.join(cluster.NAMES)} (hexq on a local Redis Cluster, bench/cluster.py)")
+                             f"{','.join(cluster.NAMES)} (hexq on a local Redis Cluster, bench/cluster.py), "
+                             f"{','.join(async_enqueue.NAMES)} (await .adelay() from 100 coroutines against "
+                             ".delay() from 100 threads, bench/async_enqueue.py)")
     parser.add_argument("--cluster-replicas", type=int, default=1,
                         help="replicas per primary of the cluster workloads' 3-primary cluster (default 1)")
     parser.add_argument("--baseline", metavar="REV", default="",
@@ -57,9 +59,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.n, args.repeat = 200, 1
     chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
     args.cluster_workloads = [w for w in chosen if w in cluster.NAMES]
-    if any(w not in WORKLOADS + cluster.NAMES for w in chosen):
-        parser.error(f"unknown workload(s) {', '.join(w for w in chosen if w not in WORKLOADS + cluster.NAMES)}; "
-                     f"choose from {', '.join(WORKLOADS + cluster.NAMES)}")
+    args.async_workloads = [w for w in chosen if w in async_enqueue.NAMES]
+    known = WORKLOADS + cluster.NAMES + async_enqueue.NAMES
+    if any(w not in known for w in chosen):
+        parser.error(f"unknown workload(s) {', '.join(w for w in chosen if w not in known)}; "
+                     f"choose from {', '.join(known)}")
     args.workload_names = tuple(w for w in WORKLOADS if w in chosen) if chosen else WORKLOADS
     if args.markdown is None:  # only a full run replaces RESULTS.md
         if args.quick:
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args) if args.workload_names else None
         clustered = cluster.run(args, args.cluster_workloads) \
             if args.cluster_workloads and "hexq" in args.names else None
+        asynchronous = async_enqueue.run(args) if args.async_workloads and "hexq" in args.names else None
     except KeyboardInterrupt:
         log("interrupted: every worker, client, proxy and redis-server process was stopped")
         return 130
@@ -216,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
         args.markdown.write_text(report.markdown_document(results))
         log(f"wrote {args.json} and {args.markdown} in {results['seconds']:.0f} s")
+    if asynchronous is not None:
+        async_enqueue.report(asynchronous, args.quick)
     if clustered is not None:
         cluster.report(clustered, args.quick)
     elif args.cluster_workloads:
