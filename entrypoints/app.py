@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -352,6 +353,11 @@ class HexQ(OptionViews):
         """Cancel one task by id and say what it was (``Cancelled``): removed before it ran, being stopped by
         its worker, already finished, or unknown (the last two change nothing)."""
         return self.broker.cancel(task_id, self.queues.names)
+
+    async def acancel(self, task_id: str) -> Cancelled:
+        """``cancel()`` for ``async def`` code: the broker's cancel (an operator's action, not a hot path) runs in
+        a thread, so the event loop is never blocked."""
+        return await asyncio.to_thread(self.cancel, task_id)
 
     def run_pending(self) -> int:
         """In-process mode: run every task that is due now (including eta tasks whose time has come)."""

@@ -21,7 +21,7 @@ from hexq.adapters.redis.async_producer import AsyncRedisProducer
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.sqlite import SqliteBroker, SqliteSettings
 from hexq.adapters.system.offload import ThreadProducer
-from hexq.core.ports import AsyncProducer, Broker
+from hexq.core.ports import AsyncProducer, Broker, Cancelled
 from hexq.entrypoints.settings import Connection
 
 
@@ -148,3 +148,17 @@ def test_in_process_mode_runs_the_task_from_adelay_without_blocking_the_loop() -
 
     asyncio.run(send())
     assert ran == [1, ("async", 2)]
+
+
+def test_acancel_removes_a_waiting_task_from_an_event_loop() -> None:
+    app, broker, _ = make_app()
+
+    @app.task
+    def job() -> None: ...
+
+    async def send_then_cancel() -> tuple[Cancelled, Cancelled]:
+        task_id = await job.options(eta=60).adelay()
+        return await app.acancel(task_id), await app.acancel(task_id)
+
+    assert asyncio.run(send_then_cancel()) == (Cancelled.REMOVED, Cancelled.UNKNOWN)
+    assert broker.queue_stats(["low"])[0].eta == 0
