@@ -82,6 +82,11 @@ class SoftTimeout(HexqError):
     """Raised inside a task that ran past its soft timeout."""
 
 
+class TaskCancelled(HexqError):
+    """Raised inside a running sync task whose cancellation was requested (``app.cancel()``, ``hexq cancel``).
+    Let it propagate: a task that swallows it is killed, with its worker child, after ``cancel_grace``."""
+
+
 class DeadlineError(HexqError, ValueError):
     """A task's deadline (``expires``) leaves it no time to start: already past when sent, or before its eta.
     Raised at ``.delay()`` before anything is stored."""

@@ -210,6 +210,7 @@ class HexQ(OptionViews):
         max_tasks_per_worker: int | None = None,
         lease_timeout: float | int | timedelta = 10.0,
         shutdown_timeout: float | int | timedelta = 30.0,
+        cancel_grace: float | int | timedelta = 5.0,
         signing_key: str | bytes | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         worker_log_file: str | None = None,
@@ -229,7 +230,7 @@ class HexQ(OptionViews):
         self.worker_options = WorkerOptions(
             concurrency=concurrency, async_concurrency=async_concurrency, exclude_queues=exclude_queues,
             max_mem_percent=max_mem_percent, max_tasks_per_worker=max_tasks_per_worker,
-            lease_timeout=lease_timeout, shutdown_timeout=shutdown_timeout)
+            lease_timeout=lease_timeout, shutdown_timeout=shutdown_timeout, cancel_grace=cancel_grace)
         self.queues.select(None, self.worker_options.exclude_queues)  # unknown names fail here, not in a worker
         self.prefix = check_prefix(prefix)
         self.connection: BrokerConnection = build_connection(

@@ -59,6 +59,14 @@ def _shutdown(value: Seconds | None) -> float:
     return to_seconds(value, "shutdown_timeout") or 0.0
 
 
+def _cancel_grace(value: Seconds) -> float:
+    seconds = to_seconds(value, "cancel_grace")
+    if seconds is None:
+        raise ConfigError("cancel_grace must be seconds (int/float) or a timedelta, got None: 0 kills a cancelled "
+                          "task's child as soon as it is seen still running")
+    return seconds
+
+
 @attrs.frozen(kw_only=True)
 class WorkerOptions:
     """How a worker runs: processes, async slots per process, queues left out, recycling, lease and shutdown."""
@@ -70,6 +78,8 @@ class WorkerOptions:
     max_tasks_per_worker: int | None = attrs.field(validator=whole(1, optional=True))
     lease_timeout: float = attrs.field(converter=_lease)
     shutdown_timeout: float = attrs.field(converter=_shutdown)
+    # How long a running task may go on after its cancellation reached it before its child is killed.
+    cancel_grace: float = attrs.field(converter=_cancel_grace, default=5.0)
 
 
 def _signing_key(value: str | bytes | None) -> bytes | None:
@@ -205,6 +215,10 @@ class OptionViews:
     @property
     def shutdown_timeout(self) -> float:
         return self.worker_options.shutdown_timeout
+
+    @property
+    def cancel_grace(self) -> float:
+        return self.worker_options.cancel_grace
 
     @property
     def worker_log_file(self) -> str | None:

@@ -38,6 +38,7 @@ from hexq.core.services.parent_events import (
     CheckMemory,
     Finish,
     Kill,
+    RequestCancel,
     Settle,
     Spawn,
     Terminate,
@@ -119,6 +120,9 @@ class ParentDriver:
                 self._processes.terminate(action.pid)
             elif isinstance(action, Kill):
                 self._processes.kill(action.pid)
+            elif isinstance(action, RequestCancel):
+                self._board.request_cancel(action.index, action.task_ids)
+                self._processes.interrupt(action.pid)
             elif isinstance(action, CheckMemory):
                 self._perform(self._check_memory())
             else:
@@ -182,7 +186,10 @@ class ParentDriver:
             log.warning("put %d task(s) of %s back in their queues", count, action.consumer)
 
     def _beat(self, action: Beat) -> None:
-        self._broker.renew_leases(list(action.consumers), action.lease_until_ms)
+        requests = self._broker.renew_leases(list(action.consumers), action.lease_until_ms)
+        with self._lock:
+            told = self.machine.cancel_requested(requests, self._clock.monotonic())
+        self._perform(told)
         self._broker.heartbeat(self.machine.config.worker_id, action.info, action.now_ms)
         if action.report_depths and self._served:
             stats = self._broker.queue_stats(self._served)

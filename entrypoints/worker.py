@@ -21,6 +21,7 @@ import attrs
 
 from hexq.adapters.posix.alarm import SignalAlarm
 from hexq.adapters.posix.board import ChildReporter, SharedBoard
+from hexq.adapters.posix.interrupts import SignalledCancellation
 from hexq.adapters.posix.processes import PosixProcessControl
 from hexq.adapters.redis.errors import NotAClusterError
 from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
@@ -106,7 +107,7 @@ def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixPro
         worker_id=plan.worker_id, concurrency=plan.concurrency, lease_ms=int(app.lease_timeout * 1000),
         max_mem_percent=app.max_mem_percent, shutdown_timeout=app.shutdown_timeout,
         heartbeat_interval=min(1.0, app.lease_timeout / 4), info=info,
-        report_depths=not isinstance(metrics, NoMetrics),
+        report_depths=not isinstance(metrics, NoMetrics), cancel_grace=app.cancel_grace,
     )
     machine = WorkerParent(config)
     # One runner records every hard timeout, each on behalf of the dead child's consumer.
@@ -157,7 +158,7 @@ def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics,
     bootstrap.enter_child(app, bootstrap.build_sender(app, broker, metrics))
     runner = TaskRunner(app.registry, app.codec, broker, app.clock, consumer, bootstrap.process_random(),
                         alarm=SignalAlarm(), reporter=ChildReporter(board, index), metrics=metrics,
-                        log_tasks=plan.log_tasks)
+                        log_tasks=plan.log_tasks, cancels=SignalledCancellation(board, index))
     config = ChildConfig(consumer=consumer, queues=plan.child_queues, slots=plan.slots,
                          lease_ms=int(app.lease_timeout * 1000), max_tasks=app.max_tasks_per_worker,
                          rates=app.registry.rate_limits(plan.served, signed=app.codec.signing_key is not None))

@@ -12,6 +12,7 @@ from hexq.core.errors import (
     MalformedPayloadError,
     SerializationError,
     SoftTimeout,
+    TaskCancelled,
     UnknownQueueError,
     UnknownTaskError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "SoftTimeout",
     "Task",
     "TaskArgumentsError",
+    "TaskCancelled",
     "UniqueKeyError",
     "UnknownQueueError",
     "UnknownTaskError",

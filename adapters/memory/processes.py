@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 from hexq.core.ports import ChildExit
@@ -12,6 +14,7 @@ class MemoryBoard:
     """The RunningBoard kept in a dict: enough when parent and children share one process."""
 
     slots: dict[tuple[int, int], tuple[str, float]] = attrs.field(factory=dict)
+    cancels: dict[int, frozenset[str]] = attrs.field(factory=dict)
 
     def started(self, child: int, slot: int, task_id: str, hard_deadline: float) -> None:
         self.slots[(child, slot)] = (task_id, hard_deadline)
@@ -25,6 +28,13 @@ class MemoryBoard:
     def reset(self, child: int) -> None:
         for key in [k for k in self.slots if k[0] == child]:
             del self.slots[key]
+        self.cancels.pop(child, None)
+
+    def request_cancel(self, child: int, task_ids: Sequence[str]) -> None:
+        self.cancels[child] = frozenset(task_ids)
+
+    def cancel_requests(self, child: int) -> frozenset[str]:
+        return self.cancels.get(child, frozenset())
 
 
 @attrs.define
@@ -36,6 +46,7 @@ class FakeProcessControl:
     alive: set[int] = attrs.field(factory=set)
     terminated: list[int] = attrs.field(factory=list)
     killed: list[int] = attrs.field(factory=list)
+    interrupted: list[int] = attrs.field(factory=list)
     exits: list[ChildExit] = attrs.field(factory=list)
     memory: float = 10.0
     rss_by_pid: dict[int, int] = attrs.field(factory=dict)
@@ -58,6 +69,9 @@ class FakeProcessControl:
     def kill(self, pid: int) -> None:
         self.killed.append(pid)
         self.exit(pid, None, 9)
+
+    def interrupt(self, pid: int) -> None:
+        self.interrupted.append(pid)
 
     def reap(self) -> list[ChildExit]:
         exits, self.exits = self.exits, []

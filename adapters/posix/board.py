@@ -13,6 +13,9 @@ parent just when it needs the board, reaping a child killed in the middle of a w
 
 A record holds a whole task id or nothing: an id that does not fit is refused with ValueError, never cut,
 because the parent looks tasks up by their exact id.
+
+The board also carries what the parent asks each child to cancel (``cancel_box.py``: written by the parent,
+read by the child when interrupted).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import logging
 import mmap
 import struct
 import zlib
+from collections.abc import Sequence
 
 import attrs
 
+from hexq.adapters.posix.cancel_box import CancelBox
 from hexq.core.message import MAX_TASK_ID_BYTES
 
 log = logging.getLogger("hexq.worker")
@@ -108,6 +113,7 @@ class SharedBoard:
         # The reader's (the parent's) last consistent view of each record, returned when a record stays torn
         # through every attempt. Children inherit a copy they never use.
         self._last: list[_Entry | None] = [None] * (children * slots)
+        self._cancels = CancelBox(children)
 
     def _index(self, child: int, slot: int) -> int:
         if not (0 <= child < self.children and 0 <= slot < self.slots):
@@ -174,6 +180,15 @@ class SharedBoard:
             offset = index * _RECORD_SIZE
             self._memory[offset:offset + _RECORD_SIZE] = bytes(_RECORD_SIZE)
             self._last[index] = None
+        self._cancels.reset(child)
+
+    def request_cancel(self, child: int, task_ids: Sequence[str]) -> None:
+        """Parent: the child's tasks whose cancellation is requested (the child reads them when interrupted)."""
+        self._cancels.write(child, task_ids)
+
+    def cancel_requests(self, child: int) -> frozenset[str]:
+        """Child: the ids its parent last asked it to cancel."""
+        return self._cancels.read(child)
 
 
 class ChildReporter:

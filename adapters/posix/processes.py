@@ -9,6 +9,7 @@ from collections.abc import Callable
 import psutil
 
 from hexq.adapters.posix.forkserver import ChildMain, ForkServer
+from hexq.adapters.posix.interrupts import CANCEL_SIGNAL
 from hexq.core.ports import ChildExit
 
 
@@ -34,6 +35,9 @@ class PosixProcessControl:
 
     def kill(self, pid: int) -> None:
         self._send(pid, signal.SIGKILL)
+
+    def interrupt(self, pid: int) -> None:
+        self._send(pid, CANCEL_SIGNAL)
 
     def reap(self) -> list[ChildExit]:
         exits = self._server.exits()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from hexq.core.ports.records import ChildExit
@@ -40,6 +41,15 @@ class RunningBoard(Protocol):
 
     def reset(self, child: int) -> None: ...
 
+    def request_cancel(self, child: int, task_ids: Sequence[str]) -> None:
+        """The parent's side, the other way round: the ids of the child's tasks whose cancellation is requested
+        (replacing the previous list). Written by the parent only, read by the child when it is interrupted."""
+        ...
+
+    def cancel_requests(self, child: int) -> frozenset[str]:
+        """The child's side: the ids its parent last asked it to cancel."""
+        ...
+
 
 class ProcessControl(Protocol):
     """Starting, signalling and watching worker children, and reading memory use.
@@ -58,6 +68,10 @@ class ProcessControl(Protocol):
 
     def kill(self, pid: int) -> None:
         """Stop a child at once (SIGKILL); it gets no chance to clean up."""
+        ...
+
+    def interrupt(self, pid: int) -> None:
+        """Tell a child to read its cancellation requests from the board now (SIGUSR1)."""
         ...
 
     def reap(self) -> list[ChildExit]:

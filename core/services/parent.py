@@ -1,13 +1,13 @@
 """The worker parent as a state machine that performs no I/O, in the way h11 is.
 
 Facts go in: the start, a tick with the time and what the running board shows, a child's exit, memory
-readings, the result of each broker action, a stop request. Actions come out (``parent_events``): spawn,
-terminate or kill a child, check memory, settle a dead child's tasks, beat (renew leases and heartbeat),
-finish. Broadcasts need nothing from the parent beyond its heartbeat: the broker stores a copy in the
-worker's private queue for every worker whose heartbeat is fresh (``Producer.broadcast``), and the children
-serve that queue first. The driver (``hexq.entrypoints.parent_driver``) owns the threads, the lock, sleeping,
-forking and every broker call; this class never waits and never calls a port, so its tests feed facts and
-assert actions.
+readings, the result of each broker action, the cancellation requests a beat found, a stop request. Actions
+come out (``parent_events``): spawn, terminate, kill or interrupt a child (to tell it of cancellations),
+check memory, settle a dead child's tasks, beat (renew leases and heartbeat), finish. Broadcasts need
+nothing from the parent beyond its heartbeat: the broker stores a copy in the worker's private queue for every
+worker whose heartbeat is fresh (``Producer.broadcast``), and the children serve that queue first. The
+driver (``hexq.entrypoints.parent_driver``) owns the threads, the lock, sleeping, forking and every broker
+call; this class never waits and never calls a port, so its tests feed facts and assert actions.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hexq.core.services.parent_events import (
     Child,
     Finish,
     Kill,
+    RequestCancel,
     Settle,
     Spawn,
     Terminate,
@@ -55,6 +56,8 @@ class ParentConfig:
     heartbeat_interval: float = 1.0
     info: Mapping[str, Any] = attrs.field(factory=dict)  # host, pid, queues...; each beat adds the children
     report_depths: bool = False
+    # How long a cancelled task may go on running once its child was told, before the child is killed.
+    cancel_grace: float = 5.0
 
 
 @attrs.define
@@ -84,7 +87,7 @@ class WorkerParent:
         self.children[index] = Child(index, consumer, pid, started_at=now)
 
     def tick(self, now: float, wall_ms: int, board: Mapping[int, BoardRow]) -> list[Action]:
-        actions: list[Action] = self._hard_timeouts(now, board)
+        actions: list[Action] = self._hard_timeouts(now, board) + self._cancel_overruns(now, board)
         if not self.stopping:
             actions += [self._spawn(index) for index in self.respawns.due(now)]
         actions += self._due_settles(now)
@@ -112,6 +115,19 @@ class WorkerParent:
         actions: list[Action] = [self._settle(Settle(child.consumer, tuple(t for t in running if t != hard), hard))]
         if not self.stopping and self.respawns.exited(child.index, exit_, now - child.started_at, now):
             actions.append(self._spawn(child.index))
+        return actions
+
+    def cancel_requested(self, requests: Mapping[str, str], now: float) -> list[Action]:
+        """A beat found these cancellation requests (task id -> the consumer that owns it) for the children's
+        tasks. Each child holding some is told (again at every beat while they last: a request that reached
+        it a moment too early or too late is heard the next time); one that no longer holds any is
+        forgotten."""
+        actions: list[Action] = []
+        for child in self.children.values():
+            wanted = sorted(task_id for task_id, consumer in requests.items() if consumer == child.consumer)
+            child.cancelling = {task_id: child.cancelling.get(task_id) for task_id in wanted}
+            if wanted and child.cancel_killed_for is None and child.hard_killed_for is None:
+                actions.append(RequestCancel(child.index, child.pid, tuple(wanted)))
         return actions
 
     def memory(self, percent: float, rss_by_pid: Mapping[int, int], now: float) -> list[Action]:
@@ -162,6 +178,28 @@ class WorkerParent:
                     log.error("task %s ran past its hard timeout: killing child %d (pid %d)", task_id, child.index,
                               child.pid)
                     child.hard_killed_for = task_id
+                    actions.append(Kill(child.pid))
+                    break
+        return actions
+
+    def _cancel_overruns(self, now: float, board: Mapping[int, BoardRow]) -> list[Action]:
+        """A cancelled task still running ``cancel_grace`` after it was first seen running since the request
+        (it swallowed TaskCancelled, or blocks the signal) is stopped the hard way: its child is killed. The
+        task, marked cancelled, is then discarded by the settlement, not put back."""
+        actions: list[Action] = []
+        for child in self.children.values():
+            if not child.cancelling or child.cancel_killed_for is not None or child.hard_killed_for is not None:
+                continue
+            running = {task_id for task_id, _ in board.get(child.index, ())}
+            for task_id, since in child.cancelling.items():
+                if task_id not in running:
+                    continue
+                if since is None:
+                    child.cancelling[task_id] = since = now
+                if now - since >= self.config.cancel_grace:
+                    log.error("task %s still runs %.1fs after its cancellation was requested: killing child %d "
+                              "(pid %d)", task_id, now - since, child.index, child.pid)
+                    child.cancel_killed_for = task_id
                     actions.append(Kill(child.pid))
                     break
         return actions
@@ -230,6 +268,9 @@ class WorkerParent:
     def _log_exit(self, child: Child, exit_: ChildExit, running: list[str]) -> None:
         if exit_.code == 0 and not running:
             log.info("child %d (pid %d) exited", child.index, child.pid)
+        elif child.cancel_killed_for is not None:
+            log.warning("child %d (pid %d) killed: its cancelled task %s did not stop; the task is dropped, its "
+                        "other tasks go back to their queues", child.index, child.pid, child.cancel_killed_for)
         elif child.hard_killed_for is None:
             how = f"signal {exit_.signal}" if exit_.signal else f"exit code {exit_.code}"
             log.warning("child %d (pid %d) died (%s) while running %s", child.index, child.pid, how,

@@ -32,6 +32,16 @@ class Kill:
 
 
 @attrs.frozen
+class RequestCancel:
+    """Write on the board the child's tasks whose cancellation is requested, then interrupt the child (SIGUSR1)
+    so that it reads them."""
+
+    index: int
+    pid: int
+    task_ids: tuple[str, ...]
+
+
+@attrs.frozen
 class CheckMemory:
     """Read the machine's memory use and the children's RSS (report with ``WorkerParent.memory``)."""
 
@@ -64,7 +74,7 @@ class Finish:
     still waiting there, in one step: see ``Supervision.forget_worker``)."""
 
 
-ProcessAction = Spawn | Terminate | Kill | CheckMemory
+ProcessAction = Spawn | Terminate | Kill | RequestCancel | CheckMemory
 BrokerAction = Settle | Beat | Finish
 Action = ProcessAction | BrokerAction
 
@@ -78,3 +88,6 @@ class Child:
     terminating_since: float | None = None
     hard_killed_for: str | None = None  # the task it was SIGKILLed for running past its hard timeout
     killed_at_stop: bool = False  # SIGKILLed because it outlived the shutdown timeout
+    # Its tasks whose cancellation is requested -> when the parent first saw each running since (None: not yet).
+    cancelling: dict[str, float | None] = attrs.field(factory=dict)
+    cancel_killed_for: str | None = None  # SIGKILLed: this cancelled task was still running after the grace

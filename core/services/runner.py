@@ -6,11 +6,11 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
-from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, UnknownTaskError
+from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, TaskCancelled, UnknownTaskError
 from hexq.core.message import MAX_TASK_ID_BYTES, Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
 from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutgoingTask, Unrun
@@ -18,14 +18,16 @@ from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 from hexq.core.services.cancellation import OwnCancellation, run_task_body
 from hexq.core.services.invoke import call_hooks, call_task
 from hexq.core.services.soft_timeout import NoAlarm, SoftAlarm, run_async, run_sync
-from hexq.core.services.task_log import log_failed, log_succeeded
+from hexq.core.services.stopping import CancelRequests, NoCancelRequests, Stopper
+from hexq.core.services.task_log import log_cancelled, log_failed, log_succeeded
 
 __all__ = ["NoAlarm", "NoReporter", "RunReporter", "SoftAlarm", "TaskRunner"]
 
 log = logging.getLogger("hexq.worker")
 
-# How a run failed, and with what (None when seen from outside the run, as a hard timeout is).
-Failure = tuple[FailureKind, BaseException | None]
+# How a run failed, and with what (None when seen from outside the run, as a hard timeout is); or that it was
+# stopped because its cancellation was requested.
+Failure = tuple[FailureKind | Literal["cancelled"], BaseException | None]
 
 
 class RunReporter(Protocol):
@@ -55,6 +57,7 @@ class TaskRunner:
     alarm: SoftAlarm = attrs.field(factory=NoAlarm)
     reporter: RunReporter = attrs.field(factory=NoReporter)
     metrics: Metrics = attrs.field(factory=NoMetrics)
+    cancels: CancelRequests = attrs.field(factory=NoCancelRequests)
     defer_acks: bool = True
     # One INFO line per task that succeeds (``HexQ(log_tasks=...)``); failures are logged either way.
     log_tasks: bool = True
@@ -91,9 +94,18 @@ class TaskRunner:
             self._reject(delivery, too_long)
             return None
         prepared = self._decode(delivery, delivery.payload)
-        if prepared is None or self._expired(delivery, prepared[0]) or not self._may_run_again(delivery, prepared[0]):
+        if (prepared is None or self._expired(delivery, prepared[0]) or self._cancelled(delivery, prepared[0])
+                or not self._may_run_again(delivery, prepared[0])):
             return None
         return prepared
+
+    def _cancelled(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """A task reserved and not started whose cancellation was requested meanwhile is never started."""
+        if not self.cancels.requested(delivery.id):
+            return False
+        log_cancelled(message, message.retries + delivery.crashes + 1, None)
+        self._discard(delivery.id, message.queue, "cancelled")
+        return True
 
     def _expired(self, delivery: Delivery, message: TaskMessage) -> bool:
         """A task not started by its deadline never starts: it is dropped and counted, not run."""
@@ -176,17 +188,28 @@ class TaskRunner:
                        started: float) -> Failure | None:
         self._report_started(slot, delivery.id, limits, started)
         self.metrics.started(message.name, message.queue)
+        stopper = Stopper(asyncio.current_task()) if task.is_async else None
+        if stopper is not None:
+            self.cancels.running(delivery.id, stopper.stop)
         try:
             await run_task_body(self._body(task, message, limits))
         except SoftTimeout as exc:
             return "soft_timeout", exc
+        except TaskCancelled as exc:
+            return "cancelled", exc
         except OwnCancellation as own:
             return "exception", own.original
         except asyncio.CancelledError:
+            if stopper is not None and stopper.stopped:
+                stopper.absorb()
+                return "cancelled", None
             raise  # the asyncio task running this is being cancelled: the run has no outcome
         except BaseException as exc:
             return "exception", exc
         finally:
+            if stopper is not None:
+                stopper.active = False
+                self.cancels.finished(delivery.id)
             self.reporter.finished(slot)
         return None
 
@@ -202,7 +225,15 @@ class TaskRunner:
         if task.is_async:
             await run_async(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout)
         else:
-            await run_sync(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout, self.alarm)
+            await run_sync(lambda: self._call_sync(task, message), limits.soft_timeout, self.alarm)
+
+    def _call_sync(self, task: TaskDef, message: TaskMessage) -> Any:
+        # Only while the task's own code runs may a cancellation request raise TaskCancelled in it.
+        self.cancels.running(message.id, None)
+        try:
+            return call_task(task, message, self.registry.hooks.wrappers)
+        finally:
+            self.cancels.finished(message.id)
 
     async def _after_task_finished(self) -> None:
         hooks = self.registry.hooks.after_task_finished
@@ -220,8 +251,14 @@ class TaskRunner:
                 log_succeeded(message, message.retries + delivery.crashes + 1, duration)
             self._ack(delivery.id)
             return
+        kind, error = failure
+        if kind == "cancelled":
+            log_cancelled(message, message.retries + delivery.crashes + 1, duration)
+            self.metrics.finished(message.name, message.queue, "cancelled", duration)
+            self._discard(delivery.id, message.queue, "cancelled")
+            return
         try:
-            self._failed(delivery, message, task, limits, *failure, duration)
+            self._failed(delivery, message, task, limits, kind, error, duration)
         except HexqError:
             raise  # the broker is unreachable: the outcome is kept (_settle) and sent when it is back
         except Exception as exc:

@@ -21,7 +21,7 @@ from hexq.core.policy import FailureKind
 
 log = logging.getLogger("hexq.task")
 
-SUCCEEDED, RETRIED, DEAD_LETTERED, EXPIRED = "succeeded", "retried", "dead_lettered", "expired"
+SUCCEEDED, RETRIED, DEAD_LETTERED, EXPIRED, CANCELLED = "succeeded", "retried", "dead_lettered", "expired", "cancelled"
 
 _VERB: dict[FailureKind, str] = {
     "exception": "failed",
@@ -72,3 +72,15 @@ def log_failed(message: TaskMessage, attempt: int, duration: float, kind: Failur
     log.log(level, "%s[%s] %s %s %.3f s (queue %s, attempt %d): %s; %s", message.name, message.id, _VERB[kind],
             "after" if kind == "hard_timeout" else "in", duration, message.queue, attempt, reason, then,
             exc_info=error if kind == "exception" else None, extra=_fields(message, attempt, outcome, duration))
+
+
+def log_cancelled(message: TaskMessage, attempt: int, duration: float | None) -> None:
+    """The WARNING line of a task stopped because its cancellation was requested (``duration`` None: it was
+    reserved and never started)."""
+    if duration is None:
+        log.warning("%s[%s] cancelled before it started (queue %s, attempt %d); not run", message.name, message.id,
+                    message.queue, attempt, extra=_fields(message, attempt, CANCELLED, 0.0))
+        return
+    log.warning("%s[%s] cancelled in %.3f s (queue %s, attempt %d): stopped at the request; not retried",
+                message.name, message.id, duration, message.queue, attempt,
+                extra=_fields(message, attempt, CANCELLED, duration))

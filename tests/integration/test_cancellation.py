@@ -5,6 +5,8 @@ is a clear no-op; ``hexq cancel`` says which case each id was."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -96,3 +98,85 @@ def test_the_command_line_says_what_each_id_was(cluster: Cluster, tasks: Any) ->
     assert again.returncode == 3
     assert [line.split(" ")[1] for line in again.stdout.splitlines()] == ["unknown", "unknown"]
     assert stats(cluster) == (0, 0, 0)
+
+
+# -- running tasks ------------------------------------------------------------------------------------------
+
+def pid_of(cluster: Cluster, tag: str) -> int:
+    return int(next(r["pid"] for r in cluster.results() if r["tag"] == tag))
+
+
+def test_a_running_sync_task_gets_task_cancelled_raised_in_it_and_is_never_retried(
+        cluster: Cluster, tasks: Any) -> None:
+    cluster.worker("--concurrency=1")
+    task_id = tasks.sleep_then_record.delay(30, "long")
+    cluster.wait_for_tags(1, suffix="long:start")
+    assert tasks.app.cancel(task_id) is Cancelled.RUNNING
+    wait_for(lambda: cluster.in_flight_ids() == set(), 20, f"the task to stop\n{cluster.logs()}")
+    tasks.record.delay("probe")
+    cluster.wait_for_tags(1, suffix="probe")
+    assert "long" not in cluster.tags() and cluster.tags().count("long:start") == 1
+    assert pid_of(cluster, "probe") == pid_of(cluster, "long:start")  # stopped in place: no child was killed
+    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    assert cluster.inspect.lookup(task_id) is None
+    assert f"sleep_then_record[{task_id}] cancelled in" in cluster.logs()
+
+
+def test_a_sync_task_that_swallows_task_cancelled_is_killed_after_the_grace(cluster: Cluster, tasks: Any) -> None:
+    proc = cluster.worker("--concurrency=1", HEXQ_TEST_CANCEL_GRACE="1")
+    task_id = tasks.swallow_cancel.delay(60, "stubborn")
+    cluster.wait_for_tags(1, suffix="stubborn:start")
+    first = proc.children()
+    assert tasks.app.cancel(task_id) is Cancelled.RUNNING
+    cluster.wait_for_tags(1, suffix="stubborn:swallowed")  # it was told, and ignored it
+    wait_for(lambda: proc.children() and proc.children() != first, 20, f"the child replaced\n{cluster.logs()}")
+    tasks.record.delay("probe")
+    cluster.wait_for_tags(1, suffix="probe")
+    assert pid_of(cluster, "probe") != pid_of(cluster, "stubborn:start")
+    assert cluster.tags().count("stubborn:start") == 1  # dropped at the settlement, not put back
+    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    assert "did not stop" in cluster.logs()
+
+
+def test_a_running_async_task_has_its_coroutine_cancelled(cluster: Cluster, tasks: Any) -> None:
+    cluster.worker("--concurrency=1")
+    other = tasks.async_sleep_then_record.delay(1.0, "neighbour")  # runs beside it in the same child
+    task_id = tasks.async_sleep_then_record.delay(30, "long")
+    cluster.wait_for_tags(1, suffix="long:start")
+    assert tasks.app.cancel(task_id) is Cancelled.RUNNING
+    cluster.wait_for_tags(1, suffix="long:cancelled")
+    cluster.wait_for_tags(1, suffix="neighbour")  # the other async task was left alone
+    wait_for(lambda: cluster.in_flight_ids() == set(), 20, f"the task to stop\n{cluster.logs()}")
+    tasks.record.delay("probe")
+    cluster.wait_for_tags(1, suffix="probe")
+    assert "long" not in cluster.tags() and cluster.tags().count("long:start") == 1
+    assert pid_of(cluster, "probe") == pid_of(cluster, "long:start")
+    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    assert cluster.inspect.lookup(other) is None
+
+
+def test_a_cancelled_task_never_comes_back_from_crash_recovery(cluster: Cluster, tasks: Any) -> None:
+    proc = cluster.worker("--concurrency=1")  # the default grace, 5 s: the child is killed first
+    task_id = tasks.deaf_sleep.delay(30, "deaf")
+    cluster.wait_for_tags(1, suffix="deaf:start")
+    assert tasks.app.cancel(task_id) is Cancelled.RUNNING
+    [child] = proc.children()
+    os.kill(child, signal.SIGKILL)  # its worker dies while the cancellation is pending
+    wait_for(lambda: proc.children() not in ([], [child]), 20, "a new child")
+    tasks.record.delay("probe")
+    cluster.wait_for_tags(1, suffix="probe")
+    assert cluster.tags().count("deaf:start") == 1  # not put back in its queue, so never run again
+    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    assert cluster.inspect.lookup(task_id) is None
+
+
+def test_the_command_line_cancels_a_running_task(cluster: Cluster, tasks: Any) -> None:
+    cluster.worker("--concurrency=1")
+    task_id = tasks.sleep_then_record.delay(30, "long")
+    cluster.wait_for_tags(1, suffix="long:start")
+    done = hexq_cancel(cluster, task_id)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"{task_id} cancelling (a worker holds it: it is stopped within about a second, and "
+                           "never runs again)\n")
+    wait_for(lambda: cluster.in_flight_ids() == set(), 20, f"the task to stop\n{cluster.logs()}")
+    assert "long" not in cluster.tags()

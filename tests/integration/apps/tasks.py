@@ -13,7 +13,7 @@ import signal
 import time
 from datetime import timedelta
 
-from hexq import CronTask, HexQ
+from hexq import CronTask, HexQ, TaskCancelled
 from tests.integration.apps.reporting import Reporter
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
@@ -31,6 +31,7 @@ app = HexQ(
     max_retries=2,
     lease_timeout=float(os.environ.get("HEXQ_TEST_LEASE", "3")),
     shutdown_timeout=10,
+    cancel_grace=float(os.environ.get("HEXQ_TEST_CANCEL_GRACE", "5")),
     max_tasks_per_worker=int(os.environ["HEXQ_TEST_MAX_TASKS"]) if os.environ.get("HEXQ_TEST_MAX_TASKS") else None,
     schedules=[CronTask("* * * * * *", "record", args=["cron"])] if os.environ.get("HEXQ_TEST_SCHEDULES") else [],
 )
@@ -133,3 +134,36 @@ def unique_fails_once(tag: str) -> None:
 def unique_raises(tag: str) -> None:
     report(tag=f"{tag}:start")
     raise ValueError("always")
+
+
+@app.task
+def swallow_cancel(seconds: float, tag: str) -> None:
+    """Catches TaskCancelled and goes on: only the kill after cancel_grace stops it."""
+    report(tag=f"{tag}:start")
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            time.sleep(0.02)
+        except TaskCancelled:
+            report(tag=f"{tag}:swallowed")
+    report(tag=tag)
+
+
+@app.task
+def deaf_sleep(seconds: float, tag: str) -> None:
+    """Blocks SIGUSR1, so it never hears of its cancellation."""
+    report(tag=f"{tag}:start")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    time.sleep(seconds)
+    report(tag=tag)
+
+
+@app.task
+async def async_sleep_then_record(seconds: float, tag: str) -> None:
+    report(tag=f"{tag}:start")
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        report(tag=f"{tag}:cancelled")
+        raise
+    report(tag=tag)
