@@ -8,7 +8,8 @@ The scripts are the very ones the broker sends (``scripts.source``), by EVALSHA,
 
 ``redis.asyncio`` connections belong to the event loop that opened them, so this producer keeps one client
 per running loop (an application may run several loops one after another: ``asyncio.run`` in tests, a thread
-with its own loop), dropped with its loop.
+with its own loop), dropped with its loop. The enqueues of coroutines that call at the same time are combined
+into shared round trips (``Coalesced``).
 
 Partitions over several hash tags and Redis Cluster URLs are not served here: their connections are pinned to
 a slot's node by ``cluster.py``, which redis.asyncio has no hook for; ``bootstrap.make_async_producer`` gives
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
@@ -41,9 +42,85 @@ if TYPE_CHECKING:
     from hexq.core.ports import OutgoingTask
 
 Client = Any  # redis.asyncio.Redis: its stubs make every reply possibly awaitable, which helps nothing here
-# Enqueues in flight at once per event loop, each on a connection of its own: more coroutines wait their turn
-# (redis-py's pool refuses a connection past its cap, 100 by default in redis-py 8, instead of waiting for one).
-MAX_IN_FLIGHT = 50
+# Round trips in flight at once per event loop (each on a connection of its own); the enqueues of the
+# coroutines that come meanwhile wait and go together in the next one (``Coalesced``).
+FLIGHTS = 4
+# The most tasks one round trip carries when enqueues are combined (in script calls of ENQUEUE_CHUNK_TASKS).
+MAX_COMBINED = 1000
+
+
+class Coalesced:
+    """The enqueues of one event loop, combined: a call made while ``flights`` round trips are under way waits,
+    and every call waiting when one ends goes in the next round trip, as one ``enqueue`` script call (or a
+    pipeline of them past 250 tasks). Each task is stored atomically and each call's tasks in order, as when
+    sent alone (the script is the one a batch uses); one call alone, of one runnable task that is not unique,
+    is still the MULTI. redis.asyncio spends far more CPU per command than the round trip costs Redis, so 100
+    coroutines each sending one task would otherwise be slower than 100 threads with the sync client.
+
+    A failure fails every call of that round trip (a refused script: nothing of it, or a part, was stored, as
+    with ``delay_many``); ``NotReplicatedError`` is given to each call with its own ids."""
+
+    def __init__(self, send: Callable[[list[OutgoingTask]], Awaitable[list[str]]], flights: int = FLIGHTS) -> None:
+        self._send = send
+        self._flights = flights
+        self._waiting: list[tuple[list[OutgoingTask], asyncio.Future[list[str]]]] = []
+        self._flying = 0
+        self._running: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+    async def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[str]] = loop.create_future()
+        self._waiting.append((list(tasks), future))
+        if self._flying < self._flights:
+            self._flying += 1
+            flight = loop.create_task(self._fly())  # not the caller's: cancelling it must not fail the others
+            self._running.add(flight)
+            flight.add_done_callback(self._running.discard)
+        return await future
+
+    async def _fly(self) -> None:
+        try:
+            while self._waiting:
+                calls = self._take()
+                tasks = [task for sent, _ in calls for task in sent]
+                try:
+                    used = await self._send(tasks)
+                except NotReplicatedError as exc:
+                    offset = 0
+                    for sent, future in calls:
+                        ids = exc.task_ids[offset:offset + len(sent)]
+                        offset += len(sent)
+                        _fail(future, NotReplicatedError(ids, exc.wanted, exc.acknowledged, exc.timeout_ms,
+                                                         exc.where))
+                    continue
+                except BaseException as exc:
+                    for _, future in calls:
+                        _fail(future, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                offset = 0
+                for sent, future in calls:
+                    if not future.done():  # its caller may have been cancelled meanwhile (the tasks are stored)
+                        future.set_result(used[offset:offset + len(sent)])
+                    offset += len(sent)
+        finally:
+            self._flying -= 1
+
+    def _take(self) -> list[tuple[list[OutgoingTask], asyncio.Future[list[str]]]]:
+        count = taken = 0
+        for sent, _ in self._waiting:
+            if taken and count + len(sent) > MAX_COMBINED:
+                break
+            count += len(sent)
+            taken += 1
+        calls, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return calls
+
+
+def _fail(future: asyncio.Future[list[str]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 def _sha(name: str) -> str:
@@ -63,15 +140,16 @@ class AsyncRedisProducer:
         self._wait_replicas = settings.wait_replicas
         self._wait_timeout_ms = settings.wait_timeout_ms
         self._shas = {name: _sha(name) for name in ("enqueue", "push")}
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Client, asyncio.Semaphore]] = (
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Client, Coalesced]] = (
             weakref.WeakKeyDictionary())
 
     # -- connections ---------------------------------------------------------------------------------
-    def _client(self) -> tuple[Client, asyncio.Semaphore]:
+    def _client(self) -> tuple[Client, Coalesced]:
         loop = asyncio.get_running_loop()
         found = self._clients.get(loop)
         if found is None:
-            found = self._clients[loop] = (self._make_client(), asyncio.Semaphore(MAX_IN_FLIGHT))
+            client = self._make_client()
+            found = self._clients[loop] = (client, Coalesced(lambda tasks: self._enqueue(client, tasks)))
         return found
 
     def _new_client(self) -> Client:
@@ -112,9 +190,7 @@ class AsyncRedisProducer:
     async def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
         if not tasks:
             return []
-        client, in_flight = self._client()
-        async with in_flight:
-            return await self._enqueue(client, tasks)
+        return await self._client()[1].enqueue(tasks)
 
     async def _enqueue(self, client: Client, tasks: Sequence[OutgoingTask]) -> list[str]:
         one = tasks[0] if len(tasks) == 1 and tasks[0].eta_ms is None and tasks[0].unique is None else None

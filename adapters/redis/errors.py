@@ -21,6 +21,7 @@ class NotReplicatedError(HexqError, TimeoutError):
         self.wanted = wanted
         self.acknowledged = acknowledged
         self.timeout_ms = timeout_ms
+        self.where = where
         shown = ", ".join(self.task_ids[:3]) + (f" and {len(self.task_ids) - 3} more" if len(self.task_ids) > 3 else "")
         super().__init__(
             f"task {shown} was stored by the primary at {where} but reached only {acknowledged} of the "

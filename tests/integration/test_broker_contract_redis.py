@@ -227,3 +227,28 @@ def test_a_broadcast_is_announced_on_its_own_channel_with_the_copies_stored(redi
     assert message is not None and message["data"] == "b1 2"
     watcher.close()
     broker.close()
+
+
+def test_async_durable_enqueue_without_replicas_says_each_call_its_tasks_are_stored(redis_url: str,
+                                                                                   key_prefix: str) -> None:
+    """``wait_replicas`` through redis.asyncio on a server with no replica: WAIT times out, and every combined
+    call learns that its own tasks are stored but not replicated."""
+    import asyncio
+
+    from hexq.adapters.redis.errors import NotReplicatedError
+
+    producer = AsyncRedisProducer(Connection(f"{redis_url}?wait_replicas=1&wait_timeout_ms=50"),  # type: ignore[arg-type]
+                                  key_prefix)
+
+    async def send() -> list[object]:
+        calls = [producer.enqueue([task("a")]), producer.enqueue([task("b1"), task("b2")])]
+        outcomes = list(await asyncio.gather(*calls, return_exceptions=True))
+        await producer.aclose()
+        return outcomes
+
+    first, second = asyncio.run(send())
+    assert isinstance(first, NotReplicatedError) and first.task_ids == ["a"]
+    assert isinstance(second, NotReplicatedError) and second.task_ids == ["b1", "b2"]
+    broker = broker_for(redis_url, key_prefix)
+    assert ids(take(broker)) == ["a", "b1", "b2"]
+    broker.close()

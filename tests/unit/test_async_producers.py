@@ -11,17 +11,19 @@ from typing import Any
 import fakeredis
 import pytest
 from async_producer_contract import AsyncProducerContract, MakePair
-from broker_contract import LEASE, T0
+from broker_contract import LEASE, T0, task
 from service_fixtures import make_app
 from test_broker_contract import require_lupa
 
 from hexq import HexQ, TaskArgumentsError
 from hexq.adapters.memory import FakeClock, MemoryBroker
-from hexq.adapters.redis.async_producer import AsyncRedisProducer
+from hexq.adapters.redis.async_producer import AsyncRedisProducer, Coalesced
 from hexq.adapters.redis.broker import RedisBroker
+from hexq.adapters.redis.errors import NotReplicatedError
 from hexq.adapters.sqlite import SqliteBroker, SqliteSettings
 from hexq.adapters.system.offload import ThreadProducer
-from hexq.core.ports import AsyncProducer, Broker, Cancelled
+from hexq.core.errors import BrokerUnavailableError
+from hexq.core.ports import AsyncProducer, Broker, Cancelled, OutgoingTask
 from hexq.entrypoints.settings import Connection
 
 
@@ -162,3 +164,81 @@ def test_acancel_removes_a_waiting_task_from_an_event_loop() -> None:
 
     assert asyncio.run(send_then_cancel()) == (Cancelled.REMOVED, Cancelled.UNKNOWN)
     assert broker.queue_stats(["low"])[0].eta == 0
+
+
+# -- enqueues of one loop combined (redis.asyncio's producer) -----------------------------------------------
+class FakeRoundTrips:
+    """A ``send`` for ``Coalesced`` that records each round trip and holds it until released."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.trips: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.fail = fail
+
+    async def __call__(self, tasks: list[OutgoingTask]) -> list[str]:
+        self.trips.append([t.id for t in tasks])
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [f"stored-{t.id}" for t in tasks]
+
+
+def test_calls_made_during_a_round_trip_go_together_in_the_next_in_order() -> None:
+    async def scenario() -> tuple[list[list[str]], list[list[str]]]:
+        trips = FakeRoundTrips()
+        coalesced = Coalesced(trips, flights=1)
+        first = asyncio.ensure_future(coalesced.enqueue([task("a")]))
+        await asyncio.sleep(0)  # its round trip is under way
+        rest = [asyncio.ensure_future(coalesced.enqueue([task(f"b{n}"), task(f"c{n}")])) for n in range(3)]
+        await asyncio.sleep(0)
+        trips.release.set()
+        return trips.trips, [await call for call in [first, *rest]]
+
+    trips, got = asyncio.run(scenario())
+    assert trips == [["a"], ["b0", "c0", "b1", "c1", "b2", "c2"]]
+    assert got == [["stored-a"]] + [[f"stored-b{n}", f"stored-c{n}"] for n in range(3)]
+
+
+def test_a_failed_round_trip_fails_each_of_its_calls_and_not_the_next() -> None:
+    async def scenario() -> list[Any]:
+        trips = FakeRoundTrips(fail=BrokerUnavailableError("down"))
+        coalesced = Coalesced(trips, flights=1)
+        calls = [asyncio.ensure_future(coalesced.enqueue([task(f"t{n}")])) for n in range(3)]
+        await asyncio.sleep(0)
+        trips.release.set()
+        outcomes = list(await asyncio.gather(*calls, return_exceptions=True))
+        trips.fail = None
+        outcomes.append(await coalesced.enqueue([task("after")]))
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, BrokerUnavailableError) for o in outcomes[:3]) and outcomes[3] == ["stored-after"]
+
+
+def test_not_replicated_is_reported_to_each_call_with_its_own_ids() -> None:
+    async def scenario() -> list[Any]:
+        trips = FakeRoundTrips(fail=NotReplicatedError(["a", "b1", "b2"], 1, 0, 100, "redis://x"))
+        coalesced = Coalesced(trips, flights=1)
+        calls = [asyncio.ensure_future(coalesced.enqueue([task("a")])),
+                 asyncio.ensure_future(coalesced.enqueue([task("b1"), task("b2")]))]
+        await asyncio.sleep(0)
+        trips.release.set()
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, NotReplicatedError) and first.task_ids == ["a"]
+    assert isinstance(second, NotReplicatedError) and second.task_ids == ["b1", "b2"]
+
+
+def test_a_cancelled_caller_does_not_fail_the_others_of_its_round_trip() -> None:
+    async def scenario() -> list[list[str]]:
+        trips = FakeRoundTrips()
+        coalesced = Coalesced(trips, flights=1)
+        calls = [asyncio.ensure_future(coalesced.enqueue([task(f"t{n}")])) for n in range(3)]
+        await asyncio.sleep(0)
+        calls[0].cancel()
+        await asyncio.sleep(0)
+        trips.release.set()
+        return [await call for call in calls[1:]]
+
+    assert asyncio.run(scenario()) == [["stored-t1"], ["stored-t2"]]
