@@ -1160,6 +1160,32 @@ class RateLimitContract(_Contract):
         got = broker.reserve("c1", ["default"], 10, T0 + 1, LEASE, wait=0.05, rates=rates)
         assert got.deliveries == () and got.next_eta_ms == T0 + 60_000
 
+    def test_tasks_stored_in_a_queue_held_by_its_limit_do_not_wake_a_waiting_reservation(
+            self, broker: Broker) -> None:
+        # Waking the consumer for each of them would only have it skip the queue again: a busy loop driven
+        # by producers. A task for another queue it serves still wakes it at once.
+        broker.enqueue([task("t0"), task("t1")])
+        rates = queue_rates("default", "1/m")
+        assert rated(broker, rates, ["default", "free"])[0] == ["t0"]
+        assert rated(broker, rates, ["default", "free"]) == ([], T0 + 60_000)
+        got: list[list[str]] = []
+        started = time.monotonic()
+
+        def wait() -> None:
+            reservation = broker.reserve("c1", ["default", "free"], 10, T0, LEASE, wait=3.0, rates=rates)
+            got.append(ids(list(reservation.deliveries)))
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        for n in range(20):
+            broker.enqueue([task(f"held{n}")])
+            time.sleep(0.02)
+        assert waiter.is_alive(), "woken by tasks it may not take"
+        broker.enqueue([task("f1", "free")])
+        waiter.join(2.0)
+        assert not waiter.is_alive() and got == [["f1"]]
+        assert time.monotonic() - started < 2.9
+
     def test_purging_a_queue_lets_the_next_deferral_start_afresh(self, broker: Broker) -> None:
         broker.enqueue([envelope(f"s{i}", "send") for i in range(5)])
         rates = task_rates("send", "1/s")
