@@ -80,3 +80,14 @@ def deadline_to_epoch(expires: object, now: float) -> float:
         raise ConfigError(f"expires {expires!r} is more than 100 years away: a number means seconds from now "
                           "(pass a datetime for a point in time)")
     return epoch
+def keep_result_seconds(value: float | int | timedelta | None, what: str) -> float | None:
+    """A ``keep_result`` (how long a task's outcome is kept): None when unset (ask the next level: task, then
+    queue, then app), 0 for "keep nothing" (a task or queue opting out of its app's setting), else at least a
+    millisecond and at most 100 years."""
+    seconds = to_seconds(value, what)
+    if seconds is None or seconds == 0:
+        return seconds
+    if seconds < 0.001 or seconds > MAX_ETA_SECONDS:
+        raise ConfigError(f"{what} must be a duration from 1 ms to 100 years (a timedelta or seconds), or 0 to "
+                          f"keep nothing, got {value!r}")
+    return seconds

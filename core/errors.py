@@ -99,3 +99,40 @@ class DeadlineError(HexqError, ValueError):
 
 class CronError(ConfigError):
     pass
+
+
+class TaskFailed(HexqError):
+    """Raised by ``TaskHandle.result()`` for a task that ended without a result: its code raised or timed out
+    on its last attempt, or its value could not be kept (``status`` "failed"), it was dead-lettered without
+    its code failing ("dead"), cancelled ("cancelled") or its deadline passed before it started ("expired").
+
+    Carries the remote exception as text: ``type`` (its class name, e.g. "ValueError"), ``message`` and
+    ``traceback`` (the worker's formatted traceback, "" when there is none, as for a dead letter)."""
+
+    def __init__(self, task_id: str, task: str, status: str, type: str, message: str, traceback: str = "") -> None:
+        self.task_id = task_id
+        self.task = task
+        self.status = status
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        text = f"task {task_id} ({task}) {status}: {type}: {message}"
+        if traceback:
+            text += f"\n\nRemote traceback:\n{traceback.rstrip()}"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, str, str, str, str, str]]:
+        return type(self), (self.task_id, self.task, self.status, self.type, self.message, self.traceback)
+
+
+class ResultNotFound(HexqError, LookupError):
+    """``TaskHandle.result()`` of a task the broker knows nothing of: no such task is queued, scheduled or
+    running, and no outcome is kept for it."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"task {task_id}: the broker holds neither this task nor its outcome: it never existed (check the "
+            "id and the app's url and prefix), or it finished without keeping its outcome (set keep_result= on "
+            "HexQ(...), its Queue or @app.task in the app the workers run), or its outcome's keep_result ran out"
+        )

@@ -155,3 +155,12 @@ def loads(text: str | bytes) -> Any:
         raise
     except (ValueError, TypeError, RecursionError, UnicodeDecodeError) as exc:
         raise MalformedPayloadError(f"not valid JSON: {exc}") from exc
+
+
+def native_value(value: Any, path: str = "value") -> Any:
+    """A JSON-native copy of one value (a task's return value), or ValueError naming the part of it, under
+    ``path``, that JSON cannot carry ("result['rows'][3]: type ... is not supported")."""
+    try:
+        return _prepare(value, path)
+    except _Refused as refused:
+        raise ValueError(f"{refused.path}: {refused.detail}") from None

@@ -31,6 +31,7 @@ class TaskOptions:
     expires: float | None = None  # seconds from each send: the deadline a run must start by
     unique_ms: int | None = None  # a unique task's window (hexq.core.unique); None: not unique
     rate_limit: RateLimit | None = None  # global, on the task's starts (hexq.core.rate_limit)
+    keep_result: float | None = None  # seconds; 0 keeps nothing (see durations.keep_result_seconds)
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, "task options")
@@ -42,6 +43,7 @@ class AppDefaults:
     soft_timeout: float | None = None
     hard_timeout: float | None = None
     max_deliveries: int = 5
+    keep_result: float | None = None
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, "app defaults")
@@ -56,6 +58,7 @@ class Limits:
     hard_timeout: float | None
     max_retries: int
     conflict: str | None = None
+    keep_result_ms: int | None = None  # how long the outcome is kept; None: no record is written
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, "resolved limits")
@@ -104,7 +107,8 @@ def check_limits(task: TaskOptions, queue: Queue, app: AppDefaults, owner: str) 
 
 
 def resolve_limits(task: TaskOptions, queue: Queue, app: AppDefaults) -> Limits:
-    """The limits of one run of ``task`` on ``queue``: each one from the task, else the queue, else the app.
+    """The limits of one run of ``task`` on ``queue``: each one from the task, else the queue, else the app
+    (``keep_result`` too: 0 at a level keeps nothing, whatever the levels below say).
 
     The rule for timeouts: None is the only "no timeout" (0 is refused where it is declared, by
     ``check_timeouts``), and a soft timeout must be below the hard one, or the hard timeout would always kill
@@ -117,11 +121,13 @@ def resolve_limits(task: TaskOptions, queue: Queue, app: AppDefaults) -> Limits:
     soft, hard = _timeouts(task, queue, app)
     conflict = _conflict(soft, hard)
     retries = _first(task.max_retries, queue.max_retries, app.max_retries)
+    keep = next((v for v in (task.keep_result, queue.keep_result, app.keep_result) if v is not None), None)
     return Limits(
         soft_timeout=None if conflict is not None else soft.seconds,
         hard_timeout=hard.seconds,
         max_retries=int(retries or 0),
         conflict=conflict,
+        keep_result_ms=max(1, round(keep * 1000)) if keep else None,
     )
 
 

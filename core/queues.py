@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import attrs
 
-from hexq.core.durations import to_seconds
+from hexq.core.durations import keep_result_seconds, to_seconds
 from hexq.core.errors import ConfigError, UnknownQueueError
 from hexq.core.rate_limit import RateLimit, rate_limit_of
 from hexq.core.validation import check_name, optional_whole_number, whole_number
@@ -48,6 +48,10 @@ def _hard(value: Any) -> float | None:
     return to_seconds(value, "queue hard_timeout")
 
 
+def _keep(value: Any) -> float | None:
+    return keep_result_seconds(value, "queue keep_result")
+
+
 def _retries(value: Any) -> int | None:
     return optional_whole_number(value, "queue max_retries")
 
@@ -64,8 +68,9 @@ def _priority(value: object) -> int:
 
 @attrs.frozen
 class Queue:
-    """A named queue with a priority, optional per-queue timeout/retry defaults and an optional global rate
-    limit on the tasks started from it (``rate_limit="100/m"``, see ``hexq.core.rate_limit``).
+    """A named queue with a priority, optional per-queue timeout/retry defaults, an optional global rate
+    limit on the tasks started from it (``rate_limit="100/m"``, see ``hexq.core.rate_limit``), and
+    ``keep_result`` (how long the outcomes of its tasks are kept, unless a task says otherwise).
 
     ``priority=-1`` means "unset": such a queue sorts after every numbered queue, as a bare string does.
     """
@@ -76,6 +81,7 @@ class Queue:
     soft_timeout: float | None = attrs.field(default=None, converter=_soft)
     hard_timeout: float | None = attrs.field(default=None, converter=_hard)
     rate_limit: RateLimit | None = attrs.field(default=None, kw_only=True, converter=_spelled_rate_limit)
+    keep_result: float | None = attrs.field(default=None, converter=_keep, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         check_timeouts(self.soft_timeout, self.hard_timeout, f"queue {self.name!r}")

@@ -19,6 +19,7 @@ from hexq.core.services.sender import ArgumentCheck, Send, Sender
 from hexq.core.unique import check_key_allowed
 from hexq.core.validation import check_prefix, optional_whole_number
 from hexq.entrypoints import bootstrap
+from hexq.entrypoints.handle import TaskHandle
 from hexq.entrypoints.options import (
     LogOptions,
     OptionViews,
@@ -75,8 +76,8 @@ class Task(Generic[P, R]):
         """Run the function here and now (an ``async def`` task returns its coroutine)."""
         return self.fn(*args, **kwargs)
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue a run; returns the task id. Typed: the arguments are the function's.
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Enqueue a run; returns its handle (a ``str``, the task id). Typed: the arguments are the function's.
 
         WakaQ's spelling ``.delay(*args, queue=Q, eta=...)`` still works at run time: ``queue`` and ``eta`` are
         taken as hexq's options, never passed to the task, even if the task has parameters of those names (a
@@ -111,8 +112,9 @@ class Task(Generic[P, R]):
         return TaskWithOptions(self, queue, eta, expires, unique_key)
 
     def apply(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-              queue: str | None = None, eta: Eta | None = None, expires: Expires | None = None) -> str:
-        """Enqueue a run from an argument list and dict (not checked by a type checker; checked at run time)."""
+              queue: str | None = None, eta: Eta | None = None, expires: Expires | None = None) -> TaskHandle:
+        """Enqueue a run from an argument list and dict (not checked by a type checker; checked at run time);
+        returns its handle."""
         return self.app.enqueue_many([self._call(tuple(args), dict(kwargs or {}), queue, eta, expires)])[0]
 
     def bind(self, *args: P.args, **kwargs: P.kwargs) -> Call:
@@ -120,7 +122,7 @@ class Task(Generic[P, R]):
         return self._call(args, kwargs, None, None)
 
     def delay_many(self, calls: Iterable[Call | Sequence[Any]], *, queue: str | None = None,
-                   eta: Eta | None = None) -> list[str]:
+                   eta: Eta | None = None) -> list[TaskHandle]:
         """Enqueue many runs in pipelined round trips; each item is ``task.bind(...)`` or a tuple of args. One
         wrong tuple refuses the whole batch, before anything is sent."""
         bound = [
@@ -156,8 +158,8 @@ class TaskWithOptions(Generic[P, R]):
     expires: Expires | None = None
     unique_key: Any = None
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue a run with these options; returns the task id. Every keyword is the task's own argument."""
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Enqueue a run with these options; returns its handle. Every keyword is the task's own argument."""
         return self.task.app.enqueue_many([self.bind(*args, **kwargs)])[0]
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -206,6 +208,7 @@ class HexQ(OptionViews):
         hard_timeout: float | int | timedelta | None = None,
         max_retries: int | None = None,
         max_deliveries: int = 5,
+        keep_result: float | int | timedelta | None = None,
         max_mem_percent: float | None = None,
         max_tasks_per_worker: int | None = None,
         lease_timeout: float | int | timedelta = 10.0,
@@ -226,7 +229,7 @@ class HexQ(OptionViews):
         self.queues = QueueSet.build(queues)
         self.registry = Registry(self.queues, app_defaults(
             max_retries=max_retries, soft_timeout=soft_timeout, hard_timeout=hard_timeout,
-            max_deliveries=max_deliveries))
+            max_deliveries=max_deliveries, keep_result=keep_result))
         self.worker_options = WorkerOptions(
             concurrency=concurrency, async_concurrency=async_concurrency, exclude_queues=exclude_queues,
             max_mem_percent=max_mem_percent, max_tasks_per_worker=max_tasks_per_worker,
@@ -267,7 +270,8 @@ class HexQ(OptionViews):
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
              backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
              unique: float | int | timedelta | None = None,
-             rate_limit: str | RateLimit | None = None) -> Task[P, R]: ...
+             rate_limit: str | RateLimit | None = None,
+             keep_result: float | int | timedelta | None = None) -> Task[P, R]: ...
 
     @overload
     def task(self, fn: None = None, *, name: str | None = None, queue: str | None = None,
@@ -277,6 +281,7 @@ class HexQ(OptionViews):
              backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
              unique: float | int | timedelta | None = None,
              rate_limit: str | RateLimit | None = None,
+             keep_result: float | int | timedelta | None = None,
              ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str | None = None,
@@ -285,19 +290,22 @@ class HexQ(OptionViews):
              retry_on: Sequence[type[BaseException]] | type[BaseException] = (), backoff: float = 1.0,
              backoff_max: float = 600.0, expires: float | int | timedelta | None = None,
              unique: float | int | timedelta | None = None,
-             rate_limit: str | RateLimit | None = None) -> Any:
+             rate_limit: str | RateLimit | None = None,
+             keep_result: float | int | timedelta | None = None) -> Any:
         """Register a task; usable bare (``@app.task``) or with options (``@app.task(queue=...)``).
         ``expires``: each run's deadline, counted from its ``.delay()``; a run not started by then never runs.
         ``unique``: a window (timedelta or seconds); while an identical call waits or runs, sending it again
         stores nothing and returns that task's id (see the README, "Unique tasks").
-        ``rate_limit`` ("100/m", see ``hexq.core.rate_limit``) caps how often it starts, across every worker."""
+        ``rate_limit`` ("100/m", see ``hexq.core.rate_limit``) caps how often it starts, across every worker.
+        ``keep_result``: how long its outcome is kept for ``handle.result()`` (see the README, "Results and
+        status"); unset, its queue's or the app's applies, 0 keeps none."""
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or function.__name__
             options = task_options(task_name, queue=queue, max_retries=max_retries, soft_timeout=soft_timeout,
                                    hard_timeout=hard_timeout, retry_on=retry_on, backoff=backoff,
                                    backoff_max=backoff_max, expires=expires, unique=unique,
-                                   rate_limit=rate_limit)
+                                   rate_limit=rate_limit, keep_result=keep_result)
             definition = TaskDef(task_name, function, options)
             self.registry.add(definition)
             return Task(self, definition)
@@ -334,18 +342,24 @@ class HexQ(OptionViews):
         """True for ``memory://``: ``.delay()`` runs tasks in this process, no worker needed."""
         return self._inline_mode
 
-    def enqueue_many(self, calls: Sequence[Call]) -> list[str]:
-        """Encode and store many task runs, pipelined; returns their ids in order."""
-        return bootstrap.sender_for(self).send(_sends(calls))
+    def enqueue_many(self, calls: Sequence[Call]) -> list[TaskHandle]:
+        """Encode and store many task runs, pipelined; returns their handles in order."""
+        return [TaskHandle(task_id, self) for task_id in bootstrap.sender_for(self).send(_sends(calls))]
 
-    async def aenqueue_many(self, calls: Sequence[Call]) -> list[str]:
+    async def aenqueue_many(self, calls: Sequence[Call]) -> list[TaskHandle]:
         """``enqueue_many`` for ``async def`` code: awaited, never blocking the event loop."""
-        return await bootstrap.async_sender_for(self).send(_sends(calls))
+        return [TaskHandle(task_id, self) for task_id in await bootstrap.async_sender_for(self).send(_sends(calls))]
 
     async def aclose(self) -> None:
         """Close the connections ``adelay`` opened in this event loop (they are also dropped with the loop)."""
         if self._async_sender is not None:
             await self._async_sender.aclose()
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """The handle of a task sent by any process (its id, from ``.delay()``): status and result."""
+        if not isinstance(task_id, str) or not task_id:
+            raise TypeError(f"a task id is a non-empty str (what .delay() returned), got {task_id!r}")
+        return TaskHandle(str(task_id), self)
 
     def broadcast(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         return bootstrap.sender_for(self).broadcast(task.name, args, kwargs)

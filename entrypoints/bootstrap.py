@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from hexq.adapters.system.entropy import PROCESS
 from hexq.core.outgoing import TaskFactory, TaskIds
 from hexq.core.ports import AsyncProducer, Broker, Clock, Metrics
 from hexq.core.rules import LeaseRules
 from hexq.core.services.async_sender import AsyncSender
+from hexq.core.services.results import ResultReader
 from hexq.core.services.runner import TaskRunner
 from hexq.core.services.scheduler import Scheduler
 from hexq.core.services.sender import InlineSender, Send, Sender
@@ -126,6 +127,12 @@ def async_sender_for(app: HexQ) -> AsyncSending:
             known = _child_async[id(sender)] = (sender, AsyncSender(sender, ThreadProducer(sender.broker)))
         return known[1]
     return app._own_async_sender()
+
+
+def result_reader(app: HexQ) -> ResultReader:
+    """What task handles read through, in this process: the broker ``.delay()`` uses here (a worker child's
+    own, inside a child)."""
+    return ResultReader(cast("Broker", sender_for(app).broker), app.clock)
 
 
 def build_sender(app: HexQ, broker: Broker, metrics: Metrics) -> Sender:

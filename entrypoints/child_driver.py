@@ -87,17 +87,18 @@ class ChildLoop:
                 self._outage.failed(self.clock.monotonic(), exc)
                 await asyncio.sleep(self.planner.backoff(failures))
                 continue
-            acks = self.runner.take_acks()
+            acks, outcomes = self.runner.take_acks(), self.runner.take_outcomes()
             try:
                 reservation = await self._io(
                     self.broker.reserve, self.config.consumer, self.config.queues,
                     self.planner.size(len(self._running)), int(self.clock.now() * 1000), self.config.lease_ms,
                     acks, wait, self.config.rates,
+                    *((outcomes,) if outcomes else ()),  # kept outcomes (keep_result), if any
                 )
             except BrokerError as exc:
                 # Unreachable, refusing our credentials, or out of memory: wait it out, never crash-loop, and
                 # say so once per outage, not once per retry.
-                self.runner.pending_acks[:0] = acks
+                self.runner.give_back(acks, outcomes)
                 failures += 1
                 self._outage.failed(self.clock.monotonic(), exc)
                 await asyncio.sleep(self.planner.backoff(failures))

@@ -17,7 +17,7 @@ import attrs
 
 from hexq.core.concurrency import evaluate
 from hexq.core.cron import CronTask
-from hexq.core.durations import expires_after, to_seconds
+from hexq.core.durations import expires_after, keep_result_seconds, to_seconds
 from hexq.core.errors import ConfigError
 from hexq.core.message import Codec
 from hexq.core.policy import AppDefaults, TaskOptions
@@ -130,13 +130,14 @@ class LogOptions:
 
 
 def app_defaults(*, max_retries: int | None, soft_timeout: Seconds | None, hard_timeout: Seconds | None,
-                 max_deliveries: int) -> AppDefaults:
+                 max_deliveries: int, keep_result: Seconds | None = None) -> AppDefaults:
     """The app-wide task limits; a task's decorator, then its queue, override them."""
     soft = to_seconds(soft_timeout, "soft_timeout")
     hard = to_seconds(hard_timeout, "hard_timeout")
     check_timeouts(soft, hard, "HexQ")
     return AppDefaults(optional_whole_number(max_retries, "max_retries"), soft, hard,
-                       whole_number(max_deliveries, "max_deliveries", 1))
+                       whole_number(max_deliveries, "max_deliveries", 1),
+                       keep_result_seconds(keep_result, "keep_result"))
 
 
 def _is_exception_class(kind: object) -> TypeGuard[type[BaseException]]:
@@ -159,7 +160,7 @@ def _exception_classes(retry_on: object, owner: str) -> tuple[type[BaseException
 def task_options(name: str, *, queue: str | None, max_retries: int | None, soft_timeout: Seconds | None,
                  hard_timeout: Seconds | None, retry_on: object, backoff: float, backoff_max: float,
                  expires: Seconds | None = None, unique: Seconds | None = None,
-                 rate_limit: object = None) -> TaskOptions:
+                 rate_limit: object = None, keep_result: Seconds | None = None) -> TaskOptions:
     """What ``@app.task(...)`` said about task ``name``, checked; the queue is checked when it is registered."""
     owner = f"task {name!r}"
     soft = to_seconds(soft_timeout, f"{owner} soft_timeout")
@@ -170,7 +171,8 @@ def task_options(name: str, *, queue: str | None, max_retries: int | None, soft_
                        number_between(backoff, f"{owner} backoff", 0, unit="seconds"),
                        number_between(backoff_max, f"{owner} backoff_max", 0, unit="seconds"),
                        expires_after(expires, f"{owner} expires"), window_ms(unique, owner),
-                       rate_limit_of(rate_limit, owner))
+                       rate_limit_of(rate_limit, owner),
+                       keep_result=keep_result_seconds(keep_result, f"{owner} keep_result"))
 
 
 def schedules_for(specs: Iterable[Any], queues: QueueSet) -> list[CronTask]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from hexq import HexQ
+from hexq import HexQ, TaskHandle
 
 Q_HIGH = "a-high-priority-queue"
 
@@ -50,7 +50,7 @@ def main() -> None:
     #                          error: Unexpected keyword argument "queue" for "delay" of "Task"
 
     # Batches and broadcasts take the task's arguments too.
-    ids: list[str] = add.delay_many([add.bind(n, n) for n in range(3)] + [add.options(queue=Q_HIGH).bind(9)])
+    ids: list[TaskHandle] = add.delay_many([add.bind(n, n) for n in range(3)] + [add.options(queue=Q_HIGH).bind(9)])
     workers: int = notify.broadcast(0, text="to every worker")
     # add.bind(1, 2, 3)        error: Too many arguments for "bind" of "Task"
 

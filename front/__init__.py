@@ -10,9 +10,11 @@ from hexq.core.errors import (
     DeadlineError,
     HexqError,
     MalformedPayloadError,
+    ResultNotFound,
     SerializationError,
     SoftTimeout,
     TaskCancelled,
+    TaskFailed,
     UnknownQueueError,
     UnknownTaskError,
 )
@@ -21,8 +23,10 @@ from hexq.core.queues import Queue
 from hexq.core.rate_limit import RateLimit
 from hexq.core.registry import current_attempt, current_task
 from hexq.core.services.sender import TaskArgumentsError
+from hexq.core.status import TaskStatus
 from hexq.core.unique import UniqueKeyError
 from hexq.entrypoints.app import Call, HexQ, Task
+from hexq.entrypoints.handle import TaskHandle
 
 __all__ = [
     "BrokerUnavailableError",
@@ -36,11 +40,15 @@ __all__ = [
     "MalformedPayloadError",
     "Queue",
     "RateLimit",
+    "ResultNotFound",
     "SerializationError",
     "SoftTimeout",
     "Task",
     "TaskArgumentsError",
     "TaskCancelled",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskStatus",
     "UniqueKeyError",
     "UnknownQueueError",
     "UnknownTaskError",

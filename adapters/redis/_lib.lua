@@ -156,11 +156,44 @@ local function disown(consumer, id)
   return false
 end
 
+-- The primitive that keeps a task's outcome (keep_result): the JSON document at the head of resultkey(id),
+-- kept ttl_ms. A list, so that waiters block on it (BLMOVE of the list onto itself, LEFT LEFT: it returns
+-- the head and leaves the list as it was, so every waiter is served and none consumes it). A second record
+-- of the same id (a redelivered task that ends again, a cancellation) goes in front and the older ones go.
+-- Two commands per kept outcome (LPUSH, PEXPIRE), run inside the script that ends the task.
+local function record_outcome(id, document, ttl_ms)
+  local key = resultkey(id)
+  if redis.call("lpush", key, document) > 1 then redis.call("ltrim", key, 0, 0) end
+  redis.call("pexpire", key, ttl_ms)
+end
+
+-- An acknowledgement is a task id, or "id\nttl_ms\ndocument" for a task whose outcome is kept: its record is
+-- written here, in the acknowledgement's own step. Returns the ids (the list given when no outcome is in it).
+local function acked_ids(entries)
+  local ids = entries
+  for i = 1, #entries do
+    local entry = entries[i]
+    local a = string.find(entry, "\n", 1, true)
+    if a then
+      if ids == entries then
+        ids = {}
+        for j = 1, #entries do ids[j] = entries[j] end
+      end
+      local b = string.find(entry, "\n", a + 1, true)
+      ids[i] = string.sub(entry, 1, a - 1)
+      record_outcome(ids[i], string.sub(entry, b + 1), string.sub(entry, a + 1, b - 1))
+    end
+  end
+  return ids
+end
+
 -- Acknowledged ids are nearly always the oldest a consumer owns (a child runs its batch in order and
 -- acknowledges it with its next reservation), so they are cut from the head of the owned list in one LTRIM
 -- instead of one LREM each (O(list) and a command apiece); ids found elsewhere in the list still get LREM.
-local function ack(consumer, ids)
-  if #ids == 0 then return end
+-- ``entries`` are acknowledgements as acked_ids reads them.
+local function ack(consumer, entries)
+  if #entries == 0 then return end
+  local ids = acked_ids(entries)
   local owned = ownedkey(consumer)
   local acked = {}
   for _, id in ipairs(ids) do acked[id] = true end

@@ -37,10 +37,11 @@ from hexq.adapters.redis.scripts import Scripts
 from hexq.adapters.redis.settings import DEFAULT_WAIT_TIMEOUT_MS
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Cancelled, Delivery, OutgoingTask, Reservation, Unrun
+from hexq.core.ports import Cancelled, Delivery, OutcomeRecord, OutgoingTask, Reservation, TaskState, Unrun
 from hexq.core.queues import BROADCAST_QUEUE_PREFIX
 from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.rules import LeaseRules
+from hexq.core.status import TaskStatus
 
 if TYPE_CHECKING:
     from hexq.adapters.redis.client import RedisClient
@@ -171,11 +172,12 @@ class RedisBroker(RedisInspection):
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS,
+                outcomes: Sequence[OutcomeRecord] = ()) -> Reservation:
         waits = wait >= 0.001
         if waits and acks:
-            self.ack(consumer, acks)
-            acks = ()
+            self.ack(consumer, acks, outcomes)
+            acks = outcomes = ()
         if waits and limit > 0 and not self._idle.get(consumer):
             # Only a marked consumer is woken (wake() in _lib.lua), and the mark comes from a reservation
             # that finds nothing: without one first, a task stored just before the BLPOP would wake nobody.
@@ -189,11 +191,11 @@ class RedisBroker(RedisInspection):
             rate_args = self._rate_args.get(rates) or self._rate_args.setdefault(rates, _rate_arguments(rates))
             args: list[str | int] = [consumer, limit, now_ms, lease_ms, self._grace_ms, idle,
                                      self._rules.stale_worker_ms, f"{len(queues)}+{len(rate_args)}", *queues,
-                                     *rate_args, *acks]
+                                     *rate_args, *(_with_outcomes(acks, outcomes) if outcomes else acks)]
             script = "reserve_rated"
         else:
             args = [consumer, limit, now_ms, lease_ms, self._grace_ms, idle, self._rules.stale_worker_ms,
-                    len(queues), *queues, *acks]
+                    len(queues), *queues, *(_with_outcomes(acks, outcomes) if outcomes else acks)]
             script = "reserve"
         try:
             with self._translator:
@@ -251,14 +253,15 @@ class RedisBroker(RedisInspection):
     def _raw(self, *command: Any) -> Any:
         return self._client.execute_command(*command, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
 
-    def ack(self, consumer: str, ids: Sequence[str]) -> None:
+    def ack(self, consumer: str, ids: Sequence[str], outcomes: Sequence[OutcomeRecord] = ()) -> None:
         if not ids:
             return
         # An empty reserve is the cheapest atomic ack: it runs the same ack step and takes nothing (so it
         # marks nobody idle). Its now_ms of 0 finds no expired lease, so the grace it is given does not matter.
         try:
             with self._translator:
-                self._scripts.run("reserve", [consumer, 0, 0, 0, 0, 0, 0, 0, *ids])
+                self._scripts.run("reserve", [consumer, 0, 0, 0, 0, 0, 0, 0,
+                                              *(_with_outcomes(ids, outcomes) if outcomes else ids)])
         except BrokerUnavailableError:
             self._received.unsure(consumer)
             raise
@@ -275,11 +278,12 @@ class RedisBroker(RedisInspection):
         self._received.settled(consumer, (task.id,))
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int) -> None:
+                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
         record = dead_letter_record(task_id, queue, payload, reason, now_ms)
+        kept: list[str | int] = [] if outcome is None else [outcome.ttl_ms, outcome.document]
         try:
             with self._translator:
-                self._scripts.run("dead_letter", [consumer, task_id, record])
+                self._scripts.run("dead_letter", [consumer, task_id, record, *kept])
         except BrokerUnavailableError:
             self._received.unsure(consumer)
             raise
@@ -305,6 +309,30 @@ class RedisBroker(RedisInspection):
             raise
         self._received.settled(consumer, ids)
         return released
+
+    # -- results -----------------------------------------------------------------------------------
+    def record_outcome(self, outcome: OutcomeRecord) -> None:
+        with self._translator:
+            self._scripts.run("record_outcome", [outcome.task_id, outcome.ttl_ms, outcome.document])
+
+    def task_state(self, task_id: str, now_ms: int) -> TaskState:
+        with self._translator:
+            reply = self._scripts.run("task_state", [task_id, now_ms])
+        return TaskState(TaskStatus(reply[0]) if reply[0] else None, reply[1] if len(reply) > 1 else None)
+
+    def wait_outcome(self, task_id: str, now_ms: int, timeout: float) -> str | None:
+        """BLMOVE of the task's outcome list onto itself: returns its head as soon as one is stored, on this
+        thread's blocking connection, and leaves it in place for every other waiter."""
+        key = self._keys.result(task_id)
+        with self._translator:
+            if timeout < 0.001:  # BLMOVE's 0 would wait for ever
+                found: Any = self._client.lindex(key, 0)
+                return None if found is None else str(found)
+            (reply,) = self._blocking_direct.pipelined(
+                ("BLMOVE", key, key, "LEFT", "LEFT", f"{timeout:.3f}"), timeout=timeout + BLOCKING_READ_MARGIN)
+        if isinstance(reply, Exception):
+            raise reply
+        return None if reply is None else reply.decode() if isinstance(reply, bytes) else str(reply)
 
     # -- supervision -------------------------------------------------------------------------------
     def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:
@@ -389,3 +417,10 @@ def _rate_arguments(rates: RateLimits) -> list[str | int]:
     for queue in rates.queues:
         args += ["q", queue.queue, queue.key, queue.limit.interval_us, queue.limit.tolerance_us]
     return args
+
+
+def _with_outcomes(acks: Sequence[str], outcomes: Sequence[OutcomeRecord]) -> list[str]:
+    """The acknowledgements as ``reserve.lua`` reads them (``acked_ids`` in _lib.lua): an acknowledged id whose
+    outcome is kept travels as "id\\nttl_ms\\ndocument", in its place, so the order of ``acks`` is kept."""
+    packed = {o.task_id: f"{o.task_id}\n{o.ttl_ms}\n{o.document}" for o in outcomes}
+    return [packed.get(task_id, task_id) for task_id in acks]

@@ -55,6 +55,9 @@ key                   type    contents
 {p}:rates             hash    rate limit (``t:<task>`` or ``q:<queue>``) -> ``"<TAT> <cursor>"`` in epoch
                               microseconds (hexq.core.rate_limit); written only by reservations of workers
                               that enforce rate limits, one field per limit, never expires
+{p}:result:<id>       list    the kept outcome of a task (``keep_result``): one JSON document (rarely more,
+                              newest first, after a redelivery), expiring after keep_result (PEXPIRE);
+                              waiters BLMOVE it onto itself (LEFT LEFT), which changes nothing
 ====================  ======  ===========================================================================
 
 With ``partitions=N`` (N > 1) the whole layout above exists N times, once per hash tag: partition 0 is
@@ -68,7 +71,8 @@ write:
 
 - ``enqueue``: unique:* (a unique task's lock, read and taken), tasks, q:*, eta:*, etakeys:*, armed:*,
   wake:*; ``push`` (one runnable task, when the MULTI below fails): tasks, q:*, armed:*, wake:*.
-- ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight, and unique:* of unique tasks); promotion
+- ``reserve``: acks (owned:<consumer>, tasks, crashes, inflight, unique:* of unique tasks, and result:<id> of
+  the acknowledged tasks whose outcome is kept); promotion
   (eta:*, q:*, etakeys:*) of the served queues; suspicion (suspects) and recovery of up to 10 expired
   consumers (leases, suspects, owned:*, inflight, crashes, q:*, armed:*, wake:*; tasks, cancels and unique:*
   of a task marked cancelled); then q:<served>, owned:<consumer>, inflight, leases; idle:* and armed:* of
@@ -78,7 +82,9 @@ write:
 - ``retry``: owned:<consumer>, inflight, crashes, tasks, q:* or eta:*, armed:*, wake:*; cancels and unique:*
   (a task marked cancelled is dropped instead, as by ``release``, ``recover_consumer``, ``dead_letter`` and
   the recovery in ``reserve``).
-- ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead, unique:* (a unique task's lock), cancels.
+- ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead, unique:* (a unique task's lock), cancels;
+  result:<id> when the outcome is kept.
+- ``record_outcome``: result:<id>; ``task_state`` reads inflight, tasks, eta:<queue>, result:<id>.
 - ``discard`` (a task that expired, or was cancelled, before it ran): owned:<consumer>, inflight, tasks,
   crashes, expired, unique:* (a unique task's lock), cancels.
 - ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*; tasks, crashes, cancels, unique:* (cancelled).
@@ -89,7 +95,7 @@ write:
 - ``renew`` (``renew_leases``): leases, suspects; reads cancels and inflight, and forgets marks of tasks
   nobody owns.
 - ``claim_cron``: cron, then as ``enqueue`` (unique:* included).
-- ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*.
+- ``requeue_dead``: dead, crashes, tasks, q:*, armed:*, wake:*, result:<id> (dropped).
 - ``delete_dead``: dead; ``find_dead`` reads dead and writes nothing.
 - ``purge_queue``: q:<queue>, eta:<queue>, etakeys:<queue>, tasks, crashes, unique:* (of purged unique tasks),
   rates (cursors reset).
@@ -143,6 +149,7 @@ FAMILIES: dict[str, str] = {
     "wakekey": "wake:",
     "armedkey": "armed:",
     "uniquekey": "unique:",
+    "resultkey": "result:",
 }
 # Numbers the scripts need, from where they are defined (the shape of a unique task's id).
 CONSTANTS: dict[str, int] = {
@@ -256,6 +263,9 @@ class Keys:
 
     def armed(self, queue: str) -> str:
         return self.base + FAMILIES["armedkey"] + queue
+
+    def result(self, task_id: str) -> str:
+        return self.base + FAMILIES["resultkey"] + task_id
 
     @property
     def meta(self) -> str:

@@ -13,8 +13,10 @@ over up to N nodes. What lives where:
 - cron claims, worker heartbeats, broadcasts (the copies in each worker's '@' queue are written by one
   script next to the heartbeats it reads) and the recorded partition count (``{p}:meta``): partition 0;
   except the claims of a unique task's schedule, in the partition of its lock.
-- ownership, leases, dead letters and crash counts: in the partition the task is in. A consumer's lease is
-  renewed in every partition, and a dead consumer is recovered in every partition.
+- ownership, leases, dead letters, crash counts and kept outcomes (``keep_result``): in the partition the task
+  is in (a task never changes partition). A consumer's lease is renewed in every partition, and a dead
+  consumer is recovered in every partition. A handle knows only its task's id: ``task_state`` asks every
+  partition, and ``wait_outcome`` blocks in the one that holds the task or its outcome.
 
 Serving: a child reserves from one partition per call, and stays on a partition while it has work, so that
 acknowledgements ride on the next reservation as with one partition. How long it stays depends on what the
@@ -54,9 +56,11 @@ from hexq.core.ports import (
     DeadLetter,
     Delivery,
     InFlight,
+    OutcomeRecord,
     OutgoingTask,
     QueueStats,
     Reservation,
+    TaskState,
     Unrun,
     WorkerBeat,
 )
@@ -89,6 +93,7 @@ class PartitionedBroker:
         self._lock = threading.Lock()  # settlements may come from another thread of the child
         self._owner: dict[str, int] = {}  # task id -> partition, for tasks handed out and not settled
         self._unsent: dict[str, dict[int, list[str]]] = {}  # acks a partition could not take yet, by consumer
+        self._kept: dict[str, OutcomeRecord] = {}  # outcomes to store with their task's ack, until it is sent
         self._start: dict[str, int] = {}
         self._streak: dict[str, int] = {}
         self._layout_checked = False
@@ -191,6 +196,20 @@ class PartitionedBroker:
         with self._lock:
             for task_id in ids:
                 self._owner.pop(task_id, None)
+                if self._kept:
+                    self._kept.pop(task_id, None)
+
+    def _keep(self, outcomes: Sequence[OutcomeRecord]) -> None:
+        if outcomes:
+            with self._lock:
+                self._kept.update((outcome.task_id, outcome) for outcome in outcomes)
+
+    def _outcomes_of(self, ids: Sequence[str]) -> list[OutcomeRecord]:
+        """The kept outcomes of these acknowledged ids, sent with them to their partition."""
+        if not self._kept:
+            return []
+        with self._lock:
+            return [self._kept[task_id] for task_id in ids if task_id in self._kept]
 
     def _pending_acks(self, consumer: str, acks: Sequence[str]) -> dict[int, list[str]]:
         pending = self._by_partition(acks)
@@ -205,14 +224,16 @@ class PartitionedBroker:
         """Acknowledge what is left; what a partition cannot take now is kept and sent with a later call."""
         for index, ids in pending.items():
             try:
-                self._parts[index].ack(consumer, ids)
+                self._parts[index].ack(consumer, ids, self._outcomes_of(ids))
                 self._forget(ids)
             except BrokerUnavailableError:
                 self._keep_unsent(consumer, index, ids)
 
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS,
+                outcomes: Sequence[OutcomeRecord] = ()) -> Reservation:
         self._check_layout()
+        self._keep(outcomes)
         if rates:
             rates = self._shares.get(rates) or self._shares.setdefault(rates, rates.split(self._n))
         pending = self._pending_acks(consumer, acks)
@@ -231,7 +252,7 @@ class PartitionedBroker:
             try:
                 reservation = self._parts[index].reserve(
                     consumer, queues, limit, now_ms, lease_ms, own_acks,
-                    min(wait, self._idle_cap or wait) if blocking else 0.0, rates)
+                    min(wait, self._idle_cap or wait) if blocking else 0.0, rates, self._outcomes_of(own_acks))
             except BrokerUnavailableError as exc:
                 # One partition's node is down (a failover): serve the others meanwhile.
                 failure = failure or exc
@@ -265,9 +286,10 @@ class PartitionedBroker:
             self._start[consumer], self._streak[consumer] = index, streak
         return reservation
 
-    def ack(self, consumer: str, ids: Sequence[str]) -> None:
+    def ack(self, consumer: str, ids: Sequence[str], outcomes: Sequence[OutcomeRecord] = ()) -> None:
+        self._keep(outcomes)
         for index, group in self._by_partition(ids).items():
-            self._parts[index].ack(consumer, group)
+            self._parts[index].ack(consumer, group, self._outcomes_of(group))
             self._forget(group)
 
     def _owner_of(self, task_id: str) -> int | None:
@@ -291,9 +313,10 @@ class PartitionedBroker:
         self._forget((task.id,))
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int) -> None:
+                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
         index = self._owner_of(task_id)
-        self._parts[0 if index is None else index].dead_letter(consumer, task_id, queue, payload, reason, now_ms)
+        self._parts[0 if index is None else index].dead_letter(consumer, task_id, queue, payload, reason, now_ms,
+                                                               outcome)
         self._forget((task_id,))
 
     def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
@@ -307,6 +330,33 @@ class PartitionedBroker:
             released += self._parts[index].release(consumer, group)
             self._forget(group)
         return released
+
+    # -- results -------------------------------------------------------------------------------------
+    def _states(self, task_id: str, now_ms: int) -> list[TaskState]:
+        """The task's state in each partition, in partition order (one round trip each)."""
+        return self._every(lambda part: part.task_state(task_id, now_ms))
+
+    def _holder(self, task_id: str, now_ms: int) -> int | None:
+        """The partition that holds the task, else the one that holds its outcome, else None."""
+        states = self._states(task_id, now_ms)
+        live = [index for index, state in enumerate(states) if state.live is not None]
+        kept = [index for index, state in enumerate(states) if state.outcome is not None]
+        return (live or kept)[0] if live or kept else None
+
+    def record_outcome(self, outcome: OutcomeRecord) -> None:
+        index = self._holder(outcome.task_id, outcome.finished_ms)
+        self._parts[0 if index is None else index].record_outcome(outcome)
+
+    def task_state(self, task_id: str, now_ms: int) -> TaskState:
+        states = self._states(task_id, now_ms)
+        live = next((state.live for state in states if state.live is not None), None)
+        return TaskState(live, next((state.outcome for state in states if state.outcome is not None), None))
+
+    def wait_outcome(self, task_id: str, now_ms: int, timeout: float) -> str | None:
+        # A task never moves to another partition, so its outcome is stored where the task is: block there.
+        # Held nowhere: None at once (the caller's task_state then says it is unknown).
+        index = self._holder(task_id, now_ms)
+        return None if index is None else self._parts[index].wait_outcome(task_id, now_ms, timeout)
 
     # -- supervision ---------------------------------------------------------------------------------
     def _every(self, call: Callable[[RedisBroker], T]) -> list[T]:

@@ -13,6 +13,7 @@ for i = #records, 1, -1 do
     if not all then redis.call("lrem", DEAD, 1, raw) end
     if type(id) == "string" and type(letter.queue) == "string" and type(letter.payload) == "string" then
       redis.call("hdel", CRASHES, id)
+      redis.call("del", resultkey(id))  -- its kept outcome, if any: it runs again and will have a new one
       if store(id, letter.queue, letter.payload, "", "") then touched[#touched + 1] = letter.queue end
       requeued = requeued + 1
     end

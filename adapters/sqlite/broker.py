@@ -19,9 +19,10 @@ from hexq.adapters.sqlite.inspection import SqliteInspection
 from hexq.adapters.sqlite.settings import SqliteSettings
 from hexq.core.errors import BrokerError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Cancelled, Delivery, OutgoingTask, Reservation, Unrun
+from hexq.core.ports import Cancelled, Delivery, OutcomeRecord, OutgoingTask, Reservation, TaskState, Unrun
 from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.rules import LeaseRules
+from hexq.core.status import TaskStatus
 
 _DEFAULT_RULES = LeaseRules()
 log = logging.getLogger("hexq.sqlite")
@@ -68,18 +69,19 @@ class SqliteBroker(SqliteInspection):
 
     # -- consuming ---------------------------------------------------------------------------------
     def reserve(self, consumer: str, queues: Sequence[str], limit: int, now_ms: int, lease_ms: int,
-                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS) -> Reservation:
+                acks: Sequence[str] = (), wait: float = 0.0, rates: RateLimits = NO_RATE_LIMITS,
+                outcomes: Sequence[OutcomeRecord] = ()) -> Reservation:
         if wait > 0:
             if acks:
-                self._db.write(statements.ack, consumer, acks)
-                acks = ()
+                self._db.write(statements.ack, consumer, acks, outcomes)
+                acks = outcomes = ()
             # A queue skipped for its rate limit has tasks, but none this consumer may take before the time
             # that bounds its wait: without this, every commit would wake it to skip the queue again.
             blocked, until_ms = self._blocked.get(consumer, (frozenset(), 0))
             watched = [q for q in queues if q not in blocked] if blocked and now_ms < until_ms else queues
             self._db.wait(lambda conn: statements.has_work(conn, watched, now_ms), wait)
         queue, rows, next_eta, back, blocked = self._db.write(
-            statements.reserve, consumer, queues, limit, now_ms, lease_ms, self._grace_ms, acks, rates)
+            statements.reserve, consumer, queues, limit, now_ms, lease_ms, self._grace_ms, acks, rates, outcomes)
         if blocked:
             self._blocked[consumer] = (blocked, next_eta or 0)
         elif rates:
@@ -89,17 +91,17 @@ class SqliteBroker(SqliteInspection):
         deliveries = tuple([Delivery(task_id, queue, text(payload), crashes) for task_id, payload, crashes in rows])
         return Reservation(deliveries, next_eta)
 
-    def ack(self, consumer: str, ids: Sequence[str]) -> None:
+    def ack(self, consumer: str, ids: Sequence[str], outcomes: Sequence[OutcomeRecord] = ()) -> None:
         if ids:
-            self._db.write(statements.ack, consumer, ids)
+            self._db.write(statements.ack, consumer, ids, outcomes)
 
     def retry(self, consumer: str, task: OutgoingTask) -> None:
         if self._db.write(statements.retry, task):
             self._db.wake_waiters()
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int) -> None:
-        self._db.write(statements.dead_letter, consumer, task_id, queue, payload, reason, now_ms)
+                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
+        self._db.write(statements.dead_letter, consumer, task_id, queue, payload, reason, now_ms, outcome)
 
     def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
         self._db.write(statements.discard, consumer, task_id, queue, why)
@@ -111,6 +113,21 @@ class SqliteBroker(SqliteInspection):
         if back:
             self._db.wake_waiters()
         return back
+
+    # -- results -----------------------------------------------------------------------------------
+    def record_outcome(self, outcome: OutcomeRecord) -> None:
+        self._db.write(statements.record_outcomes, (outcome,))
+
+    def task_state(self, task_id: str, now_ms: int) -> TaskState:
+        live, kept = self._db.read(statements.task_state, task_id, now_ms)
+        return TaskState(TaskStatus(live) if live else None, kept)
+
+    def wait_outcome(self, task_id: str, now_ms: int, timeout: float) -> str | None:
+        """Waits as an idle reservation does (``Database.wait``): woken by the commits it notices (the commit
+        probe, checked every 10 ms on a file; every commit on ``memory://``), then reads the outcome."""
+        if timeout > 0:
+            self._db.wait(lambda conn: statements.outcome(conn, task_id, now_ms) is not None, timeout)
+        return self._db.read(statements.outcome, task_id, now_ms)
 
     # -- supervision -------------------------------------------------------------------------------
     def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:

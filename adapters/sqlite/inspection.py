@@ -34,14 +34,16 @@ def _dead_letter(row: tuple[int, str, str, str | None, str, int]) -> DeadLetter:
 
 
 def _requeue_dead(conn: sqlite3.Connection, ids: Sequence[str] | None) -> int:
-    """Dead letters back to the tail of their queue, oldest first, crash counts reset; those without a
-    payload are dropped."""
+    """Dead letters back to the tail of their queue, oldest first, crash counts reset, kept outcomes dropped;
+    those without a payload are dropped."""
     if ids is None:
         rows = conn.execute(f"SELECT {_DEAD_COLUMNS} FROM dead ORDER BY seq").fetchall()
     else:
         rows = sorted(row for task_id in dict.fromkeys(ids)
                       for row in conn.execute(f"SELECT {_DEAD_COLUMNS} FROM dead WHERE id = ?", (task_id,)))
     conn.executemany("DELETE FROM dead WHERE seq = ?", [(row[0],) for row in rows])
+    # Their kept outcomes go: each one runs again and will have a new one.
+    conn.executemany("DELETE FROM results WHERE id = ?", [(row[1],) for row in rows if row[3] is not None])
     return statements.store(conn, [OutgoingTask(row[1], row[2], row[3]) for row in rows if row[3] is not None])
 
 

@@ -27,13 +27,15 @@ uniques        a unique task's lock (``hexq.core.unique``): lock key -> the task
 cancels        id of an owned task whose cancellation is pending (``statements.cancel``), until it ends
 rates          rate limit key (``t:<task>``, ``q:<queue>``) -> its TAT and cursor in epoch microseconds
                (``hexq.core.rate_limit``); written only by workers that enforce rate limits
+results        task id -> its kept outcome (JSON, ``keep_result``) and when it expires (ms); expired rows are
+               never read, and are deleted in bounded batches by the writes of new ones and by heartbeats
 =============  =============================================================================================
 
 Indexes are partial, one per state, so each hot query is a range scan of exactly the rows it wants:
 ``tasks_queued (queue, pos) WHERE state = 0`` (take from the head, count), ``tasks_waiting (queue, eta_ms,
 id) WHERE state = 1`` (due tasks in eta order, the next eta), ``tasks_dedup UNIQUE (queue, dedup_key) WHERE
 state = 1`` (one waiting task per key), ``tasks_owned (consumer, since_ms, pos) WHERE state = 2`` (a consumer's tasks
-in reservation order); plus ``dead_id`` and ``workers_beat``.
+in reservation order); plus ``dead_id``, ``workers_beat`` and ``results_expiry``.
 
 Versions. 1 had two more tables, ``broadcasts`` (payloads by sequence number) and ``subscribers`` (each
 worker parent's subscription, which copied every broadcast into its queue). 2 drops them: ``broadcast``
@@ -95,6 +97,9 @@ ADDED_TABLES = {
     "cancels": "CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY) WITHOUT ROWID",
     "rates": ("CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat_us INTEGER NOT NULL, "
               "cursor_us INTEGER NOT NULL) WITHOUT ROWID"),
+    "results": ("CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, document TEXT NOT NULL, "
+                "expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
+                "CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_ms)"),
 }
 
 
@@ -136,6 +141,7 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
     _add_missing_tables(conn)
 
 
+
 def _add_missing_tables(conn: sqlite3.Connection) -> None:
     """Create the ``ADDED_TABLES`` this database lacks, in one transaction (racing processes create each once)."""
     present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -143,8 +149,9 @@ def _add_missing_tables(conn: sqlite3.Connection) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in ADDED_TABLES.values():
-            conn.execute(statement)
+        for statements in ADDED_TABLES.values():
+            for statement in statements.split(";"):  # a table and its indexes
+                conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from functools import lru_cache
 
 from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
-from hexq.core.ports import OutgoingTask
+from hexq.core.ports import OutcomeRecord, OutgoingTask
 from hexq.core.queues import broadcast_queue
 from hexq.core.rate_limit import NO_RATE_LIMITS, RateGate, RateLimits, task_name_on_wire
 from hexq.core.unique import lock_of
@@ -71,6 +71,13 @@ _LOCK_HOLDER = ("SELECT u.task_id FROM uniques AS u WHERE u.lock = ?1 AND u.unti
                 "OR EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = u.task_id AND t.payload IS NOT NULL))")
 _TAKE_LOCK = "INSERT OR REPLACE INTO uniques (lock, task_id, until_ms) VALUES (?, ?, ?)"
 _UNLOCK = "DELETE FROM uniques WHERE lock = ? AND task_id = ?"
+_KEEP_OUTCOME = ("INSERT INTO results (id, document, expires_ms) VALUES (?, ?, ?) ON CONFLICT (id) "
+                 "DO UPDATE SET document = excluded.document, expires_ms = excluded.expires_ms")
+# Expired outcomes are never read; each write of new ones (and each heartbeat) deletes a bounded batch.
+_DROP_EXPIRED = ("DELETE FROM results WHERE id IN "
+                 "(SELECT id FROM results WHERE expires_ms <= ? ORDER BY expires_ms LIMIT ?)")
+EXPIRED_PER_WRITE = 100
+_OUTCOME = "SELECT document FROM results WHERE id = ? AND expires_ms > ?"
 
 Row = tuple[str, bytes | None, int]  # id, payload, crashes
 
@@ -154,11 +161,15 @@ def last_cron_tick(conn: sqlite3.Connection, schedule_key: str) -> int | None:
 
 
 # -- consuming -------------------------------------------------------------------------------------------
-def ack(conn: sqlite3.Connection, consumer: str, ids: Sequence[str]) -> None:
+def ack(conn: sqlite3.Connection, consumer: str, ids: Sequence[str],
+        outcomes: Sequence[OutcomeRecord] = ()) -> None:
     """Owned ids go with their row; for any other (acknowledged late, after its lease expired and the task
-    went back) only the payload and the crash count go, as the Redis scripts do."""
+    went back) only the payload and the crash count go, as the Redis scripts do. ``outcomes`` are kept in the
+    same transaction."""
     if not ids:
         return
+    if outcomes:
+        record_outcomes(conn, outcomes)
     if conn.executemany(_DELETE_OWNED, [(i, consumer) for i in ids]).rowcount < len(ids):
         conn.executemany(_FORGET_PAYLOAD, [(i,) for i in ids])
     unlock(conn, ids)
@@ -194,11 +205,11 @@ def _recover_expired(conn: sqlite3.Connection, now_ms: int, grace_ms: int) -> in
 
 def reserve(conn: sqlite3.Connection, consumer: str, queues: Sequence[str], limit: int, now_ms: int,
             lease_ms: int, grace_ms: int, acks: Sequence[str], rates: RateLimits = NO_RATE_LIMITS,
-            ) -> tuple[str, list[Row], int | None, int, frozenset[str]]:
-    """Acks, eta promotion of the served queues, expiry, then up to ``limit`` tasks from the head of the
-    first non-empty queue (under ``rates``: see ``_rated_take``). Returns (served queue, rows, next eta,
-    tasks put back by expiry, queues skipped while over their rate limit)."""
-    ack(conn, consumer, acks)
+            outcomes: Sequence[OutcomeRecord] = ()) -> tuple[str, list[Row], int | None, int, frozenset[str]]:
+    """Acks (with their kept outcomes), eta promotion of the served queues, expiry, then up to ``limit`` tasks
+    from the head of the first non-empty queue (under ``rates``: see ``_rated_take``). Returns (served queue,
+    rows, next eta, tasks put back by expiry, queues skipped while over their rate limit)."""
+    ack(conn, consumer, acks, outcomes)
     minima: list[int | None] = list(conn.execute(_eta_minima_sql(len(queues)), queues).fetchone()) if queues else []
     for index, queue in enumerate(queues):
         due = minima[index]
@@ -300,10 +311,12 @@ def retry(conn: sqlite3.Connection, task: OutgoingTask) -> int:
 
 
 def dead_letter(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, payload: str | None,
-                reason: str, now_ms: int) -> None:
+                reason: str, now_ms: int, outcome: OutcomeRecord | None = None) -> None:
     ack(conn, consumer, [task_id])
     if _drop_if_cancelled(conn, task_id):
         return
+    if outcome is not None:
+        record_outcomes(conn, (outcome,))
     conn.execute("INSERT INTO dead (id, queue, payload, reason, failed_at_ms) VALUES (?, ?, ?, ?, ?)",
                  (task_id, queue, payload, reason, now_ms))
 
@@ -387,12 +400,35 @@ def lookup(conn: sqlite3.Connection, task_id: str) -> tuple[str, bytes | None, i
     return (row[1] if row[0] == OWNED else "", row[2], row[3])
 
 
+# -- results ---------------------------------------------------------------------------------------------
+def record_outcomes(conn: sqlite3.Connection, outcomes: Sequence[OutcomeRecord]) -> None:
+    """The primitive that keeps outcomes (``keep_result``, as ``record_outcome`` in the Redis scripts): each
+    replaces any earlier one of its id, and expires ``ttl_ms`` after ``finished_ms``. A bounded batch of
+    expired ones is deleted on the way."""
+    conn.executemany(_KEEP_OUTCOME, [(o.task_id, o.document, o.finished_ms + o.ttl_ms) for o in outcomes])
+    conn.execute(_DROP_EXPIRED, (max(o.finished_ms for o in outcomes), EXPIRED_PER_WRITE))
+
+
+def outcome(conn: sqlite3.Connection, task_id: str, now_ms: int) -> str | None:
+    row = conn.execute(_OUTCOME, (task_id, now_ms)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def task_state(conn: sqlite3.Connection, task_id: str, now_ms: int) -> tuple[str, str | None]:
+    """("running" / "scheduled" / "queued" / "" when not stored, the kept outcome or None), read together."""
+    row = conn.execute("SELECT state, eta_ms FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    live = ("" if row is None else "running" if row[0] == OWNED
+            else "scheduled" if row[0] == WAITING and row[1] is not None and row[1] > now_ms else "queued")
+    return live, outcome(conn, task_id, now_ms)
+
+
 def heartbeat(conn: sqlite3.Connection, worker_id: str, info: str, now_ms: int, stale_ms: int) -> None:
     conn.execute("INSERT INTO workers (worker_id, last_beat_ms, info) VALUES (?, ?, ?) ON CONFLICT (worker_id) "
                  "DO UPDATE SET last_beat_ms = excluded.last_beat_ms, info = excluded.info", (worker_id, now_ms, info))
     stale = conn.execute("SELECT worker_id FROM workers WHERE last_beat_ms < ?", (now_ms - stale_ms,)).fetchall()
     for (worker,) in stale:  # died without a goodbye (SIGKILL, lost machine)
         forget_worker(conn, worker)
+    conn.execute(_DROP_EXPIRED, (now_ms, EXPIRED_PER_WRITE))
 
 
 def forget_worker(conn: sqlite3.Connection, worker_id: str) -> None:

@@ -34,9 +34,11 @@ from hexq.core.ports.records import (
     DeadLetter,
     Delivery,
     InFlight,
+    OutcomeRecord,
     OutgoingTask,
     QueueStats,
     Reservation,
+    TaskState,
     Unrun,
     WorkerBeat,
 )
@@ -130,6 +132,7 @@ class Consumer(Protocol):
         acks: Sequence[str] = (),
         wait: float = 0.0,
         rates: RateLimits = NO_RATE_LIMITS,
+        outcomes: Sequence[OutcomeRecord] = (),
     ) -> Reservation:
         """Atomically: acknowledge ``acks``; move eta tasks due at ``now_ms`` of ``queues`` to the tail of
         their queue; suspect or put back the tasks of consumers whose lease has expired (see the module
@@ -155,11 +158,15 @@ class Consumer(Protocol):
         and crash count unchanged, no attempt counted), and the take goes on with the tasks behind it (at
         most 1000 looked at per queue). ``next_eta_ms`` is then also bounded by the earliest time a task held
         back by a limit may be taken, so an idle caller waits until then and not longer. Broadcast queues
-        ('@...') are never limited."""
+        ('@...') are never limited.
+
+        ``outcomes``: the kept outcomes of acknowledged tasks (each one's id is in ``acks``), stored in the same
+        atomic step as the acks (``Results.record_outcome``'s rule), so keeping results costs no round trip."""
         ...
 
-    def ack(self, consumer: str, ids: Sequence[str]) -> None:
-        """Forget finished tasks (payload and ownership). Unknown or already acknowledged ids are ignored."""
+    def ack(self, consumer: str, ids: Sequence[str], outcomes: Sequence[OutcomeRecord] = ()) -> None:
+        """Forget finished tasks (payload and ownership). Unknown or already acknowledged ids are ignored.
+        ``outcomes`` (each for an id in ``ids``) are stored in the same atomic step, as ``reserve`` does."""
         ...
 
     def retry(self, consumer: str, task: OutgoingTask) -> None:
@@ -169,9 +176,10 @@ class Consumer(Protocol):
         ...
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int) -> None:
-        """Atomically end ownership of ``task_id``, drop its stored payload and append a dead letter; a task
-        marked cancelled is discarded instead (no dead letter)."""
+                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
+        """Atomically end ownership of ``task_id``, drop its stored payload and append a dead letter, and store
+        ``outcome`` (the task's kept outcome, failed or dead) when given; a task marked cancelled is discarded
+        instead (no dead letter, no outcome stored)."""
         ...
 
     def release(self, consumer: str, ids: Sequence[str]) -> int:
@@ -184,6 +192,35 @@ class Consumer(Protocol):
         its payload, crash count and cancellation mark and, for ``why`` "expired" (its deadline passed before
         it started), add one to ``queue``'s expired count (``QueueStats.expired``). Like ``dead_letter``, the
         payload goes even if ``consumer`` no longer owns it; an unknown id only counts."""
+        ...
+
+
+class Results(Protocol):
+    """What task handles need (``keep_result``): each task's kept outcome, and where a task is.
+
+    An outcome is one JSON document per task id (``hexq.core.outcome``), stored with a time to live; a later
+    one replaces it. It is written with the acknowledgement or the dead letter that ends the task
+    (``Consumer.reserve``/``ack``/``dead_letter``'s ``outcomes``), or on its own by ``record_outcome``
+    (cancellation, deadlines). ``requeue_dead`` drops the outcome of each task it requeues, which will have a
+    new one."""
+
+    def record_outcome(self, outcome: OutcomeRecord) -> None:
+        """Store ``outcome`` for ``outcome.task_id`` (replacing any earlier one), kept ``ttl_ms``, and wake every
+        ``wait_outcome`` of that id. The task itself is not touched."""
+        ...
+
+    def task_state(self, task_id: str, now_ms: int) -> TaskState:
+        """In one atomic read: RUNNING if a consumer owns the task; SCHEDULED if it waits in an eta set with an
+        eta after ``now_ms`` (QUEUED once due, as the next reservation will promote it); QUEUED if it is
+        otherwise stored; else not live (None). ``outcome``: the kept outcome, if any and not expired at
+        ``now_ms`` (both may be set: a requeued or redelivered task that had ended once)."""
+        ...
+
+    def wait_outcome(self, task_id: str, now_ms: int, timeout: float) -> str | None:
+        """The kept outcome of ``task_id``, waiting up to ``timeout`` seconds for one to be stored; None if none
+        came. Blocks on the broker's own notification (no polling loop on Redis); may return None before the
+        timeout (a spurious wake-up, or a task that is nowhere), so callers re-check ``task_state``. Many
+        waiters of one id are all woken, and none of them consumes the outcome."""
         ...
 
 
@@ -274,7 +311,8 @@ class Administration(Protocol):
 
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
         """Move dead letters (all, or those with these ids) back to the tail of their queue, with their
-        crash count reset. Dead letters without a payload are dropped. Returns how many were requeued."""
+        crash count reset and their kept outcome dropped. Dead letters without a payload are dropped. Returns
+        how many were requeued."""
         ...
 
     def purge_dead(self) -> int:
@@ -291,7 +329,8 @@ class Administration(Protocol):
         ...
 
 
-class Broker(Producer, Canceller, Consumer, Supervision, CronStore, Inspection, Administration, Protocol):
+class Broker(Producer, Canceller, Consumer, Results, Supervision, CronStore, Inspection, Administration,
+             Protocol):
     """Every role at once: what an adapter implements."""
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ from typing import Literal
 
 import attrs
 
+from hexq.core.status import TaskStatus
+
 # Why an owned task ends without running (again): its deadline passed, or it was cancelled.
 Unrun = Literal["expired", "cancelled"]
 
@@ -110,3 +112,24 @@ class ChildExit:
     pid: int
     code: int | None  # exit status, or None when killed by a signal
     signal: int | None
+
+
+@attrs.frozen
+class OutcomeRecord:
+    """A task's outcome to keep (``keep_result``): ``document`` (JSON, ``hexq.core.outcome``) stored under the
+    task id for ``ttl_ms`` from ``finished_ms`` (the writer's clock; Redis counts the TTL from when it stores
+    it, SQLite keeps ``finished_ms + ttl_ms``). A later record of the same id replaces it."""
+
+    task_id: str
+    document: str
+    ttl_ms: int
+    finished_ms: int
+
+
+@attrs.frozen
+class TaskState:
+    """A task id as the broker sees it, read atomically: ``live`` is QUEUED, SCHEDULED or RUNNING while the
+    broker holds the task (None when it does not), ``outcome`` the kept outcome document, if any."""
+
+    live: TaskStatus | None
+    outcome: str | None = None

@@ -16,7 +16,7 @@ from typing import Any
 
 from hexq.core.services.invoke import Escaped, contained
 
-TaskBody = Coroutine[Any, Any, None]
+TaskBody = Coroutine[Any, Any, Any]
 
 
 class OwnCancellation(Exception):
@@ -27,7 +27,7 @@ class OwnCancellation(Exception):
         self.original = original
 
 
-async def run_in_own_task(body: TaskBody) -> None:
+async def run_in_own_task(body: TaskBody) -> Any:
     """Run ``body`` in an asyncio task of its own, so that its cancellation cannot be mistaken for ours.
 
     Exact on every Python, but it costs a task and a loop iteration per run: the fallback for Pythons
@@ -43,30 +43,30 @@ async def run_in_own_task(body: TaskBody) -> None:
             inner.exception()  # retrieved, or asyncio would log it as never retrieved
         raise
     try:
-        inner.result()
+        return inner.result()
     except Escaped as escaped:
         raise escaped.original from None
 
 
-async def _own_cancellation_marked(body: TaskBody) -> None:
+async def _own_cancellation_marked(body: TaskBody) -> Any:
     # Only the body can cancel its own task (we cancel it only when we are cancelled ourselves, and then its
     # outcome is dropped), so any CancelledError here is the task's own.
     try:
-        await body
+        return await body
     except asyncio.CancelledError as exc:
         raise OwnCancellation(exc) from None
 
 
 if sys.version_info >= (3, 11):
 
-    async def run_checking_cancelling(body: TaskBody) -> None:
+    async def run_checking_cancelling(body: TaskBody) -> Any:
         """Run ``body`` in the current asyncio task: a CancelledError is ours when someone asked to cancel
         this task (``Task.cancelling()``), else the task's own.
 
         A task that cancels the asyncio task running it is taken at its word, as a shutdown would be.
         """
         try:
-            await body
+            return await body
         except asyncio.CancelledError as exc:
             running = asyncio.current_task()
             if running is not None and running.cancelling():

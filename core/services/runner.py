@@ -13,10 +13,11 @@ import attrs
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, TaskCancelled, UnknownTaskError
 from hexq.core.message import MAX_TASK_ID_BYTES, Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
-from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutgoingTask, Unrun
+from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutcomeRecord, OutgoingTask, Unrun
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 from hexq.core.services.cancellation import OwnCancellation, run_task_body
 from hexq.core.services.invoke import call_hooks, call_task
+from hexq.core.services.keeping import OutcomeKeeper
 from hexq.core.services.soft_timeout import NoAlarm, SoftAlarm, run_async, run_sync
 from hexq.core.services.stopping import CancelRequests, NoCancelRequests, Stopper
 from hexq.core.services.task_log import log_cancelled, log_failed, log_succeeded
@@ -28,6 +29,15 @@ log = logging.getLogger("hexq.worker")
 # How a run failed, and with what (None when seen from outside the run, as a hard timeout is); or that it was
 # stopped because its cancellation was requested.
 Failure = tuple[FailureKind | Literal["cancelled"], BaseException | None]
+
+
+class _Returned:
+    """What a run that did not fail returned (kept only for ``keep_result``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 class RunReporter(Protocol):
@@ -62,23 +72,45 @@ class TaskRunner:
     # One INFO line per task that succeeds (``HexQ(log_tasks=...)``); failures are logged either way.
     log_tasks: bool = True
     pending_acks: list[str] = attrs.field(factory=list)
+    # The kept outcomes (keep_result) of tasks in pending_acks, sent with them.
+    pending_outcomes: list[OutcomeRecord] = attrs.field(factory=list)
     # Retries and dead letters the broker could not take yet (see _settle); sent again by flush_settles.
     pending_settles: list[Callable[[], None]] = attrs.field(factory=list)
     _limits: dict[tuple[str, str], Limits] = attrs.field(factory=dict)
+    keeper: OutcomeKeeper = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.keeper = OutcomeKeeper(self.registry, self.codec)
 
     def take_acks(self) -> list[str]:
         acks, self.pending_acks = self.pending_acks, []
         return acks
 
+    def take_outcomes(self) -> list[OutcomeRecord]:
+        """The kept outcomes of the acks just taken, to send with them (empty unless keep_result is used)."""
+        if not self.pending_outcomes:
+            return []
+        outcomes, self.pending_outcomes = self.pending_outcomes, []
+        return outcomes
+
+    def give_back(self, acks: list[str], outcomes: list[OutcomeRecord]) -> None:
+        """Acks (and their outcomes) taken but not sent: still ours, sent with the next call."""
+        self.pending_acks[:0] = acks
+        if outcomes:
+            self.pending_outcomes[:0] = outcomes
+
     def flush_acks(self) -> None:
         if self.pending_acks:
-            acks = self.take_acks()
+            acks, outcomes = self.take_acks(), self.take_outcomes()
             try:
-                self.broker.ack(self.consumer, acks)
+                if outcomes:
+                    self.broker.ack(self.consumer, acks, outcomes)
+                else:
+                    self.broker.ack(self.consumer, acks)
             except BaseException:
                 # Still ours: an unacknowledged task stays owned by this live consumer, so the acks must be
                 # sent later rather than forgotten.
-                self.pending_acks[:0] = acks
+                self.give_back(acks, outcomes)
                 raise
 
     def prepare(self, delivery: Delivery) -> tuple[TaskMessage, TaskDef] | None:
@@ -91,7 +123,7 @@ class TaskRunner:
             return None
         too_long = _untrackable_id(delivery.id)
         if too_long is not None:
-            self._reject(delivery, too_long)
+            self._reject(delivery, too_long, keep=False)  # an id no handle could have been given
             return None
         prepared = self._decode(delivery, delivery.payload)
         if (prepared is None or self._expired(delivery, prepared[0]) or self._cancelled(delivery, prepared[0])
@@ -126,7 +158,8 @@ class TaskRunner:
             message = self.codec.decode(payload)
             return message, self.registry.get(message.name)
         except (MalformedPayloadError, UnknownTaskError) as exc:
-            self._reject(delivery, f"{type(exc).__name__}: {exc}", owner)
+            name = exc.name if isinstance(exc, UnknownTaskError) else ""
+            self._reject(delivery, f"{type(exc).__name__}: {exc}", owner, name=name)
             return None
 
     def _may_run_again(self, delivery: Delivery, message: TaskMessage) -> bool:
@@ -134,7 +167,8 @@ class TaskRunner:
             return True
         verdict = on_redelivery(delivery.crashes, self.registry.defaults.max_deliveries)
         if not verdict.run:
-            self._reject(delivery, verdict.reason)
+            self._reject(delivery, verdict.reason, name=message.name, limits=self.limits_for(
+                message, self.registry.get(message.name)))
             return False
         log.warning("task %s %s[%s]: running again after %d worker crash(es)", message.id, message.name,
                     message.queue, delivery.crashes)
@@ -176,23 +210,23 @@ class TaskRunner:
         attempt_token = current_attempt.set(message.retries + delivery.crashes + 1)
         try:
             started = self.clock.monotonic()
-            failure = await self._execute(delivery, message, task, limits, slot, started)
+            ended = await self._execute(delivery, message, task, limits, slot, started)
             duration = self.clock.monotonic() - started
             await self._after_task_finished()
-            self._record(delivery, message, task, limits, failure, duration)
+            self._record(delivery, message, task, limits, ended, duration)
         finally:
             current_task.reset(message_token)
             current_attempt.reset(attempt_token)
 
     async def _execute(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits, slot: int,
-                       started: float) -> Failure | None:
+                       started: float) -> Failure | _Returned:
         self._report_started(slot, delivery.id, limits, started)
         self.metrics.started(message.name, message.queue)
         stopper = Stopper(asyncio.current_task()) if task.is_async else None
         if stopper is not None:
             self.cancels.running(delivery.id, stopper.stop)
         try:
-            await run_task_body(self._body(task, message, limits))
+            value = await run_task_body(self._body(task, message, limits))
         except SoftTimeout as exc:
             return "soft_timeout", exc
         except TaskCancelled as exc:
@@ -211,21 +245,20 @@ class TaskRunner:
                 stopper.active = False
                 self.cancels.finished(delivery.id)
             self.reporter.finished(slot)
-        return None
+        return _Returned(value)
 
     def _report_started(self, slot: int, task_id: str, limits: Limits, started: float) -> None:
         # The Clock's monotonic time is the one every process of a worker shares, so the parent can compare it.
         hard_deadline = started + limits.hard_timeout if limits.hard_timeout is not None else 0.0  # 0.0: none
         self.reporter.started(slot, task_id, hard_deadline)
 
-    async def _body(self, task: TaskDef, message: TaskMessage, limits: Limits) -> None:
+    async def _body(self, task: TaskDef, message: TaskMessage, limits: Limits) -> Any:
         hooks = self.registry.hooks
         if hooks.before_task_started:
             await call_hooks(hooks.before_task_started)
         if task.is_async:
-            await run_async(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout)
-        else:
-            await run_sync(lambda: self._call_sync(task, message), limits.soft_timeout, self.alarm)
+            return await run_async(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout)
+        return await run_sync(lambda: self._call_sync(task, message), limits.soft_timeout, self.alarm)
 
     def _call_sync(self, task: TaskDef, message: TaskMessage) -> Any:
         # Only while the task's own code runs may a cancellation request raise TaskCancelled in it.
@@ -244,14 +277,19 @@ class TaskRunner:
                 log.exception("after_task_finished hook failed")
 
     def _record(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,
-                failure: Failure | None, duration: float) -> None:
-        if failure is None:
+                ended: Failure | _Returned, duration: float) -> None:
+        if isinstance(ended, _Returned):
             self.metrics.finished(message.name, message.queue, "succeeded", duration)
             if self.log_tasks:
                 log_succeeded(message, message.retries + delivery.crashes + 1, duration)
-            self._ack(delivery.id)
+            keep_ms = limits.keep_result_ms
+            if keep_ms is None or message.broadcast:
+                self._ack(delivery.id)
+            else:
+                self._ack(delivery.id, self.keeper.succeeded(delivery.id, message.name, ended.value, keep_ms,
+                                                             self._now_ms()))
             return
-        kind, error = failure
+        kind, error = ended
         if kind == "cancelled":
             log_cancelled(message, message.retries + delivery.crashes + 1, duration)
             self.metrics.finished(message.name, message.queue, "cancelled", duration)
@@ -277,7 +315,10 @@ class TaskRunner:
             reason = decision.reason if isinstance(decision, GiveUp) else "broadcast task failed"
             shown = reason if isinstance(decision, GiveUp) else f"{decision.reason}; a broadcast is not retried"
             log_failed(message, retries_used + 1, duration, kind, error, shown, None, limits.hard_timeout)
-            self._dead(delivery.id, message.queue, delivery.payload, reason, owner)
+            keep_ms = None if message.broadcast else limits.keep_result_ms
+            outcome = None if keep_ms is None else self.keeper.failed(
+                delivery.id, message.name, kind, error, reason, keep_ms, self._now_ms())
+            self._dead(delivery.id, message.queue, delivery.payload, reason, owner, outcome)
             self.metrics.finished(message.name, message.queue, "dead_lettered", duration)
             return
         if message.expires is not None and self.clock.now() + decision.delay > message.expires:
@@ -320,17 +361,26 @@ class TaskRunner:
         outgoing = OutgoingTask(task_id, message.queue, self.codec.encode(retried), eta_ms)
         self._settle(lambda consumer: self.broker.retry(consumer, outgoing), owner)
 
-    def _reject(self, delivery: Delivery, reason: str, owner: str | None = None) -> None:
+    def _reject(self, delivery: Delivery, reason: str, owner: str | None = None, *, name: str = "",
+                limits: Limits | None = None, keep: bool = True) -> None:
+        """Dead-letter a delivery that does not run; its outcome ("dead") is kept by the task's ``keep_result``
+        (``limits``) or, when the task is not known, its queue's or the app's."""
         log.error("task %s from queue %s sent to the dead-letter list: %s", delivery.id, delivery.queue, reason)
-        self._dead(delivery.id, delivery.queue, delivery.payload, reason, owner)
+        keep_ms = self.keeper.keep_ms(limits, delivery.queue) if keep else None
+        outcome = None if keep_ms is None else self.keeper.rejected(delivery.id, name, reason, keep_ms,
+                                                                   self._now_ms())
+        self._dead(delivery.id, delivery.queue, delivery.payload, reason, owner, outcome)
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
 
     def _dead(self, task_id: str, queue: str, payload: str | bytes | None, reason: str,
-              owner: str | None = None) -> None:
+              owner: str | None = None, outcome: OutcomeRecord | None = None) -> None:
         if isinstance(payload, bytes):  # kept for the operator, readable, with the bad bytes escaped
             payload = payload.decode("utf-8", "backslashreplace")
-        text, now_ms = payload, int(self.clock.now() * 1000)
-        self._settle(lambda consumer: self.broker.dead_letter(consumer, task_id, queue, text, reason, now_ms),
-                     owner)
+        text, now_ms = payload, self._now_ms()
+        self._settle(lambda consumer: self.broker.dead_letter(consumer, task_id, queue, text, reason, now_ms,
+                                                              outcome), owner)
 
     def _discard(self, task_id: str, queue: str, why: Unrun, owner: str | None = None) -> None:
         self._settle(lambda consumer: self.broker.discard(consumer, task_id, queue, why), owner)
@@ -361,8 +411,10 @@ class TaskRunner:
             self.pending_settles[0]()
             del self.pending_settles[0]
 
-    def _ack(self, task_id: str) -> None:
+    def _ack(self, task_id: str, outcome: OutcomeRecord | None = None) -> None:
         self.pending_acks.append(task_id)
+        if outcome is not None:
+            self.pending_outcomes.append(outcome)
         if not self.defer_acks:
             self.flush_acks()
 

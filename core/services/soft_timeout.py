@@ -29,29 +29,31 @@ class NoAlarm:
         return None
 
 
-async def run_sync(call: Callable[[], Any], soft_timeout: float | None, alarm: SoftAlarm) -> None:
-    """Run a sync task; ``alarm`` raises SoftTimeout inside it once ``soft_timeout`` (None: never) is past."""
+async def run_sync(call: Callable[[], Any], soft_timeout: float | None, alarm: SoftAlarm) -> Any:
+    """Run a sync task and return what it returned; ``alarm`` raises SoftTimeout inside it once
+    ``soft_timeout`` (None: never) is past."""
     if soft_timeout is not None:
         alarm.arm(soft_timeout)
     try:
         result = call()
         if inspect.isawaitable(result):  # an async wrapper around the sync task
-            await result
+            result = await result
+        return result
     finally:
         if soft_timeout is not None:
             alarm.disarm()
 
 
-async def run_async(call: Callable[[], Any], soft_timeout: float | None) -> None:
-    """Run an async task; it is cancelled, and SoftTimeout raised, once ``soft_timeout`` (None: never) is past."""
+async def run_async(call: Callable[[], Any], soft_timeout: float | None) -> Any:
+    """Run an async task and return what it returned; it is cancelled, and SoftTimeout raised, once
+    ``soft_timeout`` (None: never) is past."""
     result = call()
     if not inspect.isawaitable(result):
-        return
+        return result
     if soft_timeout is None:
-        await result
-        return
+        return await result
     try:
-        await asyncio.wait_for(contained(result), soft_timeout)
+        return await asyncio.wait_for(contained(result), soft_timeout)
     except asyncio.TimeoutError:
         # Only wait_for's own: the task's TimeoutErrors come out of contained() as Escaped.
         raise SoftTimeout(f"ran past its soft timeout of {soft_timeout}s") from None

@@ -24,14 +24,17 @@ from hexq.core.ports import (
     DeadLetter,
     Delivery,
     InFlight,
+    OutcomeRecord,
     OutgoingTask,
     QueueStats,
+    TaskState,
     UniqueLock,
     Unrun,
 )
 from hexq.core.queues import broadcast_queue
 from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
 from hexq.core.rules import LeaseRules
+from hexq.core.status import TaskStatus
 from hexq.core.unique import unique_id
 
 T0 = 1_700_000_000_000  # a realistic epoch-ms "now"
@@ -1195,7 +1198,118 @@ class RateLimitContract(_Contract):
         assert rated(broker, rates, now_ms=T0 + 1000) == (["n1"], T0 + 2000)
 
 
-class BrokerContract(ProducerContract, ConsumerContract, SupervisionContract, CronStoreContract,
+def kept(task_id: str, document: str = "", ttl_ms: int = 60_000, finished_ms: int = T0) -> OutcomeRecord:
+    return OutcomeRecord(task_id, document or f'{{"outcome":"{task_id}"}}', ttl_ms, finished_ms)
+
+
+def envelope_text(task_id: str, queue: str = "default") -> str:
+    """A payload as hexq writes it: the broker finds an eta task's queue in it (task_state)."""
+    return (f'{{"v":1,"id":"{task_id}","task":"t","queue":"{queue}","args":[],"kwargs":{{}},"retries":0,'
+            '"enqueued_at":0}')
+
+
+def stored_later(broker: Broker, outcome: OutcomeRecord, after: float) -> threading.Thread:
+    def store() -> None:
+        time.sleep(after)
+        broker.record_outcome(outcome)
+
+    thread = threading.Thread(target=store)
+    thread.start()
+    return thread
+
+
+class ResultsContract(_Contract):
+    def test_an_outcome_sent_with_the_acks_of_a_reservation_is_kept(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b"), task("c")])
+        take(broker, limit=3)
+        broker.reserve("c1", ["default"], 1, T0, LEASE, ["a", "b"], outcomes=[kept("b")])
+        assert broker.task_state("a", T0) == TaskState(None, None)  # acknowledged, no outcome kept
+        assert broker.task_state("b", T0) == TaskState(None, '{"outcome":"b"}')
+        assert owners(broker) == [("c", "c1")]
+
+    def test_an_outcome_sent_with_ack_is_kept_and_the_ack_order_holds(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b"), task("c")])
+        take(broker, limit=3)
+        broker.ack("c1", ["a", "b"], [kept("a", '{"x":"line\nbreak é"}')])
+        assert broker.task_state("a", T0).outcome == '{"x":"line\nbreak é"}'
+        assert owners(broker) == [("c", "c1")]
+        assert payload_of(broker, "b") is None
+
+    def test_a_dead_letter_keeps_the_outcome_given_with_it(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b")])
+        take(broker, limit=2)
+        broker.dead_letter("c1", "a", "default", "p-a", "boom", T0, kept("a"))
+        broker.dead_letter("c1", "b", "default", "p-b", "boom", T0)
+        assert broker.task_state("a", T0) == TaskState(None, '{"outcome":"a"}')
+        assert broker.task_state("b", T0) == TaskState(None, None)
+        assert [letter.id for letter in broker.dead_letters()] == ["b", "a"]
+
+    def test_task_state_through_the_life_cycle(self, broker: Broker) -> None:
+        broker.enqueue([OutgoingTask("e", "default", envelope_text("e"), T0 + 1000), task("q")])
+        assert broker.task_state("e", T0).live is TaskStatus.SCHEDULED
+        assert broker.task_state("e", T0 + 1000).live is TaskStatus.QUEUED  # due: the next reservation takes it
+        assert broker.task_state("q", T0).live is TaskStatus.QUEUED
+        take(broker, limit=1)
+        assert broker.task_state("q", T0).live is TaskStatus.RUNNING
+        broker.ack("c1", ["q"], [kept("q")])
+        assert broker.task_state("q", T0) == TaskState(None, '{"outcome":"q"}')
+        assert broker.task_state("never", T0) == TaskState(None, None)
+
+    def test_a_retried_task_waits_scheduled_for_its_delay(self, broker: Broker) -> None:
+        broker.enqueue([OutgoingTask("r", "other", envelope_text("r", "other"))])
+        take(broker, "other", limit=1)
+        broker.retry("c1", OutgoingTask("r", "other", envelope_text("r", "other"), T0 + 5000))
+        assert broker.task_state("r", T0).live is TaskStatus.SCHEDULED
+
+    def test_record_outcome_replaces_the_earlier_one_and_leaves_the_task_alone(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        broker.record_outcome(kept("a", '{"n":1}'))
+        broker.record_outcome(kept("a", '{"n":2}'))
+        assert broker.task_state("a", T0) == TaskState(TaskStatus.QUEUED, '{"n":2}')
+        assert ids(take(broker)) == ["a"]
+
+    def test_an_outcome_expires_after_its_time_to_live(self, broker: Broker) -> None:
+        now = int(time.time() * 1000)
+        broker.record_outcome(kept("a", ttl_ms=100, finished_ms=now))
+        broker.record_outcome(kept("b", ttl_ms=60_000, finished_ms=now))
+        time.sleep(0.3)
+        later = now + 300
+        assert broker.task_state("a", later) == TaskState(None, None)
+        assert broker.wait_outcome("a", later, 0.0) is None
+        assert broker.task_state("b", later).outcome == '{"outcome":"b"}'
+
+    def test_wait_outcome_returns_a_kept_outcome_at_once_and_leaves_it(self, broker: Broker) -> None:
+        broker.record_outcome(kept("a"))
+        assert broker.wait_outcome("a", T0, 5.0) == '{"outcome":"a"}'
+        assert broker.wait_outcome("a", T0, 5.0) == '{"outcome":"a"}'
+        assert broker.task_state("a", T0).outcome == '{"outcome":"a"}'
+
+    def test_wait_outcome_times_out_with_none(self, broker: Broker) -> None:
+        started = time.monotonic()
+        assert broker.wait_outcome("a", T0, 0.2) is None
+        assert time.monotonic() - started >= 0.15
+
+    def test_every_waiter_is_woken_by_one_outcome(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        got: list[str | None] = []
+        waiters = [threading.Thread(target=lambda: got.append(broker.wait_outcome("a", T0, 5.0))) for _ in range(3)]
+        for waiter in waiters:
+            waiter.start()
+        writer = stored_later(broker, kept("a"), 0.2)
+        for thread in [writer, *waiters]:
+            thread.join(5.0)
+            assert not thread.is_alive()
+        assert got == ['{"outcome":"a"}'] * 3
+
+    def test_requeueing_a_dead_letter_drops_its_outcome(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        take(broker)
+        broker.dead_letter("c1", "a", "default", "p-a", "boom", T0, kept("a"))
+        assert broker.requeue_dead(["a"]) == 1
+        assert broker.task_state("a", T0) == TaskState(TaskStatus.QUEUED, None)
+
+
+class BrokerContract(ProducerContract, ConsumerContract, ResultsContract, SupervisionContract, CronStoreContract,
                      InspectionContract, AdministrationContract, UniqueContract, CancellationContract,
                      RateLimitContract):
     """Every role: what each adapter's test module subclasses (with a ``make_broker`` fixture)."""

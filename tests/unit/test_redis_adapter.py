@@ -20,7 +20,7 @@ from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.redis.errors import translate
 from hexq.adapters.redis.scripts import NAMES, source
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError, ConfigError
-from hexq.core.ports import Delivery
+from hexq.core.ports import Delivery, OutcomeRecord
 from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
 from hexq.entrypoints.settings import Connection
 
@@ -67,6 +67,8 @@ DEPLOYED_LAYOUT = {
     "{p}:cancels": "hash",
     # Added with rate limits: written only by workers that enforce one.
     "{p}:rates": "hash",
+    # Added with results: written only for tasks with keep_result, so today's deployments hold none.
+    "{p}:result:<id>": "list",
 }
 
 
@@ -78,7 +80,7 @@ def documented_layout() -> dict[str, str]:
 def documented_row(key: str) -> str | None:
     for pattern in documented_layout():
         regex = re.escape(pattern.replace("{p}", "{app}")).replace("<queue>", ".+").replace("<consumer>", ".+")
-        regex = regex.replace(re.escape("<key>"), "[0-9a-f]{32}")
+        regex = regex.replace(re.escape("<key>"), "[0-9a-f]{32}").replace("<id>", ".+")
         if re.fullmatch(regex, key):
             return pattern
     return None
@@ -96,7 +98,7 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: settle(broker, T0 + 101),  # c1's lease is suspected...
         lambda: settle(broker, later),  # ...then recovered, a crash counted for each of its tasks
         lambda: take(broker, consumer="c2", now_ms=later),
-        lambda: broker.ack("c2", ["a"]),
+        lambda: broker.ack("c2", ["a"], [OutcomeRecord("a", "{}", 60_000, later)]),  # its outcome kept
         lambda: broker.dead_letter("c2", "b", "default", "p-b", "boom", later),
         lambda: broker.discard("c2", "l", "low", "expired"),
         lambda: broker.enqueue([task("x")]),

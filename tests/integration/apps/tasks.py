@@ -167,3 +167,44 @@ async def async_sleep_then_record(seconds: float, tag: str) -> None:
         report(tag=f"{tag}:cancelled")
         raise
     report(tag=tag)
+
+
+# -- results (keep_result) -------------------------------------------------------------------------------
+@app.task(keep_result=60)
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(keep_result=60)
+def fail_with(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(keep_result=60)
+def slow_add(x: int, y: int, seconds: float) -> int:
+    report(tag="slow_add:start")
+    time.sleep(seconds)
+    return x + y
+
+
+@app.task(keep_result=60)
+async def async_add(x: int, y: int) -> int:
+    await asyncio.sleep(0.01)
+    return x + y
+
+
+@app.task(keep_result=60)
+def sized(n: int) -> str:
+    return "x" * n
+
+
+@app.task(keep_result=1)
+def short_lived() -> str:
+    return "soon gone"
+
+
+@app.task(keep_result=60, hard_timeout=0.5, max_retries=0)
+def overrun_hard_kept() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM})
+    while True:  # ignores everything but SIGKILL
+        time.sleep(0.01)
