@@ -17,6 +17,26 @@ STALE_WORKER_MS = 10 * 60 * 1000
 # one slow broker call (a socket timeout) or a short outage, so a live worker is not skipped; short enough
 # that a worker killed without a goodbye stops being counted (and sent copies nobody runs) within seconds.
 LIVE_WORKER_MS = 10_000
+# The per-minute counters the workers write for the dashboard's chart (MinuteTally) are kept this long: the
+# chart shows the last hour, and a minute must outlive it.
+TALLY_TTL_MS = 2 * 3600 * 1000
+MINUTE_MS = 60_000
+
+
+MAX_TALLY_MINUTES = 24 * 60  # Inspection.tallies reads at most a day
+
+
+def minute_of(epoch_ms: int) -> int:
+    """The start of the minute ``epoch_ms`` falls in: the key of the per-minute counters."""
+    return epoch_ms - epoch_ms % MINUTE_MS
+
+
+def tally_minutes(from_ms: int, to_ms: int) -> list[int]:
+    """The starts of the minutes from the one holding ``from_ms`` to the one holding ``to_ms``: at most a day's,
+    the latest ones (``Inspection.tallies``)."""
+    first, last = minute_of(from_ms), minute_of(to_ms)
+    first = max(first, last - (MAX_TALLY_MINUTES - 1) * MINUTE_MS)
+    return list(range(first, last + 1, MINUTE_MS))
 
 
 @attrs.frozen
@@ -24,3 +44,4 @@ class LeaseRules:
     expiry_grace_ms: int = EXPIRY_GRACE_MS
     stale_worker_ms: int = STALE_WORKER_MS
     live_worker_ms: int = LIVE_WORKER_MS
+    tally_ttl_ms: int = TALLY_TTL_MS

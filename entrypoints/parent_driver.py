@@ -13,6 +13,7 @@ The machine is not thread-safe: every call into it holds ``_lock``, and no I/O h
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -43,6 +44,7 @@ from hexq.core.services.parent_events import (
     Spawn,
     Terminate,
 )
+from hexq.core.services.tally import TallyBook
 
 log = logging.getLogger("hexq.worker")
 
@@ -57,10 +59,19 @@ class ParentBroker(Supervision, Consumer, Inspection, Protocol):
 HardTimeoutRecorder = Callable[[Delivery, str], None]
 
 
+class TallyTotals(Protocol):
+    """The children's running counts of finished tasks (``adapters/posix/tally.py``)."""
+
+    def totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(done, failed) per queue since the worker started."""
+        ...
+
+
 class ParentDriver:
     def __init__(self, machine: WorkerParent, processes: ProcessControl, board: RunningBoard,
                  broker: ParentBroker, clock: Clock, record_hard_timeout: HardTimeoutRecorder,
-                 metrics: Metrics, served: Sequence[str] = (), interval: float = WATCH_INTERVAL) -> None:
+                 metrics: Metrics, served: Sequence[str] = (), interval: float = WATCH_INTERVAL,
+                 tally: TallyTotals | None = None) -> None:
         self.machine = machine
         self._processes = processes
         self._board = board
@@ -70,6 +81,8 @@ class ParentDriver:
         self._metrics = metrics
         self._served = list(served)
         self._interval = interval
+        self._tally = tally
+        self._book = TallyBook()
         self._lock = threading.Lock()
         self._actions: queue.SimpleQueue[BrokerAction] = queue.SimpleQueue()
         self._stop_requested = False
@@ -190,11 +203,28 @@ class ParentDriver:
         with self._lock:
             told = self.machine.cancel_requested(requests, self._clock.monotonic())
         self._perform(told)
-        self._broker.heartbeat(self.machine.config.worker_id, action.info, action.now_ms)
-        if action.report_depths and self._served:
-            stats = self._broker.queue_stats(self._served)
+        sample = self._tally is not None and self._book.wants_depths(action.now_ms)
+        stats = self._broker.queue_stats(self._served) if self._served and (sample or action.report_depths) else []
+        info, tally = action.info, None
+        if self._tally is not None:
+            done, failed = self._tally.totals()
+            depths = ({s.name: s.pending for s in stats}, {s.name: s.eta for s in stats}) if sample else ({}, {})
+            tally = self._book.tally(done, failed, action.now_ms, *depths)
+            info = self._with_counts(action.info, sum(done.values()), sum(failed.values()))
+        self._broker.heartbeat(self.machine.config.worker_id, info, action.now_ms, tally)
+        if tally is not None:
+            self._book.sent(tally)
+        if action.report_depths and stats:
             self._metrics.queue_depths({s.name: s.pending for s in stats}, {s.name: s.eta for s in stats},
                                        {s.name: s.in_flight for s in stats})
+
+    def _with_counts(self, info: str, done: int, failed: int) -> str:
+        """The heartbeat's info with what the dashboard's Workers page shows: tasks done and failed since the
+        worker started, and the resident memory of the parent and its children."""
+        fields = json.loads(info)
+        pids = [fields.get("pid"), *fields.get("children", [])]
+        rss = sum(self._processes.rss(pid) for pid in pids if isinstance(pid, int))
+        return json.dumps({**fields, "done": done, "failed": failed, "rss": rss})
 
     def _finish(self) -> None:
         try:

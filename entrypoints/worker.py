@@ -23,6 +23,7 @@ from hexq.adapters.posix.alarm import SignalAlarm
 from hexq.adapters.posix.board import ChildReporter, SharedBoard
 from hexq.adapters.posix.interrupts import SignalledCancellation
 from hexq.adapters.posix.processes import PosixProcessControl
+from hexq.adapters.posix.tally import CountingMetrics, SharedTally
 from hexq.adapters.redis.errors import NotAClusterError
 from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
 from hexq.core.ports import Broker, Delivery, Metrics, NoMetrics
@@ -67,9 +68,11 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
     exporter = _prepare_exporter() if port is not None else None
     metrics = exporter.metrics if exporter is not None else app.metrics
     board = SharedBoard(plan.concurrency, plan.slots)
+    # Row i: child i's counts of finished tasks; the last row: the parent's (hard timeouts it records).
+    tally = SharedTally(plan.concurrency + 1, app.queues.names)
 
     def child_main(index: int, consumer: str) -> int:
-        return run_child(app, plan, board, metrics, index, consumer)
+        return run_child(app, plan, board, CountingMetrics(metrics, tally, index), index, consumer)
 
     processes = PosixProcessControl.start(child_main, exporter.process_dead if exporter is not None else None)
     broker = bootstrap.make_broker(app)
@@ -79,7 +82,7 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
             log.info("serving metrics on http://%s:%d/metrics (files in %s)", metrics_host, exporter.port,
                      exporter.directory)
         _probe(broker, plan.served)
-        driver = _driver(app, plan, board, processes, broker, metrics)
+        driver = _driver(app, plan, board, processes, broker, metrics, tally)
         _on_stop_signals(driver.request_stop)
         log.info("worker %s serving %s with %d children", plan.worker_id, list(plan.served), plan.concurrency)
         return driver.run()
@@ -100,7 +103,7 @@ def _plan(app: HexQ, queues: Sequence[str] | None, exclude: Sequence[str], concu
 
 
 def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixProcessControl, broker: Broker,
-            metrics: Metrics) -> ParentDriver:
+            metrics: Metrics, tally: SharedTally) -> ParentDriver:
     info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(plan.served),
                             "concurrency": plan.concurrency, "broker": app.connection.redacted}
     config = ParentConfig(
@@ -112,12 +115,13 @@ def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixPro
     machine = WorkerParent(config)
     # One runner records every hard timeout, each on behalf of the dead child's consumer.
     recorder = TaskRunner(app.registry, app.codec, broker, app.clock, plan.worker_id, bootstrap.process_random(),
-                          metrics=metrics)
+                          metrics=CountingMetrics(metrics, tally, plan.concurrency))
 
     def record_hard_timeout(delivery: Delivery, consumer: str) -> None:
         recorder.fail_outside(delivery, "hard_timeout", consumer=consumer)
 
-    return ParentDriver(machine, processes, board, broker, app.clock, record_hard_timeout, metrics, plan.served)
+    return ParentDriver(machine, processes, board, broker, app.clock, record_hard_timeout, metrics, plan.served,
+                        tally=tally)
 
 
 def _on_stop_signals(request_stop: Callable[[], None]) -> None:

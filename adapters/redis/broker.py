@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.client import NEVER_DECODE
 
 from hexq.adapters.redis.client import blocking_twin, clients_for, describe
-from hexq.adapters.redis.codec import chunks, dead_letter_record, in_flight_record, packed, used_ids
+from hexq.adapters.redis.codec import add_tally, chunks, dead_letter_record, in_flight_record, packed, used_ids
 from hexq.adapters.redis.direct import DirectCommand
 from hexq.adapters.redis.durable import DurableEnqueue
 from hexq.adapters.redis.errors import translated
@@ -37,7 +37,7 @@ from hexq.adapters.redis.scripts import Scripts
 from hexq.adapters.redis.settings import DEFAULT_WAIT_TIMEOUT_MS
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Cancelled, Delivery, OutcomeRecord, OutgoingTask, Reservation, TaskState, Unrun
+from hexq.core.ports import Cancelled, Delivery, MinuteTally, OutcomeRecord, OutgoingTask, Reservation, TaskState, Unrun
 from hexq.core.queues import BROADCAST_QUEUE_PREFIX
 from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.rules import LeaseRules
@@ -375,12 +375,15 @@ class RedisBroker(RedisInspection):
             pipe.hget(self._keys.meta, "partitions")
             return int(pipe.execute()[1])
 
-    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
+    def heartbeat(self, worker_id: str, info: str, now_ms: int, tally: MinuteTally | None = None) -> None:
         with self._translator:
             pipe = self._client.pipeline(transaction=True)
             pipe.zadd(self._keys.workers, {worker_id: now_ms})
             pipe.hset(self._keys.workerinfo, worker_id, info)
             pipe.zrangebyscore(self._keys.workers, "-inf", f"({now_ms - self._rules.stale_worker_ms}")
+            if tally is not None and not tally.empty:
+                # In the same MULTI: the counters cost no round trip of their own.
+                add_tally(pipe, self._keys.tally(tally.minute_ms), tally, self._rules.tally_ttl_ms)
             stale = pipe.execute()[2]
             if stale:  # workers that died without a goodbye (SIGKILL, lost machine): their queues go too
                 self._scripts.run("forget_workers", [now_ms - self._rules.stale_worker_ms, BROADCAST_QUEUE_PREFIX,

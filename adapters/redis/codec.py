@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hexq.core.message import stored_text as text  # noqa: F401  (the broker imports it from here)
-from hexq.core.ports import DeadLetter, InFlight, OutgoingTask
+from hexq.core.ports import DeadLetter, InFlight, MinuteTally, OutgoingTask
 from hexq.core.unique import lock_of
 
 ENQUEUE_CHUNK_TASKS = 250  # bounds one script call, so a huge batch never blocks Redis for long
@@ -74,3 +74,27 @@ def dead_letter(raw: str) -> DeadLetter:
     except (ValueError, KeyError, TypeError):
         # Not written by hexq: show it rather than hide it.
         return DeadLetter("", "", raw, "malformed dead letter record", 0)
+
+
+def add_tally(pipe: Any, key: str, tally: MinuteTally, ttl_ms: int) -> None:
+    """Queue the commands that add a worker's counts (HINCRBY) and set its depth samples (HSET) in the hash
+    of one minute, and renew that hash's expiry; ``pipe`` is a MULTI the caller executes."""
+    for kind, counts in (("done", tally.done), ("failed", tally.failed)):
+        for queue, count in counts.items():
+            if count:
+                pipe.hincrby(key, f"{kind}:{queue}", count)
+    samples = {f"{kind}:{queue}": depth for kind, depths in (("pending", tally.pending), ("eta", tally.eta))
+               for queue, depth in depths.items()}
+    if samples:
+        pipe.hset(key, mapping=samples)
+    pipe.pexpire(key, ttl_ms)
+
+
+def tally_of(minute_ms: int, fields: dict[str, str]) -> MinuteTally:
+    """A minute's hash (``<kind>:<queue>`` -> count) as a MinuteTally; fields hexq did not write are skipped."""
+    kinds: dict[str, dict[str, int]] = {"done": {}, "failed": {}, "pending": {}, "eta": {}}
+    for field, value in fields.items():
+        kind, _, queue = field.partition(":")
+        if kind in kinds and queue and value.lstrip("-").isdigit():
+            kinds[kind][queue] = int(value)
+    return MinuteTally(minute_ms, **kinds)

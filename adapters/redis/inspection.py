@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hexq.adapters.redis.codec import dead_letter, in_flight_record
-from hexq.core.ports import DeadLetter, InFlight, QueueStats, WorkerBeat
+from hexq.adapters.redis.codec import dead_letter, in_flight_record, tally_of
+from hexq.core.ports import DeadLetter, InFlight, MinuteTally, QueueStats, WorkerBeat
+from hexq.core.rules import tally_minutes
 
 if TYPE_CHECKING:
     from hexq.adapters.redis.client import RedisClient
@@ -70,6 +71,17 @@ class RedisInspection:
             pipe.hgetall(self._keys.workerinfo)
             beats, infos = pipe.execute()
         return [WorkerBeat(worker, int(score), infos.get(worker, "")) for worker, score in beats]
+
+    def tallies(self, from_ms: int, to_ms: int) -> list[MinuteTally]:
+        minutes = tally_minutes(from_ms, to_ms)
+        if not minutes:
+            return []
+        with self._translator:
+            pipe = self._client.pipeline(transaction=False)
+            for minute in minutes:
+                pipe.hgetall(self._keys.tally(minute))
+            found: list[Any] = pipe.execute()
+        return [tally_of(minute, fields) for minute, fields in zip(minutes, found, strict=True) if fields]
 
     # -- administration ----------------------------------------------------------------------------
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:

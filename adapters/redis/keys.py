@@ -36,6 +36,10 @@ key                   type    contents
 {p}:workers           zset    worker id -> last heartbeat ms; a broadcast is copied for the workers whose
                               heartbeat is recent (LeaseRules.live_worker_ms)
 {p}:workerinfo        hash    worker id -> info JSON written by the worker
+{p}:tally:<minute>    hash    the dashboard's per-minute counters (``MinuteTally``) of the minute starting at
+                              <minute> (epoch ms): ``done:<queue>`` and ``failed:<queue>`` (HINCRBY by each
+                              worker's heartbeat), ``pending:<queue>`` and ``eta:<queue>`` (sampled); expires
+                              ``LeaseRules.tally_ttl_ms`` (2 h) after it is written. Partition 0 only
 {p}:idle:<queue>      zset    consumer -> ms it last found every queue it serves empty and went to wait;
                               cleared when it takes work, dropped after the stale-worker age (and the key
                               expires then too)
@@ -104,8 +108,9 @@ write:
   q:@broadcast.<worker>, tasks, crashes, and the idle:, armed: and wake: keys of that queue.
 
 Single-command or MULTI/EXEC operations: a single runnable ``.delay()`` (HSET tasks, RPUSH q:<queue>,
-LMOVE armed:<queue> to wake:<queue>), heartbeat (workers, workerinfo),
-purge_dead (dead), and the read-only inspections and lookup. One pub/sub channel, ``{p}:announce``: the
+LMOVE armed:<queue> to wake:<queue>), heartbeat (workers, workerinfo, and tally:<minute> when the worker
+counted something), purge_dead (dead), and the read-only inspections and lookup. One pub/sub channel,
+``{p}:announce``: the
 ``broadcast`` script PUBLISHes ``<task id> <copies>`` there for anyone watching (a dashboard, ``redis-cli
 SUBSCRIBE``); no hexq process needs it. Until this version, broadcasts themselves were PUBLISHed on
 ``{p}:broadcast`` and relayed by each worker; nothing publishes there any more, so a worker of an older
@@ -150,6 +155,7 @@ FAMILIES: dict[str, str] = {
     "armedkey": "armed:",
     "uniquekey": "unique:",
     "resultkey": "result:",
+    "tallykey": "tally:",
 }
 # Numbers the scripts need, from where they are defined (the shape of a unique task's id).
 CONSTANTS: dict[str, int] = {
@@ -266,6 +272,8 @@ class Keys:
 
     def result(self, task_id: str) -> str:
         return self.base + FAMILIES["resultkey"] + task_id
+    def tally(self, minute_ms: int) -> str:
+        return self.base + FAMILIES["tallykey"] + str(minute_ms)
 
     @property
     def meta(self) -> str:

@@ -56,6 +56,7 @@ from hexq.core.ports import (
     DeadLetter,
     Delivery,
     InFlight,
+    MinuteTally,
     OutcomeRecord,
     OutgoingTask,
     QueueStats,
@@ -390,9 +391,9 @@ class PartitionedBroker:
                 return found
         return None
 
-    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
+    def heartbeat(self, worker_id: str, info: str, now_ms: int, tally: MinuteTally | None = None) -> None:
         self._check_layout()
-        self._parts[0].heartbeat(worker_id, info, now_ms)
+        self._parts[0].heartbeat(worker_id, info, now_ms, tally)
 
     def forget_worker(self, worker_id: str) -> None:
         self._parts[0].forget_worker(worker_id)
@@ -455,6 +456,9 @@ class PartitionedBroker:
 
     def workers(self) -> list[WorkerBeat]:
         return self._parts[0].workers()
+
+    def tallies(self, from_ms: int, to_ms: int) -> list[MinuteTally]:
+        return self._parts[0].tallies(from_ms, to_ms)  # written by heartbeats, which live in partition 0
 
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
         return sum(part.requeue_dead(ids) for part in self._parts)

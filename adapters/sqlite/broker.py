@@ -19,7 +19,16 @@ from hexq.adapters.sqlite.inspection import SqliteInspection
 from hexq.adapters.sqlite.settings import SqliteSettings
 from hexq.core.errors import BrokerError
 from hexq.core.message import stored_text as text
-from hexq.core.ports import Cancelled, Delivery, OutcomeRecord, OutgoingTask, Reservation, TaskState, Unrun
+from hexq.core.ports import (
+    Cancelled,
+    Delivery,
+    MinuteTally,
+    OutcomeRecord,
+    OutgoingTask,
+    Reservation,
+    TaskState,
+    Unrun,
+)
 from hexq.core.rate_limit import NO_RATE_LIMITS, RateLimits
 from hexq.core.rules import LeaseRules
 from hexq.core.status import TaskStatus
@@ -148,8 +157,9 @@ class SqliteBroker(SqliteInspection):
         queue, payload, crashes = found
         return Delivery(task_id, queue, text(payload), crashes)
 
-    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
-        self._db.write(statements.heartbeat, worker_id, info, now_ms, self._rules.stale_worker_ms)
+    def heartbeat(self, worker_id: str, info: str, now_ms: int, tally: MinuteTally | None = None) -> None:
+        self._db.write(statements.heartbeat, worker_id, info, now_ms, self._rules.stale_worker_ms,
+                       tally if tally is not None and not tally.empty else None, self._rules.tally_ttl_ms)
         # The worker parent's broker thread, once a second: where a checkpoint's fsync delays nobody. The
         # beat itself is recorded: a failed checkpoint is left to the next one (or to the backstop).
         try:

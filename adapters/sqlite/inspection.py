@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from hexq.adapters.sqlite import statements
 from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
-from hexq.core.ports import DeadLetter, InFlight, OutgoingTask, QueueStats, WorkerBeat
+from hexq.core.ports import DeadLetter, InFlight, MinuteTally, OutgoingTask, QueueStats, WorkerBeat
+from hexq.core.rules import tally_minutes
 from hexq.core.unique import UNIQUE_ID_LENGTH
 
 if TYPE_CHECKING:
@@ -101,6 +102,20 @@ class SqliteInspection:
         rows = self._db.read(_rows, "SELECT worker_id, last_beat_ms, info FROM workers "
                                     "ORDER BY last_beat_ms DESC, worker_id DESC")
         return [WorkerBeat(*row) for row in rows]
+
+    def tallies(self, from_ms: int, to_ms: int) -> list[MinuteTally]:
+        minutes = tally_minutes(from_ms, to_ms)
+        if not minutes:
+            return []
+        rows = self._db.read(_rows, "SELECT minute_ms, field, value FROM tally WHERE minute_ms BETWEEN ? AND ? "
+                                    "ORDER BY minute_ms", minutes[0], minutes[-1])
+        by_minute: dict[int, dict[str, dict[str, int]]] = {}
+        for minute, field, value in rows:
+            kind, _, queue = field.partition(":")
+            kinds = by_minute.setdefault(minute, {"done": {}, "failed": {}, "pending": {}, "eta": {}})
+            if kind in kinds and queue:
+                kinds[kind][queue] = int(value)
+        return [MinuteTally(minute, **kinds) for minute, kinds in by_minute.items()]
 
     # -- administration ----------------------------------------------------------------------------
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:

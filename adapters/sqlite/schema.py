@@ -100,6 +100,9 @@ ADDED_TABLES = {
     "results": ("CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, document TEXT NOT NULL, "
                 "expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
                 "CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_ms)"),
+    # The dashboard's per-minute counters (MinuteTally): field is '<kind>:<queue>' as on Redis.
+    "tally": ("CREATE TABLE IF NOT EXISTS tally (minute_ms INTEGER NOT NULL, field TEXT NOT NULL, "
+              "value INTEGER NOT NULL, PRIMARY KEY (minute_ms, field)) WITHOUT ROWID"),
 }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from functools import lru_cache
 
 from hexq.adapters.sqlite.schema import OWNED, QUEUED, WAITING
-from hexq.core.ports import OutcomeRecord, OutgoingTask
+from hexq.core.ports import MinuteTally, OutcomeRecord, OutgoingTask
 from hexq.core.queues import broadcast_queue
 from hexq.core.rate_limit import NO_RATE_LIMITS, RateGate, RateLimits, task_name_on_wire
 from hexq.core.unique import lock_of
@@ -422,13 +422,30 @@ def task_state(conn: sqlite3.Connection, task_id: str, now_ms: int) -> tuple[str
     return live, outcome(conn, task_id, now_ms)
 
 
-def heartbeat(conn: sqlite3.Connection, worker_id: str, info: str, now_ms: int, stale_ms: int) -> None:
+def heartbeat(conn: sqlite3.Connection, worker_id: str, info: str, now_ms: int, stale_ms: int,
+              tally: MinuteTally | None = None, tally_ttl_ms: int = 0) -> None:
     conn.execute("INSERT INTO workers (worker_id, last_beat_ms, info) VALUES (?, ?, ?) ON CONFLICT (worker_id) "
                  "DO UPDATE SET last_beat_ms = excluded.last_beat_ms, info = excluded.info", (worker_id, now_ms, info))
+    if tally is not None:
+        add_tally(conn, tally, now_ms - tally_ttl_ms)
     stale = conn.execute("SELECT worker_id FROM workers WHERE last_beat_ms < ?", (now_ms - stale_ms,)).fetchall()
     for (worker,) in stale:  # died without a goodbye (SIGKILL, lost machine)
         forget_worker(conn, worker)
     conn.execute(_DROP_EXPIRED, (now_ms, EXPIRED_PER_WRITE))
+
+
+def add_tally(conn: sqlite3.Connection, tally: MinuteTally, drop_before_ms: int) -> None:
+    """Add a worker's counts to its minute's counters and set its depth samples; drop minutes older than
+    ``drop_before_ms`` (the TTL Redis gives the same counters)."""
+    counts = [(tally.minute_ms, f"{kind}:{queue}", count) for kind, by_queue in (("done", tally.done),
+              ("failed", tally.failed)) for queue, count in by_queue.items() if count]
+    samples = [(tally.minute_ms, f"{kind}:{queue}", depth) for kind, by_queue in (("pending", tally.pending),
+               ("eta", tally.eta)) for queue, depth in by_queue.items()]
+    conn.executemany("INSERT INTO tally VALUES (?, ?, ?) ON CONFLICT (minute_ms, field) "
+                     "DO UPDATE SET value = value + excluded.value", counts)
+    conn.executemany("INSERT INTO tally VALUES (?, ?, ?) ON CONFLICT (minute_ms, field) "
+                     "DO UPDATE SET value = excluded.value", samples)
+    conn.execute("DELETE FROM tally WHERE minute_ms < ?", (drop_before_ms,))
 
 
 def forget_worker(conn: sqlite3.Connection, worker_id: str) -> None:

@@ -34,6 +34,7 @@ from hexq.core.ports.records import (
     DeadLetter,
     Delivery,
     InFlight,
+    MinuteTally,
     OutcomeRecord,
     OutgoingTask,
     QueueStats,
@@ -247,10 +248,16 @@ class Supervision(Protocol):
         way, which is why callers act on it only through the atomic methods."""
         ...
 
-    def heartbeat(self, worker_id: str, info: str, now_ms: int) -> None:
+    def heartbeat(self, worker_id: str, info: str, now_ms: int, tally: MinuteTally | None = None) -> None:
         """Record that a worker parent is alive (shown by ``info``). Workers whose heartbeat is older than
         ``LeaseRules.stale_worker_ms`` (they died without ``forget_worker``) are forgotten as
-        ``forget_worker`` does, in the same call."""
+        ``forget_worker`` does, in the same call.
+
+        With ``tally``, in the same atomic step and round trip: add its ``done`` and ``failed`` counts to the
+        per-minute counters of ``tally.minute_ms``, and set its ``pending`` and ``eta`` samples there; a
+        minute's counters are kept at least ``LeaseRules.tally_ttl_ms`` after it, then dropped. No tally, no
+        counter written. (A heartbeat whose reply is lost and is sent again counts twice: these are for a
+        chart, not for accounting.)"""
         ...
 
     def forget_worker(self, worker_id: str) -> None:
@@ -303,6 +310,12 @@ class Inspection(Protocol):
 
     def workers(self) -> list[WorkerBeat]:
         """Every worker heartbeat recorded, newest first."""
+        ...
+
+    def tallies(self, from_ms: int, to_ms: int) -> list[MinuteTally]:
+        """The per-minute counters written by ``heartbeat`` for the minutes from the one holding ``from_ms`` to
+        the one holding ``to_ms``, oldest first; minutes with nothing recorded are left out. Each is the sum of
+        every worker's increments, with the latest depth samples. At most a day is read."""
         ...
 
 

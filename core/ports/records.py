@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Literal
 
 import attrs
@@ -98,6 +99,27 @@ class QueueStats:
     eta: int
     in_flight: int
     expired: int = 0  # tasks of the queue ever dropped unrun because their deadline had passed
+
+
+@attrs.frozen
+class MinuteTally:
+    """Per-minute counters for the dashboard's chart, per queue: tasks done (succeeded) and failed (each failed
+    run: retried or dead-lettered), and the pending and eta depths sampled in that minute.
+
+    Written by ``Supervision.heartbeat`` as increments of ``done`` and ``failed`` (what a worker counted since its
+    last beat) and samples of ``pending`` and ``eta`` (the latest write of a minute wins); read back by
+    ``Inspection.tallies`` as the minute's sums. ``minute_ms`` is the start of the minute (epoch ms, a multiple
+    of 60 000). Mappings: queue name -> count; a queue absent counts 0 (no sample for the depths)."""
+
+    minute_ms: int
+    done: Mapping[str, int] = attrs.field(factory=dict)
+    failed: Mapping[str, int] = attrs.field(factory=dict)
+    pending: Mapping[str, int] = attrs.field(factory=dict)
+    eta: Mapping[str, int] = attrs.field(factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (any(self.done.values()) or any(self.failed.values()) or self.pending or self.eta)
 
 
 @attrs.frozen

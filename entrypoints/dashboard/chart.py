@@ -57,7 +57,7 @@ def line_chart(title: str, series: Sequence[Series], minutes: int, chart_id: str
                          (minutes - 1, "now")):
         parts.append(f'<text class="axis" x="{x(index):.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
                      f'{escape(label)}</text>')
-    legend_x = LEFT + 150
+    legend_x = WIDTH - RIGHT - 80 * len(series)  # right-aligned, clear of the title
     for number, line in enumerate(series):
         points = [(x(i), y(v)) for i, v in enumerate(line.values) if v is not None]
         drawn = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
@@ -65,7 +65,7 @@ def line_chart(title: str, series: Sequence[Series], minutes: int, chart_id: str
         parts.append(f'<polyline class="series {escape(line.css)}" data-series="{escape(line.name)}" '
                      f'data-points="{len(points)}" data-total="{total:g}" points="{drawn}">'
                      f'<title>{escape(line.name)}: {total:g} in {minutes} min</title></polyline>')
-        lx = legend_x + number * 110
+        lx = legend_x + number * 80
         parts.append(f'<rect class="swatch {escape(line.css)}" x="{lx}" y="6" width="10" height="10"/>')
         parts.append(f'<text class="legend" x="{lx + 14}" y="15">{escape(line.name)}</text>')
     parts.append("</svg>")

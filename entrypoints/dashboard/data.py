@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from hexq.core.errors import HexqError
-from hexq.core.ports import Administration, CronStore, DeadLetter, Delivery, InFlight, Inspection
+from hexq.core.ports import Administration, CronStore, DeadLetter, Delivery, InFlight, Inspection, MinuteTally
+from hexq.core.rules import MINUTE_MS, minute_of
 from hexq.entrypoints.dashboard.chart import History
 
 if TYPE_CHECKING:
@@ -191,9 +192,11 @@ class TaskPage:
 
     @property
     def attempts(self) -> int | None:
-        """Runs started so far: retries used, plus crashes, plus the one running now."""
+        """Runs started so far: retries used, plus crashes, plus the one running now (or the last, if dead)."""
         if self.payload is None or self.payload.retries is None:
             return None
+        if self.state == "dead":
+            return self.payload.retries + 1  # the run that gave up (crash counts are cleared with the task)
         return self.payload.retries + self.crashes + (1 if self.running is not None else 0)
 
 
@@ -237,14 +240,37 @@ class DashboardData:
         return Overview(rows, self.broker.dead_count(), len(self.broker.workers()),
                         sum(s.in_flight for s in stats))
 
+    def _tallies(self) -> tuple[int, dict[int, MinuteTally]]:
+        now_ms = int(self.now() * 1000)
+        found = self.broker.tallies(now_ms - (HISTORY_MINUTES - 1) * MINUTE_MS, now_ms)
+        return now_ms, {t.minute_ms: t for t in found}
+
     def history(self) -> History:
-        """The last hour, minute by minute (the workers' per-minute counters)."""
-        empty: list[float | None] = [None] * HISTORY_MINUTES
-        return History(HISTORY_MINUTES, empty, empty, empty, empty)
+        """The last hour, minute by minute, oldest first; the last minute is the current one, still counting.
+        Done and failed are summed over the queues (0 for a minute nobody counted in); the depths are the
+        sampled sums (None for a minute with no sample)."""
+        now_ms, by_minute = self._tallies()
+        minutes = [minute_of(now_ms) - (HISTORY_MINUTES - 1 - i) * MINUTE_MS for i in range(HISTORY_MINUTES)]
+        tallies = [by_minute.get(m) for m in minutes]
+        return History(
+            HISTORY_MINUTES,
+            done=[float(sum(t.done.values())) if t else 0.0 for t in tallies],
+            failed=[float(sum(t.failed.values())) if t else 0.0 for t in tallies],
+            pending=[float(sum(t.pending.values())) if t and t.pending else None for t in tallies],
+            eta=[float(sum(t.eta.values())) if t and t.eta else None for t in tallies])
 
     def rates(self) -> dict[str, tuple[int, int]]:
-        """Per queue, (done, failed) in the last whole minute the workers counted."""
-        return {}
+        """Per queue, (done, failed) over the last 60 seconds: this minute's counts so far plus the share of
+        the previous minute's that falls within the window."""
+        now_ms, by_minute = self._tallies()
+        current = by_minute.get(minute_of(now_ms))
+        previous = by_minute.get(minute_of(now_ms) - MINUTE_MS)
+        left = 1 - (now_ms % MINUTE_MS) / MINUTE_MS
+        empty = MinuteTally(0)
+        now, before = current or empty, previous or empty
+        return {queue: (round(now.done.get(queue, 0) + before.done.get(queue, 0) * left),
+                        round(now.failed.get(queue, 0) + before.failed.get(queue, 0) * left))
+                for queue in self.app.queues.names}
 
     def workers(self) -> list[WorkerRow]:
         now_ms = self.now() * 1000

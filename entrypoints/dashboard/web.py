@@ -78,7 +78,7 @@ class Dashboard:
         notice = NOTICES.get(request.query_params.get("notice", ""), "")
         count = request.query_params.get("n", "")
         base = {
-            "request": request, "page": "", "title": self.title, "broker_url": self.data.broker_url,
+            "request": request, "page": "", "failed": False, "title": self.title, "broker_url": self.data.broker_url,
             "fragment": request.headers.get(FRAGMENT_HEADER) == "1", "refresh_ms": REFRESH_MS,
             "read_only": self.guard.read_only, "has_token": self.guard.token is not None,
             "can_write": self.guard.writes_possible and session is not None,

@@ -24,6 +24,7 @@ from hexq.core.ports import (
     DeadLetter,
     Delivery,
     InFlight,
+    MinuteTally,
     OutcomeRecord,
     OutgoingTask,
     QueueStats,
@@ -33,7 +34,7 @@ from hexq.core.ports import (
 )
 from hexq.core.queues import broadcast_queue
 from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
-from hexq.core.rules import LeaseRules
+from hexq.core.rules import LeaseRules, minute_of
 from hexq.core.status import TaskStatus
 from hexq.core.unique import unique_id
 
@@ -698,6 +699,32 @@ class InspectionContract(_Contract):
         assert [d.id for d in broker.find_dead("ab")] == ["ab"]
         assert broker.find_dead("b") == [] and broker.find_dead("") == []
         assert broker.dead_count() == 3  # only read
+
+    def test_heartbeats_add_up_in_per_minute_tallies(self, broker: Broker) -> None:
+        minute = minute_of(T0)
+        assert broker.tallies(T0 - 3_600_000, T0) == []
+        broker.heartbeat("w1", "{}", T0, MinuteTally(minute, done={"default": 3}, failed={"default": 1}))
+        broker.heartbeat("w2", "{}", T0 + 1, MinuteTally(minute, done={"default": 2, "high": 5},
+                                                        pending={"default": 7}, eta={"default": 1}))
+        broker.heartbeat("w1", "{}", T0 + 2, MinuteTally(minute, pending={"default": 4, "high": 0}))  # latest wins
+        broker.heartbeat("w1", "{}", T0 + 60_000, MinuteTally(minute + 60_000, done={"default": 1}))
+        broker.heartbeat("w1", "{}", T0 + 60_001)  # nothing counted: nothing written
+        broker.heartbeat("w1", "{}", T0 + 60_002, MinuteTally(minute + 120_000, done={"default": 0}))
+        first = MinuteTally(minute, done={"default": 5, "high": 5}, failed={"default": 1},
+                            pending={"default": 4, "high": 0}, eta={"default": 1})
+        second = MinuteTally(minute + 60_000, done={"default": 1})
+        assert broker.tallies(T0 - 3_600_000, T0 + 180_000) == [first, second]
+        assert broker.tallies(T0 + 60_000, T0 + 60_000) == [second]
+        assert broker.tallies(T0 + 120_000, T0 + 600_000) == []
+        assert [w.worker_id for w in broker.workers()] == ["w1", "w2"]  # the heartbeats themselves count too
+
+    def test_tallies_are_dropped_after_their_time_to_live(self, make_broker: MakeBroker) -> None:
+        broker = make_broker(LeaseRules(tally_ttl_ms=100))
+        minute = minute_of(T0)
+        broker.heartbeat("w1", "{}", T0, MinuteTally(minute, done={"default": 1}))
+        time.sleep(0.3)  # Redis expires the minute's hash by its own clock; SQLite drops it at a later beat
+        broker.heartbeat("w1", "{}", minute + 120_000, MinuteTally(minute + 120_000, done={"default": 2}))
+        assert broker.tallies(minute, minute + 120_000) == [MinuteTally(minute + 120_000, done={"default": 2})]
 
     def test_workers_newest_first_with_their_latest_info(self, broker: Broker) -> None:
         assert broker.workers() == []

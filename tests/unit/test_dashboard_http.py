@@ -22,6 +22,8 @@ from starlette.testclient import TestClient
 from hexq import CronTask, HexQ
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.core.message import TaskMessage
+from hexq.core.ports import MinuteTally
+from hexq.core.rules import minute_of
 from hexq.dashboard import create_app
 from hexq.entrypoints import cli
 from hexq.entrypoints.dashboard.security import SESSION_COOKIE, TOKEN_ENV
@@ -102,6 +104,19 @@ def _call(app: HexQ, name: str, *args: Any) -> Any:
     from hexq.entrypoints.app import Call, Task
 
     return Call(Task(app, app.registry.get(name)), args, {})
+
+
+def test_the_overview_charts_the_workers_per_minute_counters(app: HexQ) -> None:
+    now_ms = int(app.clock.now() * 1000)
+    minute = minute_of(now_ms)
+    app.broker.heartbeat("w", "{}", now_ms - 120_000, MinuteTally(minute - 120_000, done={"default": 30}))
+    app.broker.heartbeat("w", "{}", now_ms, MinuteTally(minute, done={"default": 12, "high": 3},
+                                                         failed={"default": 2}, pending={"default": 5}))
+    page = client_for(app).get("/").text
+    assert re.search(r'data-series="done" data-points="60" data-total="45"', page)
+    assert re.search(r'data-series="failed" data-points="60" data-total="2"', page)
+    assert re.search(r'data-series="pending" data-points="1" data-total="5"', page)  # one minute sampled
+    assert re.search(r'<tr data-queue="default">.*?class="num done">12<.*?class="num failed">2<', page, re.S)
 
 
 def test_a_fragment_request_answers_the_content_alone(app: HexQ) -> None:
@@ -276,6 +291,7 @@ def test_the_token_comes_from_the_environment(app: HexQ, monkeypatch: pytest.Mon
 
 def test_a_wrong_token_at_login_gives_no_session(app: HexQ) -> None:
     client = client_for(app, token=TOKEN)
+    assert 'name="token"' in client.get("/login").text
     response = client.post("/login", data={"token": "not-the-token-at-all"}, follow_redirects=False)
     assert response.status_code == 403 and SESSION_COOKIE not in response.cookies
     assert "not the dashboard" in response.text

@@ -15,8 +15,8 @@ from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.redis.partitioned import STICKY_RESERVATIONS, PartitionedBroker
 from hexq.adapters.redis.partitions import partition_tags, slot_of_tag
 from hexq.core.errors import BrokerUnavailableError, ConfigError
-from hexq.core.ports import OutgoingTask
-from hexq.core.rules import LeaseRules
+from hexq.core.ports import MinuteTally, OutgoingTask
+from hexq.core.rules import LeaseRules, minute_of
 
 PREFIX = "app"
 
@@ -157,6 +157,23 @@ def test_cron_and_heartbeats_live_in_partition_zero(broker: PartitionedBroker) -
     broker.heartbeat("w1", "{}", T0)
     assert [beat.worker_id for beat in broker.partitions[0].workers()] == ["w1"]
     assert broker.partitions[1].last_cron_tick("every-minute") is None
+
+
+def test_the_dashboards_counters_live_in_partition_zero(broker: PartitionedBroker) -> None:
+    broker.heartbeat("w1", "{}", T0, MinuteTally(minute_of(T0), done={"default": 4}))
+    assert broker.tallies(T0, T0) == broker.partitions[0].tallies(T0, T0) == [
+        MinuteTally(minute_of(T0), done={"default": 4})]
+    assert broker.partitions[1].tallies(T0, T0) == []
+
+
+def test_dead_letters_are_found_and_deleted_in_every_partition(broker: PartitionedBroker) -> None:
+    for index, part in enumerate(broker.partitions):
+        part.dead_letter("c1", "same", "default", f"p{index}", f"r{index}", T0 + index)
+        part.dead_letter("c1", f"only{index}", "default", "p", "r", T0)
+    assert [d.reason for d in broker.find_dead("same")] == [f"r{i}" for i in reversed(range(len(broker.partitions)))]
+    assert broker.delete_dead(["same", "only1"]) == len(broker.partitions) + 1
+    assert sorted(d.id for d in broker.dead_letters()) == sorted(
+        f"only{i}" for i in range(len(broker.partitions)) if i != 1)
 
 
 def test_another_partition_count_is_refused_naming_the_fix(server: fakeredis.FakeServer) -> None:

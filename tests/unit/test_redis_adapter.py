@@ -20,8 +20,9 @@ from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.redis.errors import translate
 from hexq.adapters.redis.scripts import NAMES, source
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError, ConfigError
-from hexq.core.ports import Delivery, OutcomeRecord
+from hexq.core.ports import Delivery, MinuteTally, OutcomeRecord
 from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
+from hexq.core.rules import minute_of
 from hexq.entrypoints.settings import Connection
 
 P = "{app}:"
@@ -69,6 +70,8 @@ DEPLOYED_LAYOUT = {
     "{p}:rates": "hash",
     # Added with results: written only for tasks with keep_result, so today's deployments hold none.
     "{p}:result:<id>": "list",
+    # Added with the dashboard: written by heartbeats that carry a worker's per-minute counts; expires.
+    "{p}:tally:<minute>": "hash",
 }
 
 
@@ -81,6 +84,7 @@ def documented_row(key: str) -> str | None:
     for pattern in documented_layout():
         regex = re.escape(pattern.replace("{p}", "{app}")).replace("<queue>", ".+").replace("<consumer>", ".+")
         regex = regex.replace(re.escape("<key>"), "[0-9a-f]{32}").replace("<id>", ".+")
+        regex = regex.replace(re.escape("<minute>"), "[0-9]+")
         if re.fullmatch(regex, key):
             return pattern
     return None
@@ -107,7 +111,7 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: broker.renew_leases(["c4"], later + 30_000),
         lambda: broker.renew_leases(["c2"], later + 30_000),
         lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),
-        lambda: broker.heartbeat("w1", "{}", T0),
+        lambda: broker.heartbeat("w1", "{}", T0, MinuteTally(minute_of(T0), done={"default": 1}, pending={"low": 2})),
         lambda: take(broker, "@broadcast.w1", consumer="w1.0"),  # the worker's child, idle on its '@' queue...
         lambda: broker.broadcast(task("everyone"), T0),  # ...is woken by its copy in q:@broadcast.w1
         lambda: broker.forget_worker("w1"),  # which goes with the worker, with its idle mark and tokens
