@@ -89,9 +89,10 @@ class Task(Generic[P, R]):
         self.check(args, options, _given(queue, eta))
         return self.app.enqueue_many([Call(self, args, options, queue, eta)])[0]
 
-    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """``.delay()`` for ``async def`` code: the same store, awaited without blocking the event loop (see the
-        README, "Async producers"); returns the task id. ``queue=``/``eta=`` are taken as ``.delay()`` takes them."""
+        README, "Async producers"); returns the task's handle. ``queue=``/``eta=`` are taken as ``.delay()`` takes
+        them."""
         options = cast("dict[str, Any]", kwargs)
         queue: str | None = options.pop("queue", None)
         eta: Eta | None = options.pop("eta", None)
@@ -99,7 +100,8 @@ class Task(Generic[P, R]):
         return (await self.app.aenqueue_many([Call(self, args, options, queue, eta)]))[0]
 
     async def aapply(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-                     queue: str | None = None, eta: Eta | None = None, expires: Expires | None = None) -> str:
+                     queue: str | None = None, eta: Eta | None = None, expires: Expires | None = None
+                     ) -> TaskHandle:
         """``.apply()``, awaited."""
         return (await self.app.aenqueue_many([self._call(tuple(args), dict(kwargs or {}), queue, eta, expires)]))[0]
 
@@ -162,7 +164,7 @@ class TaskWithOptions(Generic[P, R]):
         """Enqueue a run with these options; returns its handle. Every keyword is the task's own argument."""
         return self.task.app.enqueue_many([self.bind(*args, **kwargs)])[0]
 
-    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """``.delay()`` with these options, awaited (``task.adelay``)."""
         return (await self.task.app.aenqueue_many([self.bind(*args, **kwargs)]))[0]
 

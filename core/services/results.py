@@ -35,6 +35,7 @@ def value_of(task_id: str, outcome: Outcome) -> Any:
 class ResultReader:
     broker: Results
     clock: Clock
+    wait_slice: float = WAIT_SLICE  # the longest single wait between two task_state reads
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
@@ -62,11 +63,11 @@ class ResultReader:
                 if state.outcome is None:
                     raise ResultNotFound(task_id)
                 return decode_outcome(state.outcome)
-            left = WAIT_SLICE if deadline is None else deadline - self.clock.monotonic()
+            left = self.wait_slice if deadline is None else deadline - self.clock.monotonic()
             if left <= 0:
                 raise TimeoutError(f"task {task_id} did not finish within {timeout:g} s (it is {state.live.value}; "
                                    f"it keeps running: call result() again to wait longer)")
-            document = self.broker.wait_outcome(task_id, self._now_ms(), min(left, WAIT_SLICE))
+            document = self.broker.wait_outcome(task_id, self._now_ms(), min(left, self.wait_slice))
             if document is not None:
                 return decode_outcome(document)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 import redis
 from workers import ROOT, Proc, app_env, wait_for
 
-from hexq import HexQ
+from hexq import HexQ, TaskFailed, TaskStatus
 from hexq.adapters.redis.errors import NotAClusterError
 from hexq.core.errors import BrokerUnavailableError, ConfigError
 
@@ -273,3 +274,26 @@ def test_a_partition_moved_to_another_node_is_followed_without_a_restart(fresh_r
         assert sorted(running.tags()) == sorted(wanted)  # none lost, none twice
     finally:
         running.close()
+
+
+def test_results_and_status_across_three_partitions(on_cluster: OnCluster) -> None:
+    with on_cluster.tasks() as tasks:
+        handles = [tasks.add.delay(n, 1) for n in range(9)]  # spread over the three partitions in turn
+        failing = tasks.fail_with.delay("on a cluster")
+        waiting = tasks.add.options(eta=timedelta(seconds=30)).delay(0, 0)
+        assert {h.status() for h in handles} == {TaskStatus.QUEUED}
+        assert waiting.status() is TaskStatus.SCHEDULED
+        # A second process knows only the id: it finds the task's partition and blocks there.
+        script = ("import sys; from tests.integration.apps.tasks import app; "
+                  "print(app.handle(sys.argv[1]).result(timeout=30))")
+        other = subprocess.Popen([sys.executable, "-c", script, handles[4]], cwd=ROOT, env=on_cluster.env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        on_cluster.worker("--concurrency=3")
+        assert [h.result(timeout=30) for h in handles] == [n + 1 for n in range(9)]
+        with pytest.raises(TaskFailed, match="ValueError: on a cluster"):
+            failing.result(timeout=30)
+        out, err = other.communicate(timeout=30)
+        assert (other.returncode, out.strip()) == (0, "5"), err
+        assert waiting.status() is TaskStatus.SCHEDULED
+        assert tasks.app.handle("no-such-task").status() is TaskStatus.UNKNOWN

@@ -15,8 +15,9 @@ from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.redis.partitioned import STICKY_RESERVATIONS, PartitionedBroker
 from hexq.adapters.redis.partitions import partition_tags, slot_of_tag
 from hexq.core.errors import BrokerUnavailableError, ConfigError
-from hexq.core.ports import MinuteTally, OutgoingTask
+from hexq.core.ports import MinuteTally, OutcomeRecord, OutgoingTask, TaskState
 from hexq.core.rules import LeaseRules, minute_of
+from hexq.core.status import TaskStatus
 
 PREFIX = "app"
 
@@ -273,3 +274,45 @@ def test_each_partition_enforces_its_share_of_a_rate_limit(broker: PartitionedBr
     assert len(second(T0 + 999)) == 0
     assert len(second(T0 + 1000)) == 3
     assert depth_per_partition(broker) == [1, 1, 1]
+
+
+def test_outcomes_go_with_their_acks_to_the_partition_that_handed_the_task_out(broker: PartitionedBroker) -> None:
+    broker.enqueue([task(f"t{i}") for i in range(6)])  # two in each partition
+    handed: dict[str, int] = {}
+    acks: list[str] = []
+    outcomes: list[OutcomeRecord] = []
+    while True:
+        got = broker.reserve("c1", ("default",), 100, T0, LEASE, acks, outcomes=outcomes).deliveries
+        if not got:
+            break
+        for delivery in got:
+            handed[delivery.id] = next(i for i, part in enumerate(broker.partitions) if part.lookup(delivery.id))
+        acks = [d.id for d in got]
+        outcomes = [OutcomeRecord(d.id, f'"{d.id}"', 60_000, T0) for d in got]
+    assert len(handed) == 6 and set(handed.values()) == {0, 1, 2}
+    for task_id, index in handed.items():
+        states = [part.task_state(task_id, T0) for part in broker.partitions]
+        assert [i for i, state in enumerate(states) if state.outcome] == [index]  # in its own partition only
+        assert broker.task_state(task_id, T0) == TaskState(None, f'"{task_id}"')
+        assert broker.wait_outcome(task_id, T0, 1.0) == f'"{task_id}"'
+
+
+def test_task_state_finds_a_task_in_any_partition(broker: PartitionedBroker) -> None:
+    broker.enqueue([task(f"t{i}") for i in range(3)])
+    assert [broker.task_state(f"t{i}", T0).live for i in range(3)] == [TaskStatus.QUEUED] * 3
+    got = broker.reserve("c1", ("default",), 1, T0, LEASE).deliveries
+    assert broker.task_state(got[0].id, T0).live is TaskStatus.RUNNING
+    assert broker.task_state("nowhere", T0) == TaskState(None, None)
+    assert broker.wait_outcome("nowhere", T0, 5.0) is None  # held by no partition: at once
+
+
+def test_a_dead_letter_keeps_its_outcome_in_the_task_partition(broker: PartitionedBroker) -> None:
+    broker.enqueue([task("a"), task("b"), task("c")])
+    got = broker.reserve("c1", ("default",), 1, T0, LEASE).deliveries
+    index = next(i for i, part in enumerate(broker.partitions) if part.lookup(got[0].id))
+    broker.dead_letter("c1", got[0].id, "default", "p", "boom", T0, OutcomeRecord(got[0].id, '"dead"', 60_000, T0))
+    assert broker.partitions[index].task_state(got[0].id, T0).outcome == '"dead"'
+    queued = next(task_id for task_id in "abc" if task_id != got[0].id)
+    broker.record_outcome(OutcomeRecord(queued, '"standalone"', 60_000, T0))  # where that task is stored
+    holder = next(i for i, part in enumerate(broker.partitions) if part.lookup(queued))
+    assert broker.partitions[holder].task_state(queued, T0) == TaskState(TaskStatus.QUEUED, '"standalone"')

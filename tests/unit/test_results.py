@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
+import time
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,8 +15,10 @@ import pytest
 
 from hexq import ConfigError, HexQ, Queue, ResultNotFound, TaskFailed, TaskHandle, TaskStatus
 from hexq.adapters.memory import FakeClock, MemoryBroker
+from hexq.adapters.system.clock import SystemClock
 from hexq.core.outcome import decode_outcome
-from hexq.core.ports import OutcomeRecord
+from hexq.core.ports import OutcomeRecord, OutgoingTask
+from hexq.core.services.results import ResultReader
 
 
 def make(**options: Any) -> tuple[HexQ, MemoryBroker, FakeClock]:
@@ -215,3 +219,22 @@ def test_delay_many_apply_and_options_return_handles() -> None:
     handles = [*double.delay_many([(1,), (2,)]), double.apply([3]), double.options(queue="default").delay(4)]
     assert all(isinstance(h, TaskHandle) for h in handles)
     assert [h.result() for h in handles] == [2, 4, 6, 8]
+
+
+def test_a_task_that_ends_without_keeping_an_outcome_ends_the_wait() -> None:
+    broker = MemoryBroker()
+    reader = ResultReader(broker, SystemClock(), wait_slice=0.2)
+    broker.enqueue([OutgoingTask("t1", "default", "{}")])
+
+    def run_without_keeping() -> None:
+        time.sleep(0.1)
+        broker.reserve("c1", ["default"], 1, 0, 60_000)
+        broker.ack("c1", ["t1"])
+
+    worker = threading.Thread(target=run_without_keeping)
+    worker.start()
+    started = time.monotonic()
+    with pytest.raises(ResultNotFound):
+        reader.result("t1")  # no timeout: it would wait for ever without the check between two waits
+    worker.join()
+    assert time.monotonic() - started >= 0.1
