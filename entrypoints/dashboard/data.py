@@ -15,8 +15,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from hexq.core.errors import HexqError
-from hexq.core.ports import Administration, CronStore, DeadLetter, Delivery, InFlight, Inspection, MinuteTally
+from hexq.core.outcome import decode_outcome
+from hexq.core.ports import (
+    Administration,
+    Cancelled,
+    Canceller,
+    CronStore,
+    DeadLetter,
+    Delivery,
+    InFlight,
+    Inspection,
+    MinuteTally,
+    Results,
+)
 from hexq.core.rules import MINUTE_MS, minute_of
+from hexq.core.status import TaskStatus
 from hexq.entrypoints.dashboard.chart import History
 
 if TYPE_CHECKING:
@@ -29,8 +42,9 @@ IN_FLIGHT_SHOWN = 200
 HISTORY_MINUTES = 60
 
 
-class DashboardBroker(Inspection, Administration, CronStore, Protocol):
-    """The broker roles the dashboard uses, and ``lookup`` (read-only) for a task's page."""
+class DashboardBroker(Inspection, Administration, CronStore, Results, Canceller, Protocol):
+    """The broker roles the dashboard uses (Results for a task's status and kept outcome), and ``lookup``
+    (read-only) for a task's payload and crash count."""
 
     def lookup(self, task_id: str) -> Delivery | None: ...
 
@@ -181,21 +195,39 @@ class ScheduleRow:
 
 
 @attrs.frozen
+class OutcomeView:
+    """A kept outcome (``keep_result``) as the task page shows it."""
+
+    status: str
+    finished_at_ms: int
+    result: str | None = None  # the return value, pretty-printed (succeeded only)
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    unreadable: str = ""  # why the stored record could not be read
+
+    @property
+    def finished_text(self) -> str:
+        return utc_text(self.finished_at_ms / 1000) if self.finished_at_ms else "-"
+
+
+@attrs.frozen
 class TaskPage:
     id: str
-    state: str  # "queued or waiting", "running", "dead", "unknown"
+    state: str  # a TaskStatus value ("queued", "scheduled", "running", "succeeded", ...), "dead" or "unknown"
     queue: str
     crashes: int
     payload: DecodedPayload | None
     running: InFlightRow | None
     dead: list[DeadRow]
+    outcome: OutcomeView | None = None
 
     @property
     def attempts(self) -> int | None:
         """Runs started so far: retries used, plus crashes, plus the one running now (or the last, if dead)."""
         if self.payload is None or self.payload.retries is None:
             return None
-        if self.state == "dead":
+        if self.running is None and self.state not in ("queued", "scheduled"):
             return self.payload.retries + 1  # the run that gave up (crash counts are cleared with the task)
         return self.payload.retries + self.crashes + (1 if self.running is not None else 0)
 
@@ -323,21 +355,36 @@ class DashboardData:
         return rows
 
     def task(self, task_id: str) -> TaskPage:
+        now_ms = int(self.now() * 1000)
+        state = self.broker.task_state(task_id, now_ms)
+        outcome = self._outcome(state.outcome) if state.outcome is not None else None
         delivery = self.broker.lookup(task_id)
         dead = [self.dead_row(d) for d in self.find_dead(task_id)]
         running = None
         if delivery is not None and delivery.queue:
-            now_ms = self.now() * 1000
             running = next((self._in_flight_row(f, now_ms) for f in self.broker.in_flight(10_000)
                             if f.id == task_id), None)
         if delivery is not None:
-            state = "running" if delivery.queue else "queued or waiting for its eta"
+            live = state.live.value if state.live is not None else ("running" if delivery.queue else "queued")
             payload = self.decode(delivery.payload)
             queue = delivery.queue or _queue_of(delivery.payload)
-            return TaskPage(task_id, state, queue, delivery.crashes, payload, running, dead)
+            return TaskPage(task_id, live, queue, delivery.crashes, payload, running, dead, outcome)
+        ended = outcome.status if outcome is not None and not outcome.unreadable else None
         if dead:
-            return TaskPage(task_id, "dead", dead[0].queue, 0, dead[0].payload, None, dead)
-        return TaskPage(task_id, "unknown", "", 0, None, None, [])
+            return TaskPage(task_id, ended or "dead", dead[0].queue, 0, dead[0].payload, None, dead, outcome)
+        return TaskPage(task_id, ended or "unknown", "", 0, None, None, [], outcome)
+
+    @staticmethod
+    def _outcome(document: str) -> OutcomeView:
+        try:
+            outcome = decode_outcome(document)
+        except HexqError as exc:
+            return OutcomeView("unreadable", 0, unreadable=f"{type(exc).__name__}: {exc}")
+        error = outcome.error
+        return OutcomeView(outcome.status.value, outcome.finished_at_ms,
+                           _shown(outcome.value) if outcome.status is TaskStatus.SUCCEEDED else None,
+                           error.type if error else "", error.message if error else "",
+                           error.traceback if error else "")
 
     # -- actions (the routes check the token and CSRF first) ---------------------------------------------
     def requeue(self, ids: Sequence[str] | None) -> int:
@@ -345,6 +392,16 @@ class DashboardData:
 
     def delete(self, ids: Sequence[str] | None) -> int:
         return self.broker.purge_dead() if ids is None else self.broker.delete_dead(ids)
+
+    def cancel(self, task_id: str) -> Cancelled:
+        return self.broker.cancel(task_id, self.app.queues.names)
+
+    def purge(self, queue: str) -> int:
+        """Delete a queue's pending and eta tasks (what ``hexq purge`` does); how many. The queue must be the
+        app's: ``HexqError`` otherwise."""
+        self.app.queues.get(queue)
+        pending, eta = self.broker.purge_queue(queue)
+        return pending + eta
 
 
 def _queue_of(payload: str | bytes | None) -> str:

@@ -49,6 +49,11 @@ NOTICES = {
     "logged_in": "Logged in: requeue and delete are enabled.",
     "logged_out": "Logged out.",
     "bad_token": "That is not the dashboard's token.",
+    "cancelled": "Cancelled: the task was removed before it ran.",
+    "cancelling": "Cancelling: its worker has been told to stop it.",
+    "finished": "The task had already finished: nothing was done.",
+    "unknown": "No such task: nothing was done.",
+    "purged": "Deleted {n} pending and scheduled task(s) from the queue.",
 }
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -178,6 +183,24 @@ class Dashboard:
             return self._back(request, form, "deleted", self.data.delete(ids))
         return await self._write(request, act)
 
+    async def cancel(self, request: Request) -> Response:
+        def act(form: Any) -> Response:
+            task_id = str(form.get("id", ""))
+            found = self.data.cancel(task_id)
+            log.info("dashboard: cancel %s: %s", task_id, found.value)
+            return RedirectResponse(_url(request, "task", id=task_id, notice=found.value), status_code=303)
+        return await self._write(request, act)
+
+    async def purge(self, request: Request) -> Response:
+        def act(form: Any) -> Response:
+            queue = str(form.get("queue", ""))
+            if queue not in self.data.app.queues.names:
+                return PlainTextResponse(f"unknown queue {queue!r}", status_code=400, headers=SECURITY_HEADERS)
+            count = self.data.purge(queue)
+            log.info("dashboard: purged %d task(s) from queue %s", count, queue)
+            return RedirectResponse(_url(request, "overview", notice="purged", n=str(count)), status_code=303)
+        return await self._write(request, act)
+
     def _back(self, request: Request, form: Any, notice: str, count: int = 0) -> Response:
         log.info("dashboard: %s %d dead letter(s)", notice, count)
         query = str(form.get("q", ""))
@@ -219,6 +242,8 @@ class Dashboard:
             Route("/logout", self.logout, name="logout", methods=["POST"]),
             Route("/dead/requeue", self.requeue, name="requeue", methods=["POST"]),
             Route("/dead/delete", self.delete, name="delete", methods=["POST"]),
+            Route("/task/cancel", self.cancel, name="cancel", methods=["POST"]),
+            Route("/queue/purge", self.purge, name="purge", methods=["POST"]),
             Route("/static/{name}", _static, name="static"),
         ]
 
@@ -246,7 +271,7 @@ async def _static(request: Request) -> Response:
 # Route name -> path, relative to wherever the dashboard is mounted (scope["root_path"]).
 PATHS = {"overview": "/", "workers": "/workers", "dead": "/dead", "schedules": "/schedules", "task": "/task",
          "login_form": "/login", "login": "/login", "logout": "/logout", "requeue": "/dead/requeue",
-         "delete": "/dead/delete", "static": "/static/"}
+         "delete": "/dead/delete", "cancel": "/task/cancel", "purge": "/queue/purge", "static": "/static/"}
 
 
 def _url(request: Request, name: str, **params: str) -> str:

@@ -293,5 +293,5 @@ def test_the_page_refreshes_in_place_and_works_without_javascript(site: Site, pa
     assert static.locator("#queues tbody tr").count() == 2 and static.locator("#chart-throughput").count() == 1
     static.goto(site.url + f"/dead?q={task_id}")
     assert static.locator(f"tr[data-id='{task_id}']").count() == 1
-    shoot(static, "no-javascript-overview")
+    shoot(static, "no-javascript-dead-search")
     context.close()

@@ -95,9 +95,9 @@ def test_every_page_shows_what_the_broker_holds(app: HexQ) -> None:
     assert "*/5 * * * *" in schedules and "never" in schedules and "high" in schedules
 
     task = client.get("/task", params={"id": ids[0]}).text
-    assert "queued or waiting for its eta" in task and "[&#39;hello&#39;]" in task
-    assert "dead" in client.get("/task", params={"id": "dead-1"}).text
-    assert "unknown" in client.get("/task", params={"id": "nope"}).text
+    assert 'id="task-state">queued<' in task and "[&#39;hello&#39;]" in task
+    assert 'id="task-state">dead<' in client.get("/task", params={"id": "dead-1"}).text
+    assert 'id="task-state">unknown<' in client.get("/task", params={"id": "nope"}).text
 
 
 def _call(app: HexQ, name: str, *args: Any) -> Any:
@@ -117,6 +117,27 @@ def test_the_overview_charts_the_workers_per_minute_counters(app: HexQ) -> None:
     assert re.search(r'data-series="failed" data-points="60" data-total="2"', page)
     assert re.search(r'data-series="pending" data-points="1" data-total="5"', page)  # one minute sampled
     assert re.search(r'<tr data-queue="default">.*?class="num done">12<.*?class="num failed">2<', page, re.S)
+
+
+def test_a_task_page_shows_the_kept_result_or_error_with_its_traceback() -> None:
+    app = HexQ(queues=["default"], url="memory://", keep_result=600, max_retries=0)
+
+    @app.task
+    def adds(x: int, y: int) -> dict[str, Any]:
+        return {"sum": x + y, "note": EVIL}
+
+    @app.task
+    def breaks(text: str) -> None:
+        raise ValueError(text)
+
+    good, bad = adds.delay(1, 2), breaks.delay(EVIL)
+    client = client_for(app)
+    page = client.get("/task", params={"id": good}).text
+    assert 'id="task-state">succeeded<' in page and "&#39;sum&#39;: 3" in page
+    page = client.get("/task", params={"id": bad}).text
+    assert 'id="outcome-error">ValueError: &lt;script&gt;' in page
+    assert re.search(r'id="outcome-traceback">Traceback \(most recent call last\):.*in breaks', page, re.S)
+    assert "<script>window" not in page
 
 
 def test_a_fragment_request_answers_the_content_alone(app: HexQ) -> None:
@@ -222,6 +243,27 @@ def test_with_a_token_a_logged_in_session_requeues_and_deletes(app: HexQ) -> Non
     assert app.broker.dead_count() == 0 and app.broker.queue_stats(["default"])[0].pending == 3
 
 
+def test_cancel_and_purge_need_the_session_and_its_csrf_field(app: HexQ) -> None:
+    work = app.registry.get("work")
+    first, second, third = app.enqueue_many([_call(app, work.name, str(n)) for n in range(3)])
+    client = logged_in(app)
+    assert 'id="cancel"' in client.get("/task", params={"id": first}).text
+    csrf = csrf_of(client, f"/task?id={first}")
+    assert client.post("/task/cancel", data={"id": first}).status_code == 403  # no CSRF field
+    response = client.post("/task/cancel", data={"id": first, "csrf": csrf}, follow_redirects=False)
+    assert response.status_code == 303 and "notice=cancelled" in response.headers["location"]
+    assert app.broker.lookup(first) is None and app.broker.lookup(second) is not None
+    assert "removed before it ran" in client.get(response.headers["location"]).text
+    assert "No such task" in client.post("/task/cancel", data={"id": "nope", "csrf": csrf}).text
+
+    assert client.post("/queue/purge", data={"queue": "default"}).status_code == 403
+    assert client.post("/queue/purge", data={"queue": "nope", "csrf": csrf}).status_code == 400
+    purged = client.post("/queue/purge", data={"queue": "default", "csrf": csrf})
+    assert purged.status_code == 200 and "Deleted 2 pending and scheduled task(s)" in purged.text
+    assert app.broker.queue_stats(["default"])[0].pending == 0
+    del third
+
+
 def test_a_forged_post_without_the_token_changes_nothing(app: HexQ) -> None:
     bury(app, "a", (1,), "r")
     client = client_for(app, token=TOKEN)
@@ -264,8 +306,9 @@ def test_read_only_refuses_every_write_even_with_the_token(app: HexQ) -> None:
     bury(app, "a", (1,), "r")
     client = client_for(app, token=TOKEN, read_only=True)
     assert client.post("/login", data={"token": TOKEN}).status_code == 403
-    for path in ("/dead/requeue", "/dead/delete"):
-        response = client.post(path, data={"all": "1"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    for path in ("/dead/requeue", "/dead/delete", "/task/cancel", "/queue/purge"):
+        response = client.post(path, data={"all": "1", "id": "a", "queue": "default"},
+                               headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 403 and "read-only" in response.text
     page = client.get("/dead").text
     assert "Requeue" not in page and 'name="csrf"' not in page and "Read-only" in page
