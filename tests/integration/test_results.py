@@ -4,6 +4,7 @@ process, TTL expiry, results too big, hard timeouts seen by the worker parent.""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -32,6 +33,12 @@ def test_delay_then_result(cluster: Cluster, tasks: Any) -> None:
     assert h.status() is TaskStatus.SUCCEEDED
     handles = [tasks.add.delay(n, n) for n in range(20)] + [tasks.async_add.delay(2, 3)]
     assert [h.result(timeout=10) for h in handles] == [2 * n for n in range(20)] + [5]
+
+    async def from_a_coroutine() -> list[int]:
+        handle = await tasks.add.adelay(20, 22)
+        return list(await asyncio.gather(handle.aresult(timeout=10), tasks.add.delay(1, 1).aresult(timeout=10)))
+
+    assert asyncio.run(from_a_coroutine()) == [42, 2]
 
 
 def test_a_failed_task_raises_task_failed_with_the_remote_traceback(cluster: Cluster, tasks: Any) -> None:
