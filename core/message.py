@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from hexq.core import payload
+from hexq.core import payload, trace_context
 from hexq.core.errors import MalformedPayloadError, PayloadTooLargeError, SignatureError
 
 ENVELOPE_VERSION = 1
@@ -46,6 +47,9 @@ class TaskMessage:
     broadcast: bool = False
     # The deadline, epoch seconds: a run not started by then never starts (written only when set).
     expires: float | None = None
+    # The producer's trace context (core/trace_context.py), written only by a producer that traces; a retry
+    # keeps it, so every attempt belongs to the producer's trace.
+    trace: Mapping[str, str] | None = None
 
     def fingerprint(self) -> str:
         """Identity of an eta task for deduplication: task name, queue, args and kwargs (WakaQ's rule)."""
@@ -65,11 +69,12 @@ class Codec:
     def encode(self, message: TaskMessage) -> str:
         return self.encode_fields(message.id, message.name, message.queue, message.args, message.kwargs,
                                   message.retries, message.enqueued_at, message.eta, message.broadcast,
-                                  message.expires)
+                                  message.expires, trace=message.trace)
 
     def encode_fields(self, task_id: str, name: str, queue: str, args: tuple[Any, ...] | list[Any],
                       kwargs: dict[str, Any], retries: int = 0, enqueued_at: float = 0.0,
-                      eta: float | None = None, broadcast: bool = False, expires: float | None = None) -> str:
+                      eta: float | None = None, broadcast: bool = False, expires: float | None = None, *,
+                      trace: Mapping[str, str] | None = None) -> str:
         """``encode`` without building a TaskMessage first: the enqueue hot path."""
         native_args, native_kwargs = payload.encode_arguments(name, args, kwargs)
         document: dict[str, Any] = {
@@ -88,6 +93,8 @@ class Codec:
             document["broadcast"] = True
         if expires is not None:
             document["expires"] = expires
+        if trace is not None:
+            document["trace"] = trace
         text = payload.dumps(document)
         if self.signing_key is not None:
             text = payload.dumps({"sig": self._sign(text), "body": text})
@@ -118,8 +125,9 @@ class Codec:
                 f"envelope version {version!r} is not supported by this hexq (speaks {ENVELOPE_VERSION}); "
                 "upgrade the workers before the producers"
             )
+        task_id = _field(document, "id", str)
         return TaskMessage(
-            id=_field(document, "id", str),
+            id=task_id,
             name=_field(document, "task", str),
             queue=_field(document, "queue", str),
             args=tuple(_field(document, "args", list)),
@@ -129,6 +137,7 @@ class Codec:
             eta=_optional_number(document.get("eta"), "eta"),
             broadcast=_flag(document.get("broadcast", False)),
             expires=_optional_number(document.get("expires"), "expires"),
+            trace=trace_context.carried(document.get("trace"), task_id),
         )
 
     def _sign(self, text: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -45,19 +45,21 @@ class TaskFactory:
 
     def new(self, name: str, queue: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], now: float,
             eta: float | None = None, broadcast: bool = False, expires: float | None = None,
-            unique_ms: int | None = None, unique_key: Any = None) -> OutgoingTask:
+            unique_ms: int | None = None, unique_key: Any = None, *,
+            trace: Mapping[str, str] | None = None) -> OutgoingTask:
         """A first attempt of task ``name``; ``eta`` in epoch seconds (None: runnable now); ``expires``, the
         deadline in epoch seconds (None: none). ``unique_ms``: a unique task's window, its identity taken from
-        ``unique_key`` (when not None) or the arguments."""
+        ``unique_key`` (when not None) or the arguments. ``trace``, the sender's trace context (None: none)."""
         task_id = self.ids.new()
         lock = None
         if unique_ms is not None:
             lock = unique.lock_for(name, unique_ms, now, args, kwargs, unique_key)
             task_id = unique.unique_id(task_id, lock)
         if eta is None:
-            payload = self.codec.encode_fields(task_id, name, queue, args, kwargs, 0, now, None, broadcast, expires)
+            payload = self.codec.encode_fields(task_id, name, queue, args, kwargs, 0, now, None, broadcast, expires,
+                                               trace=trace)
             return OutgoingTask(task_id, queue, payload, unique=lock)
-        message = TaskMessage(task_id, name, queue, tuple(args), kwargs, 0, now, eta, broadcast, expires)
+        message = TaskMessage(task_id, name, queue, tuple(args), kwargs, 0, now, eta, broadcast, expires, trace)
         # Rounded up: a task due at 12.3456 s must not become visible at 12.345 s (eta is never early). A
         # unique task has no dedup key: its lock is its identity, across queues.
         return OutgoingTask(task_id, queue, self.codec.encode(message), math.ceil(eta * 1000),

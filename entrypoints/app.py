@@ -28,6 +28,7 @@ from hexq.entrypoints.options import (
     app_defaults,
     schedules_for,
     task_options,
+    tracing_option,
 )
 from hexq.entrypoints.settings import BrokerConnection, build_connection, partition_count
 
@@ -223,6 +224,7 @@ class HexQ(OptionViews):
         worker_log_level: str | int = "INFO",
         scheduler_log_level: str | int = "INFO",
         log_tasks: bool = True,
+        tracing: bool | Callable[[], Any] = False,
         metrics: Metrics | None = None,
         metrics_port: int | None = None,
         broker: Broker | None = None,
@@ -250,6 +252,8 @@ class HexQ(OptionViews):
             worker_log_file=worker_log_file, scheduler_log_file=scheduler_log_file,
             worker_log_level=worker_log_level, scheduler_log_level=scheduler_log_level, log_tasks=log_tasks)
         self.schedules = schedules_for(schedules, self.queues)
+        # False, True (OpenTelemetry's global provider) or a function making the provider in each process.
+        self.tracing = tracing_option(tracing)
         self.metrics_port = optional_whole_number(metrics_port, "metrics_port (a TCP port)", 1, 65535)
         # What this process records into; a worker started with --metrics-port gives its processes their own
         # (the app object itself is never changed by a worker).

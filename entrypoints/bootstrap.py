@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from hexq.adapters.system.entropy import PROCESS
 from hexq.core.outgoing import TaskFactory, TaskIds
-from hexq.core.ports import AsyncProducer, Broker, Clock, Metrics
+from hexq.core.ports import AsyncProducer, Broker, Clock, Metrics, NoTracing, Tracing
 from hexq.core.rules import LeaseRules
 from hexq.core.services.async_sender import AsyncSender
 from hexq.core.services.results import ResultReader
@@ -135,12 +135,22 @@ def result_reader(app: HexQ) -> ResultReader:
     return ResultReader(cast("Broker", sender_for(app).broker), app.clock)
 
 
-def build_sender(app: HexQ, broker: Broker, metrics: Metrics) -> Sender:
+def make_tracing(app: HexQ) -> Tracing:
+    """The app's tracing: ``NoTracing`` unless ``HexQ(tracing=...)`` turned it on (then OpenTelemetry)."""
+    if app.tracing is False:
+        return NoTracing()
+    from hexq.adapters.otel import OtelTracing
+
+    return OtelTracing(None if app.tracing is True else app.tracing)
+
+
+def build_sender(app: HexQ, broker: Broker, metrics: Metrics, tracing: Tracing | None = None) -> Sender:
     factory = task_factory(app, app.clock)
+    tracing = tracing or make_tracing(app)
     if app.is_inline:
-        return InlineSender(app.registry, factory, broker, app.clock, metrics,
+        return InlineSender(app.registry, factory, broker, app.clock, metrics, tracing,
                             run_pending=lambda: inline_runner(app).run_pending())
-    return Sender(app.registry, factory, broker, app.clock, metrics)
+    return Sender(app.registry, factory, broker, app.clock, metrics, tracing)
 
 
 def inline_runner(app: HexQ) -> InlineRunner:
@@ -150,7 +160,8 @@ def inline_runner(app: HexQ) -> InlineRunner:
     existing: InlineRunner | None = app._inline
     if existing is None:
         runner = TaskRunner(app.registry, app.codec, app.broker, app.clock, CONSUMER, process_random(),
-                            metrics=app.metrics, defer_acks=False, log_tasks=app.log_tasks)
+                            metrics=app.metrics, tracing=make_tracing(app), defer_acks=False,
+                            log_tasks=app.log_tasks)
         existing = InlineRunner(app.queues.names, app.broker, app.clock, runner, lease_ms=int(app.lease_timeout * 1000),
                                 rates=lambda: app.registry.rate_limits(app.queues.names,
                                                                        signed=app.codec.signing_key is not None))
@@ -159,7 +170,8 @@ def inline_runner(app: HexQ) -> InlineRunner:
 
 
 def scheduler(app: HexQ) -> Scheduler:
-    return Scheduler(app.registry, task_factory(app, app.clock), app.broker, app.clock, app.schedules)
+    return Scheduler(app.registry, task_factory(app, app.clock), app.broker, app.clock, app.schedules,
+                     tracing=make_tracing(app))
 
 
 def enter_child(app: HexQ, sender: Sender) -> contextvars.Token[tuple[HexQ, Sender] | None]:

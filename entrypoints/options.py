@@ -7,9 +7,10 @@ so the values here have none.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeGuard
 
@@ -127,6 +128,19 @@ class LogOptions:
     worker_log_level: str | int = attrs.field(validator=_log_level)
     scheduler_log_level: str | int = attrs.field(validator=_log_level)
     log_tasks: bool = attrs.field(validator=_flag)
+
+
+def tracing_option(value: object) -> bool | Callable[[], Any]:
+    """``HexQ(tracing=...)``: False (off), True (OpenTelemetry's global TracerProvider) or a function that makes
+    the TracerProvider, called once in each process that traces (``adapters/otel``)."""
+    if value is None or value is False:
+        return False
+    if value is not True and (isinstance(value, bool) or not callable(value)):
+        raise ConfigError(f"tracing must be True, False or a function returning an OpenTelemetry TracerProvider, "
+                          f"got {value!r}")
+    if importlib.util.find_spec("opentelemetry.trace") is None:
+        raise ConfigError("tracing needs the OpenTelemetry API, which is not installed: pip install 'hexq[otel]'")
+    return value  # type: ignore[return-value]
 
 
 def app_defaults(*, max_retries: int | None, soft_timeout: Seconds | None, hard_timeout: Seconds | None,

@@ -26,7 +26,7 @@ from hexq.adapters.posix.processes import PosixProcessControl
 from hexq.adapters.posix.tally import CountingMetrics, SharedTally
 from hexq.adapters.redis.errors import NotAClusterError
 from hexq.core.errors import BrokerAuthError, BrokerError, ConfigError
-from hexq.core.ports import Broker, Delivery, Metrics, NoMetrics
+from hexq.core.ports import Broker, Delivery, Metrics, NoMetrics, Tracing
 from hexq.core.queues import broadcast_queue
 from hexq.core.services.parent import ParentConfig, WorkerParent
 from hexq.core.services.runner import TaskRunner
@@ -76,18 +76,20 @@ def run_worker(app: HexQ, queues: Sequence[str] | None = None, exclude: Sequence
 
     processes = PosixProcessControl.start(child_main, exporter.process_dead if exporter is not None else None)
     broker = bootstrap.make_broker(app)
+    tracing = bootstrap.make_tracing(app)  # the spans of hard-killed runs, which the parent records
     try:
         if exporter is not None and port is not None:
             exporter.serve(port, metrics_host)
             log.info("serving metrics on http://%s:%d/metrics (files in %s)", metrics_host, exporter.port,
                      exporter.directory)
         _probe(broker, plan.served)
-        driver = _driver(app, plan, board, processes, broker, metrics, tally)
+        driver = _driver(app, plan, board, processes, broker, metrics, tally, tracing)
         _on_stop_signals(driver.request_stop)
         log.info("worker %s serving %s with %d children", plan.worker_id, list(plan.served), plan.concurrency)
         return driver.run()
     finally:
         processes.close()
+        tracing.flush()
         broker.close()
         if exporter is not None:
             exporter.close()
@@ -103,7 +105,7 @@ def _plan(app: HexQ, queues: Sequence[str] | None, exclude: Sequence[str], concu
 
 
 def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixProcessControl, broker: Broker,
-            metrics: Metrics, tally: SharedTally) -> ParentDriver:
+            metrics: Metrics, tally: SharedTally, tracing: Tracing) -> ParentDriver:
     info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(plan.served),
                             "concurrency": plan.concurrency, "broker": app.connection.redacted}
     config = ParentConfig(
@@ -115,7 +117,7 @@ def _driver(app: HexQ, plan: WorkerPlan, board: SharedBoard, processes: PosixPro
     machine = WorkerParent(config)
     # One runner records every hard timeout, each on behalf of the dead child's consumer.
     recorder = TaskRunner(app.registry, app.codec, broker, app.clock, plan.worker_id, bootstrap.process_random(),
-                          metrics=CountingMetrics(metrics, tally, plan.concurrency))
+                          metrics=CountingMetrics(metrics, tally, plan.concurrency), tracing=tracing)
 
     def record_hard_timeout(delivery: Delivery, consumer: str) -> None:
         recorder.fail_outside(delivery, "hard_timeout", consumer=consumer)
@@ -159,10 +161,11 @@ def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics,
     """The body of one worker child, in its own process: its own connections, sender and randomness."""
     # Sockets inherited from the parent must never be shared; the index picks the partition it idles on.
     broker = bootstrap.make_broker(app, child=(index, plan.concurrency))
-    bootstrap.enter_child(app, bootstrap.build_sender(app, broker, metrics))
+    tracing = bootstrap.make_tracing(app)
+    bootstrap.enter_child(app, bootstrap.build_sender(app, broker, metrics, tracing))
     runner = TaskRunner(app.registry, app.codec, broker, app.clock, consumer, bootstrap.process_random(),
                         alarm=SignalAlarm(), reporter=ChildReporter(board, index), metrics=metrics,
-                        log_tasks=plan.log_tasks, cancels=SignalledCancellation(board, index))
+                        tracing=tracing, log_tasks=plan.log_tasks, cancels=SignalledCancellation(board, index))
     config = ChildConfig(consumer=consumer, queues=plan.child_queues, slots=plan.slots,
                          lease_ms=int(app.lease_timeout * 1000), max_tasks=app.max_tasks_per_worker,
                          rates=app.registry.rate_limits(plan.served, signed=app.codec.signing_key is not None))
@@ -176,4 +179,5 @@ def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics,
     try:
         return asyncio.run(loop.run())
     finally:
+        tracing.flush()  # the fork server ends a child with os._exit, which runs no exit handler
         broker.close()

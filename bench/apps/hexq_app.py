@@ -1,15 +1,39 @@
 """hexq: ``hexq worker --app=bench.apps.hexq_app:app --concurrency=2``."""
 
 import os
+from typing import Any
 
 from bench.apps.common import BROKER_URL, done, record
 from hexq import HexQ
 
 # BENCH_PARTITIONS: spread over that many hash tags (bench/cluster.py, on a Redis Cluster); 1 by default.
+
+
+def _tracing() -> dict[str, Any]:
+    """BENCH_HEXQ_TRACING=1: trace every send and run with the OpenTelemetry SDK, the spans batched and dropped
+    (the SDK's cost, not an exporter's); its hexq must know HexQ(tracing=)."""
+    if os.environ.get("BENCH_HEXQ_TRACING") != "1":
+        return {}
+
+    def provider() -> Any:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        class Discard(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        made = TracerProvider()
+        made.add_span_processor(BatchSpanProcessor(Discard()))
+        return made
+
+    return {"tracing": provider}
+
+
 # BENCH_HEXQ_LOG_LEVEL=INFO (and BENCH_HEXQ_LOG_TASKS=0) measure the cost of the line per finished task.
 app = HexQ(queues=["default"], url=BROKER_URL, partitions=int(os.environ.get("BENCH_PARTITIONS", "1")), concurrency=2,
            worker_log_level=os.environ.get("BENCH_HEXQ_LOG_LEVEL", "WARNING"),
-           log_tasks=os.environ.get("BENCH_HEXQ_LOG_TASKS", "1") != "0")
+           log_tasks=os.environ.get("BENCH_HEXQ_LOG_TASKS", "1") != "0", **_tracing())
 
 
 @app.task

@@ -1,5 +1,5 @@
 """The ports: what the core needs from the outside world, as ``typing.Protocol``s, and the records that
-cross them. ``broker`` holds the broker's roles, ``runtime`` time, processes and metrics."""
+cross them. ``broker`` holds the broker's roles, ``runtime`` time, processes, metrics and traces."""
 
 from hexq.core.ports.broker import (
     Administration,
@@ -29,9 +29,21 @@ from hexq.core.ports.records import (
     Unrun,
     WorkerBeat,
 )
-from hexq.core.ports.runtime import Clock, Metrics, NoMetrics, ProcessControl, RunningBoard
+from hexq.core.ports.runtime import (
+    NO_SPAN,
+    Clock,
+    Metrics,
+    NoMetrics,
+    NoTracing,
+    ProcessControl,
+    RunningBoard,
+    RunSpan,
+    SendSpan,
+    Tracing,
+)
 
 __all__ = [
+    "NO_SPAN",
     "Administration",
     "AsyncProducer",
     "Broker",
@@ -48,6 +60,7 @@ __all__ = [
     "Metrics",
     "MinuteTally",
     "NoMetrics",
+    "NoTracing",
     "OutcomeRecord",
     "OutgoingTask",
     "ProcessControl",
@@ -55,9 +68,12 @@ __all__ = [
     "QueueStats",
     "Reservation",
     "Results",
+    "RunSpan",
     "RunningBoard",
+    "SendSpan",
     "Supervision",
     "TaskState",
+    "Tracing",
     "UniqueLock",
     "Unrun",
     "WorkerBeat",

@@ -1,11 +1,11 @@
-"""Ports to the machine a worker runs on: time, processes, the shared running board, metrics."""
+"""Ports to the machine a worker runs on: time, processes, the shared running board, metrics, traces."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from hexq.core.ports.records import ChildExit
+from hexq.core.ports.records import ChildExit, OutgoingTask
 
 
 class Clock(Protocol):
@@ -130,4 +130,81 @@ class NoMetrics:
         return None
 
     def queue_depths(self, pending: dict[str, int], eta: dict[str, int], in_flight: dict[str, int]) -> None:
+        return None
+
+
+class SendSpan(Protocol):
+    """The span of one send (``.delay()``, a batch, a broadcast, a cron tick), started before its tasks are
+    encoded so that they carry its context."""
+
+    @property
+    def carrier(self) -> dict[str, str] | None:
+        """What each envelope of this send carries (W3C ``traceparent``/``tracestate``); None: nothing, and the
+        envelopes get no ``trace`` field."""
+        ...
+
+    def end(self, sent: Sequence[OutgoingTask], error: BaseException | None = None) -> None:
+        """The send is over: ``sent`` were stored, or ``error`` (then raised to the caller) says why not."""
+        ...
+
+
+class RunSpan(Protocol):
+    """The span of one run of a task, in a worker (or in-process, for ``memory://``)."""
+
+    def end(self, outcome: str | None, failure: str | None = None, error: BaseException | None = None) -> None:
+        """The run is over: ``outcome`` is ``succeeded``, ``retried``, ``dead_lettered`` or ``expired`` (None: it
+        was interrupted, and the task goes back to its queue), ``failure`` the kind of failure (``exception``,
+        ``soft_timeout``, ``hard_timeout``) and ``error`` the exception. Only the first call counts."""
+        ...
+
+
+class Tracing(Protocol):
+    """Traces across producers and workers (``adapters/otel``: OpenTelemetry); ``NoTracing`` by default.
+
+    A producer's span context travels in each envelope it sends; a worker runs each task in a span that is a
+    child of it, so a trace goes from the code that called ``.delay()`` to every attempt of the task.
+    """
+
+    def send(self, task: str, count: int, *, broadcast: bool = False, cron: str | None = None) -> SendSpan:
+        """Start the span of sending ``count`` runs of ``task`` (the first task's name, for a mixed batch): a
+        child of the caller's active span, if any. ``cron`` names the schedule of a cron tick, which starts
+        a trace of its own."""
+        ...
+
+    def run(self, task: str, task_id: str, queue: str, attempt: int, carried: Mapping[str, str] | None, *,
+            current: bool = True, ran_for: float = 0.0) -> RunSpan:
+        """Start the span of attempt ``attempt`` of a task: a child of the ``carried`` context (none: a trace
+        of its own). ``current``: the task's body runs inside it (spans it starts are its children; ``end``
+        must then be called in the same context). ``ran_for``: a run seen once over (a hard timeout, recorded
+        by the worker parent), which started that many seconds ago."""
+        ...
+
+    def flush(self) -> None:
+        """Export what is still buffered: a worker process calls it before it exits (``os._exit`` runs no
+        exit handlers)."""
+        ...
+
+
+class _NoSpan:
+    carrier = None
+
+    def end(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+NO_SPAN = _NoSpan()
+
+
+class NoTracing:
+    """The default: tracing off. Nothing is started and no envelope gets a ``trace`` field; callers on hot paths
+    also check ``isinstance(tracing, NoTracing)`` to skip even these calls."""
+
+    def send(self, task: str, count: int, *, broadcast: bool = False, cron: str | None = None) -> SendSpan:
+        return NO_SPAN
+
+    def run(self, task: str, task_id: str, queue: str, attempt: int, carried: Mapping[str, str] | None, *,
+            current: bool = True, ran_for: float = 0.0) -> RunSpan:
+        return NO_SPAN
+
+    def flush(self) -> None:
         return None

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from hexq.core.ports import AsyncProducer
-from hexq.core.services.sender import Send, Sender
+from hexq.core.ports import NO_SPAN, AsyncProducer
+from hexq.core.services.sender import Send, Sender, stored
 
 
 @attrs.define
@@ -17,11 +17,17 @@ class AsyncSender:
     producer: AsyncProducer
 
     async def send(self, calls: Sequence[Send]) -> list[str]:
-        """``Sender.send``, awaited: the ids the tasks are stored under, in order."""
-        outgoing = self.sender.prepare(calls)
-        if not outgoing:
-            return []
-        return self.sender.sent(calls, outgoing, await self.producer.enqueue(outgoing))
+        """``Sender.send``, awaited: the ids the tasks are stored under, in order (in one span, when tracing)."""
+        span = self.sender.send_span(calls)
+        try:
+            outgoing = self.sender.prepare(calls, span.carrier)
+            used = self.sender.sent(calls, outgoing, await self.producer.enqueue(outgoing)) if outgoing else []
+        except BaseException as exc:
+            span.end((), exc)
+            raise
+        if span is not NO_SPAN:
+            span.end(stored(outgoing, used))
+        return used
 
     async def aclose(self) -> None:
         await self.producer.aclose()

@@ -13,14 +13,27 @@ import attrs
 from hexq.core.errors import HexqError, MalformedPayloadError, SoftTimeout, TaskCancelled, UnknownTaskError
 from hexq.core.message import MAX_TASK_ID_BYTES, Codec, TaskMessage
 from hexq.core.policy import FailureKind, GiveUp, Limits, after_failure, on_redelivery, safe_str
-from hexq.core.ports import Clock, Consumer, Delivery, Metrics, NoMetrics, OutcomeRecord, OutgoingTask, Unrun
+from hexq.core.ports import (
+    NO_SPAN,
+    Clock,
+    Consumer,
+    Delivery,
+    Metrics,
+    NoMetrics,
+    NoTracing,
+    OutcomeRecord,
+    OutgoingTask,
+    RunSpan,
+    Tracing,
+    Unrun,
+)
 from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 from hexq.core.services.cancellation import OwnCancellation, run_task_body
 from hexq.core.services.invoke import call_hooks, call_task
 from hexq.core.services.keeping import OutcomeKeeper
 from hexq.core.services.soft_timeout import NoAlarm, SoftAlarm, run_async, run_sync
 from hexq.core.services.stopping import CancelRequests, NoCancelRequests, Stopper
-from hexq.core.services.task_log import log_cancelled, log_failed, log_succeeded
+from hexq.core.services.task_log import CANCELLED, DEAD_LETTERED, SUCCEEDED, log_cancelled, log_failed, log_succeeded
 
 __all__ = ["NoAlarm", "NoReporter", "RunReporter", "SoftAlarm", "TaskRunner"]
 
@@ -68,6 +81,7 @@ class TaskRunner:
     reporter: RunReporter = attrs.field(factory=NoReporter)
     metrics: Metrics = attrs.field(factory=NoMetrics)
     cancels: CancelRequests = attrs.field(factory=NoCancelRequests)
+    tracing: Tracing = attrs.field(factory=NoTracing)
     defer_acks: bool = True
     # One INFO line per task that succeeds (``HexQ(log_tasks=...)``); failures are logged either way.
     log_tasks: bool = True
@@ -206,15 +220,19 @@ class TaskRunner:
         nothing is recorded: the task is still owned, and comes back as it would after a crash.
         """
         limits = self.limits_for(message, task)
+        attempt = message.retries + delivery.crashes + 1
         message_token = current_task.set(message)
-        attempt_token = current_attempt.set(message.retries + delivery.crashes + 1)
+        attempt_token = current_attempt.set(attempt)
+        span = NO_SPAN if isinstance(self.tracing, NoTracing) else self.tracing.run(
+            message.name, message.id, message.queue, attempt, message.trace)
         try:
             started = self.clock.monotonic()
             ended = await self._execute(delivery, message, task, limits, slot, started)
             duration = self.clock.monotonic() - started
             await self._after_task_finished()
-            self._record(delivery, message, task, limits, ended, duration)
+            self._record(delivery, message, task, limits, ended, duration, span)
         finally:
+            span.end(None)  # interrupted (a shutdown cancelled it); a run that was recorded has ended it already
             current_task.reset(message_token)
             current_attempt.reset(attempt_token)
 
@@ -277,11 +295,12 @@ class TaskRunner:
                 log.exception("after_task_finished hook failed")
 
     def _record(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,
-                ended: Failure | _Returned, duration: float) -> None:
+                ended: Failure | _Returned, duration: float, span: RunSpan = NO_SPAN) -> None:
         if isinstance(ended, _Returned):
             self.metrics.finished(message.name, message.queue, "succeeded", duration)
             if self.log_tasks:
                 log_succeeded(message, message.retries + delivery.crashes + 1, duration)
+            span.end(SUCCEEDED)
             keep_ms = limits.keep_result_ms
             if keep_ms is None or message.broadcast:
                 self._ack(delivery.id)
@@ -292,29 +311,33 @@ class TaskRunner:
         kind, error = ended
         if kind == "cancelled":
             log_cancelled(message, message.retries + delivery.crashes + 1, duration)
+            span.end(CANCELLED)
             self.metrics.finished(message.name, message.queue, "cancelled", duration)
             self._discard(delivery.id, message.queue, "cancelled")
             return
         try:
-            self._failed(delivery, message, task, limits, kind, error, duration)
+            self._failed(delivery, message, task, limits, kind, error, duration, span=span)
         except HexqError:
             raise  # the broker is unreachable: the outcome is kept (_settle) and sent when it is back
         except Exception as exc:
             # Recording the failure failed (say, the retry cannot be re-encoded): never let that kill the
             # worker and bring the task back in a loop; dead-letter it with the reason.
             log.exception("could not record the failure of task %s", message.id)
+            span.end(DEAD_LETTERED, kind, error)
             self._dead(delivery.id, message.queue, delivery.payload,
                        f"failed, and its failure could not be recorded: {safe_str(exc)}")
 
     def _failed(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,
-                kind: FailureKind, error: BaseException | None, duration: float, owner: str | None = None) -> None:
+                kind: FailureKind, error: BaseException | None, duration: float, owner: str | None = None, *,
+                span: RunSpan = NO_SPAN) -> None:
         # Each crash was an attempt too: the task ran, and its worker died under it.
         retries_used = message.retries + delivery.crashes
         decision = after_failure(kind, limits, task.options, retries_used, error, self.rand())
         if message.broadcast or isinstance(decision, GiveUp):
             reason = decision.reason if isinstance(decision, GiveUp) else "broadcast task failed"
             shown = reason if isinstance(decision, GiveUp) else f"{decision.reason}; a broadcast is not retried"
-            log_failed(message, retries_used + 1, duration, kind, error, shown, None, limits.hard_timeout)
+            span.end(log_failed(message, retries_used + 1, duration, kind, error, shown, None, limits.hard_timeout),
+                     kind, error)
             keep_ms = None if message.broadcast else limits.keep_result_ms
             outcome = None if keep_ms is None else self.keeper.failed(
                 delivery.id, message.name, kind, error, reason, keep_ms, self._now_ms())
@@ -322,14 +345,14 @@ class TaskRunner:
             self.metrics.finished(message.name, message.queue, "dead_lettered", duration)
             return
         if message.expires is not None and self.clock.now() + decision.delay > message.expires:
-            log_failed(message, retries_used + 1, duration, kind, error, decision.reason, None, limits.hard_timeout,
-                       expired=True)
+            span.end(log_failed(message, retries_used + 1, duration, kind, error, decision.reason, None,
+                                limits.hard_timeout, expired=True), kind, error)
             self.metrics.finished(message.name, message.queue, "expired", duration)
             self.metrics.expired(message.name, message.queue)
             self._discard(delivery.id, message.queue, "expired", owner)
             return
-        log_failed(message, retries_used + 1, duration, kind, error, decision.reason, decision.delay,
-                   limits.hard_timeout)
+        span.end(log_failed(message, retries_used + 1, duration, kind, error, decision.reason, decision.delay,
+                            limits.hard_timeout), kind, error)
         self.metrics.finished(message.name, message.queue, "retried", duration)
         self.retry(delivery.id, message, retries_used + 1, decision.delay, owner=owner)
 
@@ -350,7 +373,12 @@ class TaskRunner:
         prepared = self._decode(delivery, delivery.payload, owner)
         if prepared is not None:
             message, task = prepared
-            self._failed(delivery, message, task, self.limits_for(message, task), kind, None, 0.0, owner)
+            limits = self.limits_for(message, task)
+            # The run's own span died with its process: this one stands for it, over the time it ran.
+            span = NO_SPAN if isinstance(self.tracing, NoTracing) else self.tracing.run(
+                message.name, message.id, message.queue, message.retries + delivery.crashes + 1, message.trace,
+                current=False, ran_for=limits.hard_timeout or 0.0)
+            self._failed(delivery, message, task, limits, kind, None, 0.0, owner, span=span)
 
     def retry(self, task_id: str, message: TaskMessage, retries: int, delay: float, *,
               owner: str | None = None) -> None:

@@ -14,7 +14,7 @@ import attrs
 
 from hexq.core.cron import CronTask, plan_tick
 from hexq.core.outgoing import TaskFactory
-from hexq.core.ports import Clock, CronStore
+from hexq.core.ports import Clock, CronStore, NoTracing, Tracing
 from hexq.core.registry import Registry
 
 log = logging.getLogger("hexq.scheduler")
@@ -31,6 +31,7 @@ class Scheduler:
     broker: CronStore
     clock: Clock
     schedules: Sequence[CronTask]
+    tracing: Tracing = attrs.field(factory=NoTracing)
     max_sleep: float = 1.0  # the longest wait tick() returns: how often the schedules are looked at again
     fired: int = 0
     _watched_since: dict[str, datetime] = attrs.field(factory=dict)
@@ -69,9 +70,18 @@ class Scheduler:
         now = self.clock.now()
         fire_ms = round(fire.timestamp() * 1000)
         # A unique task's tick is unique too (its identity: the schedule's arguments): a tick that finds the
-        # previous run still waiting or running is recorded as fired and stores nothing.
-        outgoing = self.factory.new(task.name, queue, cron.args, cron.kwargs, now, unique_ms=task.options.unique_ms)
-        if self.broker.claim_cron_tick(cron.key, fire_ms, outgoing):
+        # previous run still waiting or running is recorded as fired and stores nothing. Each tick starts a trace
+        # of its own (when tracing); a tick another scheduler fired first ends its span with nothing sent.
+        span = self.tracing.send(task.name, 1, cron=cron.key)
+        try:
+            outgoing = self.factory.new(task.name, queue, cron.args, cron.kwargs, now, unique_ms=task.options.unique_ms,
+                                        trace=span.carrier)
+            claimed = self.broker.claim_cron_tick(cron.key, fire_ms, outgoing)
+        except BaseException as exc:
+            span.end((), exc)
+            raise
+        span.end((outgoing,) if claimed else ())
+        if claimed:
             self.fired += 1
             log.info("fired %s for %s (%.0f ms late)", cron.task_name, fire.isoformat(),
                      (now - fire.timestamp()) * 1000)

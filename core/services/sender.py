@@ -13,7 +13,7 @@ import attrs
 from hexq.core.durations import deadline_to_epoch, eta_to_epoch
 from hexq.core.errors import DeadlineError, HexqError
 from hexq.core.outgoing import TaskFactory
-from hexq.core.ports import Clock, Metrics, NoMetrics, OutgoingTask, Producer
+from hexq.core.ports import NO_SPAN, Clock, Metrics, NoMetrics, NoTracing, OutgoingTask, Producer, SendSpan, Tracing
 from hexq.core.registry import Registry
 from hexq.core.unique import check_key_allowed
 
@@ -121,19 +121,34 @@ class Sender:
     broker: Producer
     clock: Clock
     metrics: Metrics = attrs.field(factory=NoMetrics)
+    tracing: Tracing = attrs.field(factory=NoTracing)
 
     def send(self, calls: Sequence[Send]) -> list[str]:
         """Encode and store task runs, in order and pipelined; returns their ids (for a unique task whose
-        identical task is still waiting or running, that task's id: nothing was stored for it)."""
-        outgoing = self.prepare(calls)
-        if not outgoing:
-            return []
-        return self.sent(calls, outgoing, self.broker.enqueue(outgoing))
+        identical task is still waiting or running, that task's id: nothing was stored for it). When tracing,
+        all of them in one span, whose context each envelope carries."""
+        span = self.send_span(calls)
+        try:
+            outgoing = self.prepare(calls, span.carrier)
+            used = self.sent(calls, outgoing, self.broker.enqueue(outgoing)) if outgoing else []
+        except BaseException as exc:
+            span.end((), exc)
+            raise
+        if span is not NO_SPAN:
+            span.end(stored(outgoing, used))
+        return used
 
-    def prepare(self, calls: Sequence[Send]) -> list[OutgoingTask]:
-        """The tasks to store for ``calls``, encoded and checked (what ``send`` does before the broker)."""
+    def send_span(self, calls: Sequence[Send]) -> SendSpan:
+        """The span of sending ``calls`` (NO_SPAN when not tracing), started before they are encoded."""
+        if isinstance(self.tracing, NoTracing) or not calls:
+            return NO_SPAN
+        return self.tracing.send(calls[0].name, len(calls))
+
+    def prepare(self, calls: Sequence[Send], trace: Mapping[str, str] | None = None) -> list[OutgoingTask]:
+        """The tasks to store for ``calls``, encoded and checked (what ``send`` does before the broker), each
+        carrying the ``trace`` context when one is given."""
         now = self.clock.now()
-        return [self._outgoing(call, now) for call in calls]
+        return [self._outgoing(call, now, trace) for call in calls]
 
     def sent(self, calls: Sequence[Send], outgoing: Sequence[OutgoingTask], used: list[str]) -> list[str]:
         """After the broker stored ``outgoing`` under ``used``: counted, and ``used`` returned."""
@@ -143,11 +158,25 @@ class Sender:
 
     def broadcast(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """Run once on every live worker; returns how many workers got a copy to run (see
-        ``Producer.broadcast``)."""
+        ``Producer.broadcast``). Every copy carries the context of one span, when tracing."""
         now = self.clock.now()
-        return self.broker.broadcast(self._broadcast_task(name, args, kwargs, now), int(now * 1000))
+        return self._broadcast(name, args, kwargs, now, lambda task: self.broker.broadcast(task, int(now * 1000)))
 
-    def _outgoing(self, call: Send, now: float) -> OutgoingTask:
+    def _broadcast(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], now: float,
+                   store: Callable[[OutgoingTask], int]) -> int:
+        if isinstance(self.tracing, NoTracing):
+            return store(self._broadcast_task(name, args, kwargs, now))
+        span = self.tracing.send(name, 1, broadcast=True)
+        try:
+            task = self._broadcast_task(name, args, kwargs, now, span.carrier)
+            copies = store(task)
+        except BaseException as exc:
+            span.end((), exc)
+            raise
+        span.end((task,))
+        return copies
+
+    def _outgoing(self, call: Send, now: float, trace: Mapping[str, str] | None = None) -> OutgoingTask:
         definition = self.registry.get(call.name)
         queue = self.registry.queue_for(definition, call.queue)
         eta = None if call.eta is None else eta_to_epoch(call.eta, now)
@@ -157,22 +186,29 @@ class Sender:
         expires = definition.options.expires if call.expires is None else call.expires
         if expires is None:
             return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta, unique_ms=unique_ms,
-                                    unique_key=call.unique_key)
+                                    unique_key=call.unique_key, trace=trace)
         deadline = deadline_to_epoch(expires, now)
         _check_deadline(definition.name, deadline, now, eta)
         return self.factory.new(definition.name, queue, call.args, call.kwargs, now, eta, expires=deadline,
-                                unique_ms=unique_ms, unique_key=call.unique_key)
+                                unique_ms=unique_ms, unique_key=call.unique_key, trace=trace)
 
-    def _broadcast_task(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], now: float) -> OutgoingTask:
+    def _broadcast_task(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], now: float,
+                        trace: Mapping[str, str] | None = None) -> OutgoingTask:
         definition = self.registry.get(name)
         queue = self.registry.queues.default.name
-        return self.factory.new(definition.name, queue, args, kwargs, now, broadcast=True)
+        return self.factory.new(definition.name, queue, args, kwargs, now, broadcast=True, trace=trace)
 
     def _count(self, calls: Sequence[Send], outgoing: Sequence[OutgoingTask], used: Sequence[str]) -> None:
         counts = Counter((call.name, task.queue) for call, task, stored in zip(calls, outgoing, used, strict=True)
                          if stored == task.id)
         for (name, queue), count in counts.items():
             self.metrics.enqueued(name, queue, count)
+
+
+def stored(outgoing: Sequence[OutgoingTask], used: Sequence[str]) -> list[OutgoingTask]:
+    """The tasks a send stored: a unique task whose twin was still waiting stored nothing (its twin's id came
+    back instead of its own)."""
+    return [task for task, kept in zip(outgoing, used, strict=True) if kept == task.id]
 
 
 def _check_deadline(task: str, deadline: float, now: float, eta: float | None) -> None:
@@ -202,6 +238,10 @@ class InlineSender(Sender):
         return ids
 
     def broadcast(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        self.broker.enqueue([self._broadcast_task(name, args, kwargs, self.clock.now())])
+        def store(task: OutgoingTask) -> int:
+            self.broker.enqueue([task])
+            return 1
+
+        copies = self._broadcast(name, args, kwargs, self.clock.now(), store)
         self.run_pending()
-        return 1
+        return copies

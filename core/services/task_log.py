@@ -55,9 +55,10 @@ def log_succeeded(message: TaskMessage, attempt: int, duration: float) -> None:
 
 def log_failed(message: TaskMessage, attempt: int, duration: float, kind: FailureKind,
                error: BaseException | None, reason: str, retry_in: float | None, hard_timeout: float | None,
-               *, expired: bool = False) -> None:
-    """The line of a failed run and what follows it: another attempt in ``retry_in`` seconds, or (None) the
-    dead-letter list, or (``expired``) nothing: its retry would start after its deadline. ``duration`` is 0 for
+               *, expired: bool = False) -> str:
+    """Log the line of a failed run and what follows it, and return that outcome: another attempt in
+    ``retry_in`` seconds (``retried``), or (None) the dead-letter list (``dead_lettered``), or (``expired``)
+    nothing: its retry would start after its deadline. ``duration`` is 0 for
     a run seen from outside (the worker parent killed it at its hard timeout): the line then gives the hard
     timeout, which is how long it ran."""
     if kind == "hard_timeout" and not duration and hard_timeout is not None:
@@ -72,6 +73,7 @@ def log_failed(message: TaskMessage, attempt: int, duration: float, kind: Failur
     log.log(level, "%s[%s] %s %s %.3f s (queue %s, attempt %d): %s; %s", message.name, message.id, _VERB[kind],
             "after" if kind == "hard_timeout" else "in", duration, message.queue, attempt, reason, then,
             exc_info=error if kind == "exception" else None, extra=_fields(message, attempt, outcome, duration))
+    return outcome
 
 
 def log_cancelled(message: TaskMessage, attempt: int, duration: float | None) -> None:

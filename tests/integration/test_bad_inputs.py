@@ -249,6 +249,17 @@ def test_unknown_task_name_is_dead_lettered(shared: Shared) -> None:
     assert "import the module that defines it" in reason
 
 
+def test_a_malformed_trace_context_is_ignored_with_a_warning(shared: Shared) -> None:
+    document = envelope(args=["badly-traced"], trace=["not", "a", "context"])
+    task_id = shared.cluster.push_raw(json.dumps(document))
+    shared.cluster.wait_for_tags(1, timeout=20, suffix="badly-traced")  # it ran, and only once
+    shared.still_serving("after-bad-trace")
+    assert shared.cluster.tags().count("badly-traced") == 1
+    assert task_id not in shared.cluster.dead()
+    assert (f"task {document['id']}: ignoring the trace context in its envelope (expected an object of strings, "
+            "got list); it runs outside its producer's trace") in shared.worker.output()
+
+
 def test_newer_envelope_version_is_dead_lettered(shared: Shared) -> None:
     task_id = shared.cluster.push_raw(json.dumps(envelope(v=2)))
     shared.still_serving("after-v2")

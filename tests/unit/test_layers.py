@@ -21,7 +21,7 @@ PACKAGES = {"core": "hexq.core", "adapters": "hexq.adapters", "entrypoints": "he
 # The core is sans-IO: no I/O libraries, no clocks, no processes, no outer layers.
 FORBIDDEN_IN_CORE = (
     "redis", "psutil", "fakeredis", "signal", "subprocess", "socket", "threading", "multiprocessing", "time",
-    "os", "mmap", "hexq.adapters", "hexq.entrypoints",
+    "os", "mmap", "opentelemetry", "hexq.adapters", "hexq.entrypoints",
 )
 # From the repository root these import a second copy of a module; always go through ``hexq.``.
 BARE_ROOTS = ("core", "adapters", "entrypoints", "front")

@@ -78,6 +78,15 @@ def test_the_deadline_round_trips() -> None:
     assert codec.decode(codec.encode(message)) == message
 
 
+def test_the_trace_context_round_trips_signed_and_is_written_only_when_set() -> None:
+    codec = Codec(b"k" * 16)
+    carrier = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=b"}
+    message = TaskMessage("i", "t", "q", trace=carrier)
+    assert codec.decode(codec.encode(message)) == message
+    assert codec.decode(codec.encode(attrs.evolve(message, retries=1))).trace == carrier  # a retry keeps it
+    assert "trace" not in json.loads(Codec().encode(TaskMessage("i", "t", "q")))
+
+
 def test_encode_refuses_bad_arguments_naming_task_and_path() -> None:
     with pytest.raises(SerializationError) as info:
         Codec().encode(TaskMessage("i", "mytask", "q", args=(1,), kwargs={"tags": {"a"}}))

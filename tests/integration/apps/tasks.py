@@ -2,7 +2,8 @@
 
 Configured from the environment so each test gets its own broker or prefix: HEXQ_TEST_URL (the broker under
 test: a Redis or an sqlite: URL), HEXQ_TEST_BOOK_URL (the Redis the reports go to; default HEXQ_TEST_URL),
-HEXQ_TEST_PREFIX, HEXQ_TEST_PARTITIONS, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SCHEDULES=1.
+HEXQ_TEST_PREFIX, HEXQ_TEST_PARTITIONS, HEXQ_TEST_CONCURRENCY, HEXQ_TEST_MAX_TASKS, HEXQ_TEST_SCHEDULES=1,
+HEXQ_TEST_SPANS (tracing on, spans to that file or to memory: apps/spans.py).
 """
 
 from __future__ import annotations
@@ -12,14 +13,24 @@ import os
 import signal
 import time
 from datetime import timedelta
+from typing import Any
 
-from hexq import CronTask, HexQ, TaskCancelled
+from hexq import CronTask, HexQ, TaskCancelled, current_attempt
 from tests.integration.apps.reporting import Reporter
 
 URL = os.environ.get("HEXQ_TEST_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("HEXQ_TEST_PREFIX", "hexqtest")
 BOOK_URL = os.environ.get("HEXQ_TEST_BOOK_URL") or URL
 RESULTS = f"{PREFIX}-results"
+
+def _tracing() -> Any:
+    where = os.environ.get("HEXQ_TEST_SPANS")
+    if not where:
+        return False
+    from tests.integration.apps.spans import provider_factory
+
+    return provider_factory(where)
+
 
 app = HexQ(
     url=URL,
@@ -34,6 +45,7 @@ app = HexQ(
     cancel_grace=float(os.environ.get("HEXQ_TEST_CANCEL_GRACE", "5")),
     max_tasks_per_worker=int(os.environ["HEXQ_TEST_MAX_TASKS"]) if os.environ.get("HEXQ_TEST_MAX_TASKS") else None,
     schedules=[CronTask("* * * * * *", "record", args=["cron"])] if os.environ.get("HEXQ_TEST_SCHEDULES") else [],
+    tracing=_tracing(),
 )
 
 report = Reporter(BOOK_URL, RESULTS)
@@ -166,6 +178,14 @@ async def async_sleep_then_record(seconds: float, tag: str) -> None:
     except asyncio.CancelledError:
         report(tag=f"{tag}:cancelled")
         raise
+
+
+@app.task(retry_on=(ConnectionError,), max_retries=3, backoff=0.2, backoff_max=0.2)
+def fail_once(tag: str) -> None:
+    """Fails its first attempt with a retryable error, succeeds on the retry (within 0.2 s)."""
+    report(tag=f"{tag}:start")
+    if current_attempt.get() == 1:
+        raise ConnectionError("the service is down the first time")
     report(tag=tag)
 
 
