@@ -35,7 +35,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -248,8 +248,9 @@ class _NotUnique(TaskFactory):
 
     def new(self, name: str, queue: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], now: float,
             eta: float | None = None, broadcast: bool = False, expires: float | None = None,
-            unique_ms: int | None = None, unique_key: Any = None) -> OutgoingTask:
-        return super().new(name, queue, args, kwargs, now, eta, broadcast, expires)
+            unique_ms: int | None = None, unique_key: Any = None, *,
+            trace: Mapping[str, str] | None = None) -> OutgoingTask:
+        return super().new(name, queue, args, kwargs, now, eta, broadcast, expires, trace=trace)
 
 
 class HexqSide:
