@@ -331,3 +331,20 @@ def test_tracing_must_be_a_flag_or_a_provider_factory_and_needs_the_api(monkeypa
     monkeypatch.setattr(options_module.importlib.util, "find_spec", lambda name: None)  # not installed
     with pytest.raises(ConfigError, match=r"pip install 'hexq\[otel\]'"):
         HexQ(url="memory://", tracing=True)
+
+
+def test_an_awaited_adelay_is_traced_like_delay(traces: Traces) -> None:
+    app, _, _ = make_app(tracing=traces.make_provider)
+    job = app.task(lambda x: None, name="job")
+
+    async def handler() -> str:
+        with traces.provider.get_tracer("web").start_as_current_span("request"):
+            return await job.adelay(1)
+
+    task_id = asyncio.run(handler())
+    [request] = traces.named("request")
+    [send] = traces.named("send job")
+    assert parent_id(send) == ctx(request).span_id
+    assert send.attributes is not None and send.attributes["messaging.message.id"] == task_id
+    carried = stored_envelope(app, task_id)["trace"]["traceparent"]
+    assert carried.split("-")[1:3] == [f"{ctx(send).trace_id:032x}", f"{ctx(send).span_id:016x}"]
