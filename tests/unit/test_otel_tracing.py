@@ -20,7 +20,7 @@ from test_runner import make_world
 from hexq import ConfigError, CronTask, HexQ, current_attempt
 from hexq.adapters.memory import FakeClock
 from hexq.adapters.otel import OtelTracing
-from hexq.core.errors import SoftTimeout
+from hexq.core.errors import SoftTimeout, TaskCancelled
 from hexq.core.message import TaskMessage
 from hexq.core.outgoing import TaskFactory, TaskIds
 from hexq.core.services.scheduler import Scheduler
@@ -348,3 +348,16 @@ def test_an_awaited_adelay_is_traced_like_delay(traces: Traces) -> None:
     assert send.attributes is not None and send.attributes["messaging.message.id"] == task_id
     carried = stored_envelope(app, task_id)["trace"]["traceparent"]
     assert carried.split("-")[1:3] == [f"{ctx(send).trace_id:032x}", f"{ctx(send).span_id:016x}"]
+
+
+def test_a_cancelled_run_says_so(traces: Traces) -> None:
+    app = inline(traces)
+
+    @app.task
+    def stopped() -> None:
+        raise TaskCancelled("stopped at the request")  # what a cancellation request raises in a sync task
+
+    stopped.delay()
+    [run] = traces.named("process stopped")
+    assert run.attributes is not None and run.attributes["hexq.outcome"] == "cancelled"
+    assert run.status.status_code == StatusCode.UNSET
