@@ -178,6 +178,7 @@ async def async_sleep_then_record(seconds: float, tag: str) -> None:
     except asyncio.CancelledError:
         report(tag=f"{tag}:cancelled")
         raise
+    report(tag=tag)
 
 
 @app.task(retry_on=(ConnectionError,), max_retries=3, backoff=0.2, backoff_max=0.2)
