@@ -80,6 +80,13 @@ def flaky_call(url: str) -> None:
         raise ConnectionError(f"{url} refused the connection")
 
 
+@app.task
+def divide(a: float, b: float) -> float:
+    # divide.delay(1, 0) raises ZeroDivisionError on the worker and ends in the dead-letter list (exceptions
+    # are retried only when retry_on names them): `hexq dead list` and the dashboard show it.
+    return a / b
+
+
 @app.wrap_tasks_with
 async def custom_task_decorator(fn: Any, args: Any, kwargs: Any) -> None:
     # do something before each task runs, for ex: `with app.app_context():`
