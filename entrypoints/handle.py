@@ -8,6 +8,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from hexq.core.outcome import Outcome
+from hexq.core.ports import Cancelled
 from hexq.core.status import TaskStatus
 
 if TYPE_CHECKING:
@@ -71,3 +72,8 @@ class TaskHandle(str):
         Cancelling the await leaves that thread waiting until its current slice of the wait ends (at most
         ``hexq.core.services.results.WAIT_SLICE``, 5 s)."""
         return await asyncio.to_thread(self.result, timeout)
+
+    async def acancel(self) -> Cancelled:
+        """Cancel this task from async code and say what was found (``Cancelled``): ``app.acancel``, the
+        broker's cancel in a thread, so the event loop is never blocked."""
+        return await self._app.acancel(self.id)

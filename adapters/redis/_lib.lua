@@ -68,7 +68,8 @@ local function queue_of(record)
 end
 
 -- Returns true when someone idle may need to know: the queue was empty, or an eta task was stored (a
--- consumer waiting until an eta further away must look again).
+-- consumer waiting until an eta further away must look again); and the id it is stored under (a waiting eta
+-- task of the same dedup key keeps its own id: it is the one updated).
 local function store(id, queue, payload, eta, dedup)
   if eta == "" then
     redis.call("hset", TASKS, id, payload)
@@ -86,7 +87,7 @@ local function store(id, queue, payload, eta, dedup)
   end
   redis.call("hset", TASKS, id, payload)
   redis.call("zadd", ek, eta, id)
-  return true
+  return true, id
 end
 
 -- Unique tasks (hexq.core.unique): a unique task's id is UNIQUE_ID_LENGTH characters with "u" at
@@ -122,8 +123,9 @@ end
 
 -- An outgoing task as the client packs it: "id\nqueue\neta_ms or empty\ndedup_key or empty\npayload", and
 -- for a unique task's id the window (ms; "0": take no lock) before the payload (only the payload, last, may
--- contain newlines). Returns the queue when someone idle may need to know (see store); for a unique task
--- whose lock another task holds, nil and the holder's id (nothing stored).
+-- contain newlines). Returns the queue when someone idle may need to know (see store), and the id of
+-- another task when it is not stored under its own: for a unique task whose lock another task holds (then
+-- nothing is stored), the holder's; for an eta task that replaced the waiting one of its dedup key, that one's.
 local function store_record(record)
   local a = string.find(record, "\n", 1, true)
   local b = string.find(record, "\n", a + 1, true)
@@ -140,11 +142,11 @@ local function store_record(record)
       if holder then return nil, holder end
     end
   end
-  if store(id, queue, string.sub(record, last + 1), string.sub(record, b + 1, c - 1),
-           string.sub(record, c + 1, d - 1)) then
-    return queue
-  end
-  return nil
+  local wake, stored = store(id, queue, string.sub(record, last + 1), string.sub(record, b + 1, c - 1),
+                             string.sub(record, c + 1, d - 1))
+  local other = stored and stored ~= id and stored or nil
+  if wake then return queue, other end
+  return nil, other
 end
 
 -- Ends ownership of one task; true if the consumer owned it.

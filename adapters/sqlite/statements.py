@@ -109,12 +109,16 @@ def store(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> int:
 
 def enqueue(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> tuple[int, list[str] | None]:
     """``store``, each unique task only if it takes its lock (see ``Producer.enqueue``). Returns how many
-    became runnable, and the ids the tasks are stored under (None: each under its own, no task was unique)."""
-    if all(t.unique is None for t in tasks):
+    became runnable, and the ids the tasks are stored under (None: each under its own, as when no task is
+    unique and no eta task has a dedup key)."""
+    if all(t.unique is None and t.dedup_key is None for t in tasks):
         return store(conn, tasks), None
     used: list[str] = []
     kept: list[OutgoingTask] = []
     taken: dict[str, str] = {}  # locks taken by this call: its tasks are stored after the loop
+    # An eta task with a dedup key updates the waiting one of that key (or one earlier in this call), which
+    # keeps its id (_UPSERT_WAITING).
+    waiting = _waiting_by_key(conn, [t for t in tasks if t.dedup_key is not None])
     for t in tasks:
         lock = t.unique
         if lock is not None:
@@ -127,9 +131,25 @@ def enqueue(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> tuple[in
                 continue
             conn.execute(_TAKE_LOCK, (lock.key, t.id, lock.until_ms))
             taken[lock.key] = t.id
-        used.append(t.id)
+        if t.dedup_key is not None and t.eta_ms is not None:
+            used.append(waiting.setdefault((t.queue, t.dedup_key), t.id))
+        else:
+            used.append(t.id)
         kept.append(t)
     return store(conn, kept), used
+
+
+def _waiting_by_key(conn: sqlite3.Connection, tasks: Sequence[OutgoingTask]) -> dict[tuple[str, str], str]:
+    """(queue, dedup key) -> the id of the waiting task holding it, for these tasks' keys."""
+    found: dict[tuple[str, str], str] = {}
+    keys = sorted({t.dedup_key for t in tasks if t.dedup_key is not None and t.eta_ms is not None})
+    for start in range(0, len(keys), 500):  # well under SQLite's limit of bound parameters
+        part = keys[start:start + 500]
+        marks = ", ".join("?" * len(part))
+        for queue, key, task_id in conn.execute(
+                f"SELECT queue, dedup_key, id FROM tasks WHERE state = {WAITING} AND dedup_key IN ({marks})", part):
+            found[(queue, key)] = task_id
+    return found
 
 
 def unlock(conn: sqlite3.Connection, ids: Sequence[str]) -> None:

@@ -170,12 +170,19 @@ class ProducerContract(_Contract):
         assert ids(take(broker, now_ms=T0 + 100)) == ["a", "b", "e1", "e2"]
 
     def test_eta_dedup_key_replaces_the_waiting_task(self, broker: Broker) -> None:
-        broker.enqueue([task("first", payload="old", eta_ms=T0 + 1000, dedup_key="k")])
-        broker.enqueue([task("second", payload="new", eta_ms=T0 + 2000, dedup_key="k")])
+        assert broker.enqueue([task("first", payload="old", eta_ms=T0 + 1000, dedup_key="k")]) == ["first"]
+        # Stored under the waiting task's id: what enqueue returns for it.
+        assert broker.enqueue([task("second", payload="new", eta_ms=T0 + 2000, dedup_key="k")]) == ["first"]
         assert stats(broker) == (0, 1, 0)
         assert take(broker, now_ms=T0 + 1500) == []
         got = take(broker, now_ms=T0 + 2000)
         assert [(d.id, d.payload) for d in got] == [("first", "new")]
+
+    def test_eta_dedup_within_one_call_returns_the_first_ones_id(self, broker: Broker) -> None:
+        assert broker.enqueue([task("a", eta_ms=T0 + 10, dedup_key="k"), task("plain"),
+                               task("b", payload="newer", eta_ms=T0 + 20, dedup_key="k"),
+                               task("c", "other", eta_ms=T0 + 10, dedup_key="k")]) == ["a", "plain", "a", "c"]
+        assert [(d.id, d.payload) for d in take(broker, now_ms=T0 + 20)] == [("plain", "p-plain"), ("a", "newer")]
 
     def test_dedup_is_per_queue(self, broker: Broker) -> None:
         broker.enqueue([task("a", "q1", eta_ms=T0 + 10, dedup_key="k"), task("b", "q2", eta_ms=T0 + 10, dedup_key="k")])

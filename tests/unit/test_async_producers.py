@@ -152,17 +152,18 @@ def test_in_process_mode_runs_the_task_from_adelay_without_blocking_the_loop() -
     assert ran == [1, ("async", 2)]
 
 
-def test_acancel_removes_a_waiting_task_from_an_event_loop() -> None:
+def test_handle_acancel_and_app_acancel_remove_a_waiting_task_from_an_event_loop() -> None:
     app, broker, _ = make_app()
 
     @app.task
-    def job() -> None: ...
+    def job(x: int) -> None: ...
 
-    async def send_then_cancel() -> tuple[Cancelled, Cancelled]:
-        task_id = await job.options(eta=60).adelay()
-        return await app.acancel(task_id), await app.acancel(task_id)
+    async def send_then_cancel() -> tuple[Cancelled, Cancelled, Cancelled]:
+        handle = await job.options(eta=60).adelay(1)
+        other = await job.options(eta=60).adelay(2)
+        return await handle.acancel(), await app.acancel(handle), await app.handle(other).acancel()
 
-    assert asyncio.run(send_then_cancel()) == (Cancelled.REMOVED, Cancelled.UNKNOWN)
+    assert asyncio.run(send_then_cancel()) == (Cancelled.REMOVED, Cancelled.UNKNOWN, Cancelled.REMOVED)
     assert broker.queue_stats(["low"])[0].eta == 0
 
 
