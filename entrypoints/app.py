@@ -372,8 +372,9 @@ class HexQ(OptionViews):
 
     def cancel(self, task_id: str) -> Cancelled:
         """Cancel one task by id and say what it was (``Cancelled``): removed before it ran, being stopped by
-        its worker, already finished, or unknown (the last two change nothing)."""
-        return self.broker.cancel(task_id, self.queues.names)
+        its worker, already finished, or unknown (the last two change nothing). Its status then reads
+        cancelled: the outcome is kept even without ``keep_result`` (for a day, else for ``keep_result``)."""
+        return bootstrap.cancelling(self).cancel(task_id)
 
     async def acancel(self, task_id: str) -> Cancelled:
         """``cancel()`` for ``async def`` code: the broker's cancel (an operator's action, not a hot path) runs in

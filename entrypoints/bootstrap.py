@@ -18,6 +18,7 @@ from hexq.core.outgoing import TaskFactory, TaskIds
 from hexq.core.ports import AsyncProducer, Broker, Clock, Metrics, NoTracing, Tracing
 from hexq.core.rules import LeaseRules
 from hexq.core.services.async_sender import AsyncSender
+from hexq.core.services.cancelling import TaskCancelling
 from hexq.core.services.results import ResultReader
 from hexq.core.services.runner import TaskRunner
 from hexq.core.services.scheduler import Scheduler
@@ -133,6 +134,11 @@ def result_reader(app: HexQ) -> ResultReader:
     """What task handles read through, in this process: the broker ``.delay()`` uses here (a worker child's
     own, inside a child)."""
     return ResultReader(cast("Broker", sender_for(app).broker), app.clock)
+
+
+def cancelling(app: HexQ) -> TaskCancelling:
+    """What ``app.cancel()`` goes through, in this process: the broker ``.delay()`` uses here, as for results."""
+    return TaskCancelling(app.registry, app.codec, cast("Broker", sender_for(app).broker), app.clock)
 
 
 def make_tracing(app: HexQ) -> Tracing:

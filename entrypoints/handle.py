@@ -67,6 +67,11 @@ class TaskHandle(str):
         if it has not ended in time (it keeps going), ``ResultNotFound`` if the broker knows nothing of it."""
         return self._reader().result(self.id, timeout)
 
+    def cancel(self) -> Cancelled:
+        """Cancel the task (``app.cancel``): removed if it waits, stopped if it runs; the answer says which, or
+        that it had finished or is unknown (nothing done)."""
+        return self._app.cancel(self.id)
+
     async def aresult(self, timeout: float | None = None) -> Any:
         """``result`` for async code: the blocking wait runs in a thread, so the event loop is never blocked.
         Cancelling the await leaves that thread waiting until its current slice of the wait ends (at most

@@ -242,14 +242,24 @@ local function promote(queue, now)
   return #due
 end
 
--- Cancellation marks (cancel.lua): CANCELS holds an owned task's id while its cancellation is pending.
--- Every way an owned task ends but an acknowledgement honours it with this: a marked task is dropped for
--- good (payload, crash count, mark) instead of being stored again. Returns true when it was marked.
+-- Cancellation marks (cancel.lua): CANCELS holds an owned task's id while its cancellation is pending, with
+-- "1" or "ttl_ms\ndocument", the outcome to keep when the task is dropped (record_outcome).
+local function keep_marked_outcome(id, mark)
+  local a = string.find(mark, "\n", 1, true)
+  if a then record_outcome(id, string.sub(mark, a + 1), string.sub(mark, 1, a - 1)) end
+end
+
+-- Every way an owned task ends but an acknowledgement honours a mark with this: a marked task is dropped for
+-- good (payload, crash count, unique lock, mark; its outcome kept) instead of being stored again. Returns
+-- true when it was marked.
 local function drop_if_cancelled(id)
-  if redis.call("hdel", CANCELS, id) == 0 then return false end
+  local mark = redis.call("hget", CANCELS, id)
+  if not mark then return false end
+  redis.call("hdel", CANCELS, id)
   redis.call("hdel", TASKS, id)
   redis.call("hdel", CRASHES, id)
   unlock({id})
+  keep_marked_outcome(id, mark)
   return true
 end
 

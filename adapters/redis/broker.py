@@ -159,9 +159,11 @@ class RedisBroker(RedisInspection):
         done = replies[-1]
         return isinstance(done, list) and not any(isinstance(reply, Exception) for reply in (*replies, *done))
 
-    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
+    def cancel(self, task_id: str, now_ms: int, queues: Sequence[str] = (),
+               outcome: OutcomeRecord | None = None) -> Cancelled:
+        kept: list[str | int] = ["", ""] if outcome is None else [outcome.ttl_ms, outcome.document]
         with self._translator:
-            return Cancelled(self._scripts.run("cancel", [task_id, *queues]))
+            return Cancelled(self._scripts.run("cancel", [task_id, *kept, *queues]))
 
     def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
         # One script: the live workers read from {p}:workers and every copy stored in the same step. Not
@@ -289,10 +291,12 @@ class RedisBroker(RedisInspection):
             raise
         self._received.settled(consumer, (task_id,))
 
-    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun,
+                outcome: OutcomeRecord | None = None) -> None:
+        kept: list[str | int] = [] if outcome is None else [outcome.ttl_ms, outcome.document]
         try:
             with self._translator:
-                self._scripts.run("discard", [consumer, task_id, queue, why])
+                self._scripts.run("discard", [consumer, task_id, queue, why, *kept])
         except BrokerUnavailableError:
             self._received.unsure(consumer)
             raise

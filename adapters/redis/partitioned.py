@@ -166,13 +166,14 @@ class PartitionedBroker:
         assert failure is not None
         raise failure
 
-    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
+    def cancel(self, task_id: str, now_ms: int, queues: Sequence[str] = (),
+               outcome: OutcomeRecord | None = None) -> Cancelled:
         """The first partition that holds the task says what it was; every partition is asked otherwise
         (ids do not name their partition)."""
         self._check_layout()
         found = Cancelled.UNKNOWN
         for part in self._parts:
-            found = part.cancel(task_id, queues)
+            found = part.cancel(task_id, now_ms, queues, outcome)
             if found is not Cancelled.UNKNOWN:
                 return found
         return found
@@ -320,9 +321,10 @@ class PartitionedBroker:
                                                                outcome)
         self._forget((task_id,))
 
-    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun,
+                outcome: OutcomeRecord | None = None) -> None:
         index = self._owner_of(task_id)
-        self._parts[0 if index is None else index].discard(consumer, task_id, queue, why)
+        self._parts[0 if index is None else index].discard(consumer, task_id, queue, why, outcome)
         self._forget((task_id,))
 
     def release(self, consumer: str, ids: Sequence[str]) -> int:

@@ -67,8 +67,9 @@ class SqliteBroker(SqliteInspection):
             self._db.wake_waiters()
         return [task.id for task in tasks] if used is None else used
 
-    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
-        return Cancelled(self._db.write(statements.cancel, task_id))
+    def cancel(self, task_id: str, now_ms: int, queues: Sequence[str] = (),
+               outcome: OutcomeRecord | None = None) -> Cancelled:
+        return Cancelled(self._db.write(statements.cancel, task_id, now_ms, outcome))
 
     def broadcast(self, task: OutgoingTask, now_ms: int) -> int:
         copies = self._db.write(statements.broadcast, task, now_ms - self._rules.live_worker_ms)
@@ -112,8 +113,9 @@ class SqliteBroker(SqliteInspection):
                     now_ms: int, outcome: OutcomeRecord | None = None) -> None:
         self._db.write(statements.dead_letter, consumer, task_id, queue, payload, reason, now_ms, outcome)
 
-    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
-        self._db.write(statements.discard, consumer, task_id, queue, why)
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun,
+                outcome: OutcomeRecord | None = None) -> None:
+        self._db.write(statements.discard, consumer, task_id, queue, why, outcome)
 
     def release(self, consumer: str, ids: Sequence[str]) -> int:
         if not ids:
@@ -135,8 +137,8 @@ class SqliteBroker(SqliteInspection):
         """Waits as an idle reservation does (``Database.wait``): woken by the commits it notices (the commit
         probe, checked every 10 ms on a file; every commit on ``memory://``), then reads the outcome."""
         if timeout > 0:
-            self._db.wait(lambda conn: statements.outcome(conn, task_id, now_ms) is not None, timeout)
-        return self._db.read(statements.outcome, task_id, now_ms)
+            self._db.wait(lambda conn: statements.outcome_of(conn, task_id, now_ms) is not None, timeout)
+        return self._db.read(statements.outcome_of, task_id, now_ms)
 
     # -- supervision -------------------------------------------------------------------------------
     def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:

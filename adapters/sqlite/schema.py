@@ -24,7 +24,9 @@ expired        queue -> how many of its tasks were dropped unrun because their d
 uniques        a unique task's lock (``hexq.core.unique``): lock key -> the task id holding it and until when
                (ms); deleted when that task is acknowledged, dead-lettered or purged; an expired one, or one
                whose task is gone, is overwritten by the next task that takes the lock
-cancels        id of an owned task whose cancellation is pending (``statements.cancel``), until it ends
+cancel_requests  id of an owned task whose cancellation is pending (``statements.cancel``), until it ends, with
+               the outcome to keep when it is dropped (ttl_ms, document, finished_ms; NULL: none). (An
+               empty ``cancels`` table, its first form without the outcome, may remain: nothing reads it.)
 rates          rate limit key (``t:<task>``, ``q:<queue>``) -> its TAT and cursor in epoch microseconds
                (``hexq.core.rate_limit``); written only by workers that enforce rate limits
 results        task id -> its kept outcome (JSON, ``keep_result``) and when it expires (ms); expired rows are
@@ -94,7 +96,8 @@ ADDED_TABLES = {
     "expired": "CREATE TABLE IF NOT EXISTS expired (queue TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID",
     "uniques": ("CREATE TABLE IF NOT EXISTS uniques (lock TEXT PRIMARY KEY, task_id TEXT NOT NULL, "
                 "until_ms INTEGER NOT NULL) WITHOUT ROWID"),
-    "cancels": "CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    "cancel_requests": ("CREATE TABLE IF NOT EXISTS cancel_requests (id TEXT PRIMARY KEY, ttl_ms INTEGER, "
+                        "document TEXT, finished_ms INTEGER) WITHOUT ROWID"),
     "rates": ("CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat_us INTEGER NOT NULL, "
               "cursor_us INTEGER NOT NULL) WITHOUT ROWID"),
     "results": ("CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, document TEXT NOT NULL, "

@@ -341,10 +341,15 @@ def dead_letter(conn: sqlite3.Connection, consumer: str, task_id: str, queue: st
                  (task_id, queue, payload, reason, now_ms))
 
 
-def discard(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, why: str) -> None:
-    """The task ends unrun, for good (as an ack drops it); an expired one is counted for its queue."""
+def discard(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, why: str,
+            outcome: OutcomeRecord | None = None) -> None:
+    """The task ends unrun, for good (as an ack drops it), its outcome kept (``outcome``, else the one its
+    cancellation request carries); an expired one is counted for its queue."""
     ack(conn, consumer, [task_id])
-    conn.execute("DELETE FROM cancels WHERE id = ?", (task_id,))
+    _, requested = _take_request(conn, task_id)
+    kept = outcome or requested
+    if kept is not None:
+        record_outcomes(conn, (kept,))
     if why == "expired":
         conn.execute("INSERT INTO expired (queue, count) VALUES (?, 1) "
                      "ON CONFLICT (queue) DO UPDATE SET count = count + 1", (queue,))
@@ -368,7 +373,7 @@ def recover(conn: sqlite3.Connection, consumer: str, crashed: Collection[str] | 
     for each id in ``crashed`` (None: for all). The lease and any suspicion go."""
     rows = conn.execute(_OWNED_BY, (consumer,)).fetchall()
     conn.execute("DELETE FROM leases WHERE consumer = ?", (consumer,))
-    if rows and conn.execute("SELECT EXISTS (SELECT 1 FROM cancels)").fetchone()[0]:
+    if rows and conn.execute("SELECT EXISTS (SELECT 1 FROM cancel_requests)").fetchone()[0]:
         rows = [(rowid, task_id) for rowid, task_id in rows if not _drop_if_cancelled(conn, task_id)]
     conn.executemany(_PUT_BACK, [(1 if crashed is None or task_id in crashed else 0, rowid)
                                  for rowid, task_id in reversed(rows)])
@@ -379,35 +384,53 @@ def renew_leases(conn: sqlite3.Connection, consumers: Sequence[str], until_ms: i
     """Renew; return the cancellation requests for the consumers' tasks (id -> consumer), and forget marks of
     tasks nobody owns any more (acknowledged: they finished first)."""
     conn.executemany(_RENEW, [(c, until_ms) for c in consumers])
-    if not conn.execute("SELECT EXISTS (SELECT 1 FROM cancels)").fetchone()[0]:
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM cancel_requests)").fetchone()[0]:
         return {}
-    conn.execute(f"DELETE FROM cancels WHERE id NOT IN (SELECT id FROM tasks WHERE state = {OWNED})")
+    conn.execute(f"DELETE FROM cancel_requests WHERE id NOT IN (SELECT id FROM tasks WHERE state = {OWNED})")
     mine = set(consumers)
-    rows = conn.execute(f"SELECT c.id, t.consumer FROM cancels AS c JOIN tasks AS t ON t.id = c.id "
+    rows = conn.execute(f"SELECT c.id, t.consumer FROM cancel_requests AS c JOIN tasks AS t ON t.id = c.id "
                         f"WHERE t.state = {OWNED}").fetchall()
     return {task_id: consumer for task_id, consumer in rows if consumer in mine}
 
 
-def cancel(conn: sqlite3.Connection, task_id: str) -> str:
-    """An owned task is marked; a queued or waiting one is deleted (its dedup key with it: it is a column of its
-    row). Returns "cancelling", "cancelled" or "unknown", as ``Cancelled`` spells them."""
+def cancel(conn: sqlite3.Connection, task_id: str, now_ms: int, outcome: OutcomeRecord | None) -> str:
+    """An owned task is marked (with the outcome to keep when it is dropped); a queued or waiting one is deleted
+    (its dedup key with it: it is a column of its row) and its outcome kept. Returns "cancelling", "cancelled",
+    "finished" (not stored, but its outcome is kept) or "unknown", as ``Cancelled`` spells them."""
     row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if row is None:
-        return "unknown"
+        return "unknown" if outcome_of(conn, task_id, now_ms) is None else "finished"
     if row[0] == OWNED:
-        conn.execute("INSERT OR IGNORE INTO cancels (id) VALUES (?)", (task_id,))
+        kept = (None, None, None) if outcome is None else (outcome.ttl_ms, outcome.document, outcome.finished_ms)
+        conn.execute("INSERT OR REPLACE INTO cancel_requests (id, ttl_ms, document, finished_ms) VALUES (?, ?, ?, ?)",
+                     (task_id, *kept))
         return "cancelling"
     conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
     unlock(conn, [task_id])
+    if outcome is not None:
+        record_outcomes(conn, (outcome,))
     return "cancelled"
 
 
+def _take_request(conn: sqlite3.Connection, task_id: str) -> tuple[bool, OutcomeRecord | None]:
+    """Delete the task's cancellation request: (whether there was one, the outcome it carries if any)."""
+    row = conn.execute("DELETE FROM cancel_requests WHERE id = ? RETURNING ttl_ms, document, finished_ms",
+                       (task_id,)).fetchone()
+    if row is None:
+        return False, None
+    return True, None if row[1] is None else OutcomeRecord(task_id, row[1], row[0], row[2])
+
+
 def _drop_if_cancelled(conn: sqlite3.Connection, task_id: str) -> bool:
-    """A task marked cancelled ends for good here instead of being stored again (the mark goes with it)."""
-    if conn.execute("DELETE FROM cancels WHERE id = ?", (task_id,)).rowcount == 0:
+    """A task marked cancelled ends for good here instead of being stored again (the mark goes with it, and
+    the outcome it carries is kept)."""
+    marked, kept = _take_request(conn, task_id)
+    if not marked:
         return False
     conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
     unlock(conn, [task_id])
+    if kept is not None:
+        record_outcomes(conn, (kept,))
     return True
 
 
@@ -429,7 +452,7 @@ def record_outcomes(conn: sqlite3.Connection, outcomes: Sequence[OutcomeRecord])
     conn.execute(_DROP_EXPIRED, (max(o.finished_ms for o in outcomes), EXPIRED_PER_WRITE))
 
 
-def outcome(conn: sqlite3.Connection, task_id: str, now_ms: int) -> str | None:
+def outcome_of(conn: sqlite3.Connection, task_id: str, now_ms: int) -> str | None:
     row = conn.execute(_OUTCOME, (task_id, now_ms)).fetchone()
     return None if row is None else str(row[0])
 
@@ -439,7 +462,7 @@ def task_state(conn: sqlite3.Connection, task_id: str, now_ms: int) -> tuple[str
     row = conn.execute("SELECT state, eta_ms FROM tasks WHERE id = ?", (task_id,)).fetchone()
     live = ("" if row is None else "running" if row[0] == OWNED
             else "scheduled" if row[0] == WAITING and row[1] is not None and row[1] > now_ms else "queued")
-    return live, outcome(conn, task_id, now_ms)
+    return live, outcome_of(conn, task_id, now_ms)
 
 
 def heartbeat(conn: sqlite3.Connection, worker_id: str, info: str, now_ms: int, stale_ms: int,

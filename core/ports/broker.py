@@ -103,15 +103,20 @@ class AsyncProducer(Protocol):
 class Canceller(Protocol):
     """What ``app.cancel()``, a handle's ``.cancel()`` and ``hexq cancel`` need."""
 
-    def cancel(self, task_id: str, queues: Sequence[str] = ()) -> Cancelled:
+    def cancel(self, task_id: str, now_ms: int, queues: Sequence[str] = (),
+               outcome: OutcomeRecord | None = None) -> Cancelled:
         """Atomically cancel one task, and say what was found (see the module docstring). ``queues`` are the
         queues it may be in (the app's); an adapter that cannot tell a task's queue from its id looks there.
+        ``outcome`` is its "cancelled" outcome to keep (``Results``), stored when the task ends cancelled.
 
         - queued, or waiting for its eta or a retry's delay: removed (queue or eta entry, payload, crash count,
-          eta dedup key), so it never runs; ``Cancelled.REMOVED``;
-        - owned by a consumer (running, or reserved and not started): marked, nothing else changes; the
+          eta dedup key, unique lock) and ``outcome`` stored, so it never runs; ``Cancelled.REMOVED``;
+        - owned by a consumer (running, or reserved and not started): marked, with ``outcome``, which is
+          stored by whatever drops it (``discard`` stores its own if given one); nothing else changes; the
           worker parent learns of it at its next ``renew_leases``; ``Cancelled.RUNNING``, again each time
-          until the task ends;
+          (the latest ``outcome`` kept) until the task ends;
+        - not stored, but an outcome of it is kept (unexpired at ``now_ms``): nothing changes;
+          ``Cancelled.FINISHED``;
         - anything else: nothing changes; ``Cancelled.UNKNOWN``.
 
         A stored task in none of ``queues`` (and whose queue the adapter cannot tell) loses its payload, so
@@ -188,11 +193,13 @@ class Consumer(Protocol):
         counted; those marked cancelled are discarded instead. Returns how many were handed back."""
         ...
 
-    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun) -> None:
+    def discard(self, consumer: str, task_id: str, queue: str, why: Unrun,
+                outcome: OutcomeRecord | None = None) -> None:
         """Atomically end the owned task ``task_id`` for good without running it (again): end ownership, drop
-        its payload, crash count and cancellation mark and, for ``why`` "expired" (its deadline passed before
-        it started), add one to ``queue``'s expired count (``QueueStats.expired``). Like ``dead_letter``, the
-        payload goes even if ``consumer`` no longer owns it; an unknown id only counts."""
+        its payload, crash count and cancellation mark, store ``outcome`` (else the one its mark carries,
+        if any) and, for ``why`` "expired" (its deadline passed before it started), add one to ``queue``'s
+        expired count (``QueueStats.expired``). Like ``dead_letter``, the payload goes even if ``consumer``
+        no longer owns it; an unknown id only counts (and keeps ``outcome``)."""
         ...
 
 

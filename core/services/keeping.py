@@ -17,7 +17,7 @@ from hexq.core.errors import HexqError
 from hexq.core.message import Codec
 from hexq.core.outcome import ErrorInfo, Outcome, encode_outcome, result_outcome
 from hexq.core.policy import FailureKind, Limits
-from hexq.core.ports import OutcomeRecord
+from hexq.core.ports import OutcomeRecord, Unrun
 from hexq.core.registry import Registry
 from hexq.core.status import TaskStatus
 
@@ -25,6 +25,10 @@ log = logging.getLogger("hexq.worker")
 # A dead-letter reason that starts with an exception's name ("UnknownTaskError: unknown task ...").
 _NAMED = re.compile(r"([A-Z]\w*(?:Error|Exception)): ")
 _FAILURE_TYPES = {"soft_timeout": "SoftTimeout", "hard_timeout": "HardTimeout", "crash": "WorkerDied"}
+# A cancelled or expired task keeps its outcome even where keep_result is unset (its status must read
+# cancelled or expired): for the task's keep_result when it has one, else this long.
+UNRUN_KEEP_MS = 24 * 3600 * 1000
+_UNRUN_TYPES = {"cancelled": "TaskCancelled", "expired": "DeadlinePassed"}
 
 
 @attrs.define
@@ -61,6 +65,14 @@ class OutcomeKeeper:
         info = ErrorInfo.of(error) if error is not None else ErrorInfo(_FAILURE_TYPES.get(kind, kind), reason)
         status = TaskStatus.DEAD if kind == "crash" else TaskStatus.FAILED
         return self._record(task_id, Outcome(status, name, now_ms, error=info), keep_ms)
+
+    def unrun(self, task_id: str, name: str, why: Unrun, detail: str, limits: Limits | None, queue: str,
+              now_ms: int) -> OutcomeRecord:
+        """The record of a task that ended without running (again): cancelled, or expired (its deadline passed
+        before it started). Always written, kept ``keep_result`` or ``UNRUN_KEEP_MS``."""
+        keep_ms = self.keep_ms(limits, queue) or UNRUN_KEEP_MS
+        outcome = Outcome(TaskStatus(why), name, now_ms, error=ErrorInfo(_UNRUN_TYPES[why], detail))
+        return self._record(task_id, outcome, keep_ms)
 
     def rejected(self, task_id: str, name: str, reason: str, keep_ms: int, now_ms: int) -> OutcomeRecord:
         """The record of a task dead-lettered without running (malformed, unknown, poison)."""

@@ -140,20 +140,20 @@ class TaskRunner:
             self._reject(delivery, too_long, keep=False)  # an id no handle could have been given
             return None
         prepared = self._decode(delivery, delivery.payload)
-        if (prepared is None or self._expired(delivery, prepared[0]) or self._cancelled(delivery, prepared[0])
+        if (prepared is None or self._expired(delivery, *prepared) or self._cancelled(delivery, *prepared)
                 or not self._may_run_again(delivery, prepared[0])):
             return None
         return prepared
 
-    def _cancelled(self, delivery: Delivery, message: TaskMessage) -> bool:
+    def _cancelled(self, delivery: Delivery, message: TaskMessage, task: TaskDef) -> bool:
         """A task reserved and not started whose cancellation was requested meanwhile is never started."""
         if not self.cancels.requested(delivery.id):
             return False
         log_cancelled(message, message.retries + delivery.crashes + 1, None)
-        self._discard(delivery.id, message.queue, "cancelled")
+        self._discard_unrun(delivery.id, message, task, "cancelled", "cancelled before it started")
         return True
 
-    def _expired(self, delivery: Delivery, message: TaskMessage) -> bool:
+    def _expired(self, delivery: Delivery, message: TaskMessage, task: TaskDef) -> bool:
         """A task not started by its deadline never starts: it is dropped and counted, not run."""
         if message.expires is None:
             return False
@@ -163,7 +163,8 @@ class TaskRunner:
         log.warning("task %s %s[%s] expired: its deadline passed %.3fs before it could start; not run",
                     message.id, message.name, message.queue, late)
         self.metrics.expired(message.name, message.queue)
-        self._discard(delivery.id, message.queue, "expired")
+        self._discard_unrun(delivery.id, message, task, "expired",
+                            f"its deadline passed {late:.3f} s before it could start")
         return True
 
     def _decode(self, delivery: Delivery, payload: str | bytes,
@@ -313,7 +314,8 @@ class TaskRunner:
             log_cancelled(message, message.retries + delivery.crashes + 1, duration)
             span.end(CANCELLED)
             self.metrics.finished(message.name, message.queue, "cancelled", duration)
-            self._discard(delivery.id, message.queue, "cancelled")
+            self._discard_unrun(delivery.id, message, task, "cancelled",
+                                f"cancelled while it ran, after {duration:.3f} s")
             return
         try:
             self._failed(delivery, message, task, limits, kind, error, duration, span=span)
@@ -349,7 +351,8 @@ class TaskRunner:
                                 limits.hard_timeout, expired=True), kind, error)
             self.metrics.finished(message.name, message.queue, "expired", duration)
             self.metrics.expired(message.name, message.queue)
-            self._discard(delivery.id, message.queue, "expired", owner)
+            self._discard_unrun(delivery.id, message, task, "expired",
+                                f"{decision.reason}; its retry would start after its deadline", owner)
             return
         span.end(log_failed(message, retries_used + 1, duration, kind, error, decision.reason, decision.delay,
                             limits.hard_timeout), kind, error)
@@ -410,8 +413,13 @@ class TaskRunner:
         self._settle(lambda consumer: self.broker.dead_letter(consumer, task_id, queue, text, reason, now_ms,
                                                               outcome), owner)
 
-    def _discard(self, task_id: str, queue: str, why: Unrun, owner: str | None = None) -> None:
-        self._settle(lambda consumer: self.broker.discard(consumer, task_id, queue, why), owner)
+    def _discard_unrun(self, task_id: str, message: TaskMessage, task: TaskDef, why: Unrun, detail: str,
+                       owner: str | None = None) -> None:
+        """End a task that will not run (again), its outcome ("cancelled", "expired") kept: always, for its
+        status to read so (``OutcomeKeeper.unrun``)."""
+        outcome = self.keeper.unrun(task_id, message.name, why, detail, self.limits_for(message, task),
+                                    message.queue, self._now_ms())
+        self._settle(lambda consumer: self.broker.discard(consumer, task_id, message.queue, why, outcome), owner)
 
     def _settle(self, write: Callable[[str], None], owner: str | None = None) -> None:
         """Send a write that settles an owned task (a retry, a dead letter) for the consumer that owns it.

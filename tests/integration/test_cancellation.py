@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from workers import APP, ROOT, Cluster, wait_for
 
-from hexq import Cancelled
+from hexq import Cancelled, TaskFailed, TaskStatus
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,8 @@ def test_a_queued_task_is_removed_and_never_runs(cluster: Cluster, tasks: Any) -
     tasks.record.delay("probe")
     cluster.wait_for_tags(1, suffix="probe")
     assert cluster.tags() == ["before", "after", "probe"]
-    assert tasks.app.cancel(doomed) is Cancelled.UNKNOWN  # nothing of it is left
+    assert doomed.status() is TaskStatus.CANCELLED
+    assert doomed.cancel() is Cancelled.FINISHED  # nothing of it is left but its record
 
 
 def test_an_eta_task_is_removed_and_never_runs(cluster: Cluster, tasks: Any) -> None:
@@ -96,7 +97,8 @@ def test_the_command_line_says_what_each_id_was(cluster: Cluster, tasks: Any) ->
     ]
     again = hexq_cancel(cluster, queued, "nope")
     assert again.returncode == 3
-    assert [line.split(" ")[1] for line in again.stdout.splitlines()] == ["unknown", "unknown"]
+    assert again.stdout.splitlines() == [f"{queued} finished (it had already ended: nothing done)",
+                                         "nope unknown (no such task, or its record has expired: nothing done)"]
     assert stats(cluster) == (0, 0, 0)
 
 
@@ -120,6 +122,9 @@ def test_a_running_sync_task_gets_task_cancelled_raised_in_it_and_is_never_retri
     assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
     assert cluster.inspect.lookup(task_id) is None
     assert f"sleep_then_record[{task_id}] cancelled in" in cluster.logs()
+    assert task_id.status() is TaskStatus.CANCELLED
+    with pytest.raises(TaskFailed, match="cancelled while it ran"):
+        task_id.result(timeout=0)
 
 
 def test_a_sync_task_that_swallows_task_cancelled_is_killed_after_the_grace(cluster: Cluster, tasks: Any) -> None:
@@ -136,6 +141,7 @@ def test_a_sync_task_that_swallows_task_cancelled_is_killed_after_the_grace(clus
     assert cluster.tags().count("stubborn:start") == 1  # dropped at the settlement, not put back
     assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
     assert "did not stop" in cluster.logs()
+    assert task_id.status() is TaskStatus.CANCELLED  # the record its cancellation carried
 
 
 def test_a_running_async_task_has_its_coroutine_cancelled(cluster: Cluster, tasks: Any) -> None:
@@ -153,6 +159,7 @@ def test_a_running_async_task_has_its_coroutine_cancelled(cluster: Cluster, task
     assert pid_of(cluster, "probe") == pid_of(cluster, "long:start")
     assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
     assert cluster.inspect.lookup(other) is None
+    assert task_id.status() is TaskStatus.CANCELLED
 
 
 def test_a_cancelled_task_never_comes_back_from_crash_recovery(cluster: Cluster, tasks: Any) -> None:
@@ -168,6 +175,7 @@ def test_a_cancelled_task_never_comes_back_from_crash_recovery(cluster: Cluster,
     assert cluster.tags().count("deaf:start") == 1  # not put back in its queue, so never run again
     assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
     assert cluster.inspect.lookup(task_id) is None
+    assert task_id.status() is TaskStatus.CANCELLED
 
 
 def test_the_command_line_cancels_a_running_task(cluster: Cluster, tasks: Any) -> None:

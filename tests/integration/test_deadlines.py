@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from workers import APP, ROOT, Cluster, wait_for
 
+from hexq import TaskStatus
+
 pytestmark = pytest.mark.integration
 
 
@@ -37,7 +39,7 @@ def info(cluster: Cluster) -> dict[str, Any]:
 
 def test_a_task_whose_deadline_passes_while_no_worker_runs_never_runs_and_is_counted(
         cluster: Cluster, tasks: Any) -> None:
-    tasks.record.options(expires=0.5).delay("stale")
+    stale = tasks.record.options(expires=0.5).delay("stale")
     tasks.record.options(expires=60).delay("fresh")
     time.sleep(1.0)
     cluster.worker("--concurrency=1")
@@ -48,6 +50,7 @@ def test_a_task_whose_deadline_passes_while_no_worker_runs_never_runs_and_is_cou
     assert cluster.pending("low") == 0 and cluster.dead_count() == 0
     [row] = [q for q in info(cluster)["queues"] if q["name"] == "low"]
     assert row["expired"] == 1
+    assert stale.status() is TaskStatus.EXPIRED
 
 
 def test_a_task_whose_deadline_passes_while_the_workers_are_busy_never_runs(cluster: Cluster, tasks: Any) -> None:
@@ -77,10 +80,11 @@ def test_an_eta_task_whose_deadline_passes_before_a_worker_takes_it_never_runs(
 def test_a_retry_is_never_started_after_the_deadline(cluster: Cluster, tasks: Any) -> None:
     cluster.worker("--concurrency=1")
     sent = time.time()
-    tasks.fail_then_retry.options(expires=1.5).delay("flaky")
+    flaky = tasks.fail_then_retry.options(expires=1.5).delay("flaky")
     wait_for(lambda: expired(cluster) == 1, 20, f"the retried task to expire\n{cluster.logs()}")
     starts = [r["at"] for r in cluster.results() if r["tag"] == "flaky:start"]
     assert starts and max(starts) <= sent + 1.5, (starts, sent)
     assert cluster.dead_count() == 0  # expired, not dead-lettered
     assert cluster.pending("low") == 0 and cluster.in_flight_ids() == set()
     assert "expired: its retry would start after its deadline" in cluster.logs()
+    assert flaky.status() is TaskStatus.EXPIRED

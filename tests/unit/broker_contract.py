@@ -439,7 +439,8 @@ class ConsumerContract(_Contract):
         assert owners(broker) == []
         assert broker.recover_consumer("c1", ["old", "gone"]) == 0  # nothing comes back
         assert [(s.name, s.expired) for s in broker.queue_stats(["default", "low"])] == [("default", 1), ("low", 0)]
-        broker.discard("c1", "never-seen", "low", "expired")  # an unknown id only counts
+        broker.discard("c1", "never-seen", "low", "expired", kept("never-seen"))  # an unknown id only counts
+        assert broker.task_state("never-seen", T0).outcome == '{"outcome":"never-seen"}'  # and keeps its outcome
         assert stats(broker, "low") == (1, 0, 0) and broker.queue_stats(["low"])[0].expired == 1
         assert broker.dead_letters() == []
 
@@ -936,7 +937,7 @@ class CancellationContract(_Contract):
     QUEUES = ("default", "other")
 
     def cancel(self, broker: Broker, task_id: str) -> Cancelled:
-        return broker.cancel(task_id, self.QUEUES)
+        return broker.cancel(task_id, T0, self.QUEUES)
 
     def test_a_queued_task_is_removed_and_never_runs(self, broker: Broker) -> None:
         broker.enqueue([task("a"), task("b"), task("c"), task("o", "other")])
@@ -1058,6 +1059,49 @@ class CancellationContract(_Contract):
             broker.dead_letter("c1", one.id, "default", "p-a", "boom", T0)
         again = unique_task("b")
         assert broker.enqueue([again]) == [again.id]
+
+    def test_a_removed_task_keeps_the_outcome_given(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("e", eta_ms=T0 + 10)])
+        assert broker.cancel("a", T0, self.QUEUES, kept("a")) is Cancelled.REMOVED
+        assert broker.cancel("e", T0, self.QUEUES, kept("e")) is Cancelled.REMOVED
+        assert broker.task_state("a", T0) == TaskState(None, '{"outcome":"a"}')
+        assert broker.task_state("e", T0) == TaskState(None, '{"outcome":"e"}')
+
+    def test_a_task_no_longer_stored_whose_outcome_is_kept_is_finished(self, broker: Broker) -> None:
+        broker.enqueue([task("a")])
+        take(broker)
+        broker.ack("c1", ["a"], [kept("a")])
+        assert broker.cancel("a", T0, self.QUEUES, kept("a", '{"other":1}')) is Cancelled.FINISHED
+        assert broker.task_state("a", T0).outcome == '{"outcome":"a"}'  # left as it was
+        assert broker.cancel("b", T0, self.QUEUES) is Cancelled.UNKNOWN
+
+    @pytest.mark.parametrize("end", ["retry", "release", "recover", "dead_letter", "discard"])
+    def test_a_marked_task_dropped_keeps_the_outcome_its_mark_carries(self, broker: Broker, end: str) -> None:
+        broker.enqueue([task("a")])
+        take(broker)
+        assert broker.cancel("a", T0, self.QUEUES, kept("a", '{"marked":1}')) is Cancelled.RUNNING
+        assert broker.task_state("a", T0) == TaskState(TaskStatus.RUNNING, None)  # nothing kept yet
+        if end == "retry":
+            broker.retry("c1", task("a", payload="p-a2"))
+        elif end == "release":
+            broker.release("c1", ["a"])
+        elif end == "recover":
+            broker.recover_consumer("c1", ["a"])
+        elif end == "dead_letter":
+            broker.dead_letter("c1", "a", "default", "p-a", "boom", T0, kept("a", '{"dead":1}'))
+        else:
+            broker.discard("c1", "a", "default", "cancelled")
+        assert broker.task_state("a", T0) == TaskState(None, '{"marked":1}')
+
+    def test_a_discard_keeps_its_own_outcome_over_the_marks(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b")])
+        take(broker)
+        self.cancel(broker, "a")  # a mark without an outcome
+        broker.cancel("b", T0, self.QUEUES, kept("b", '{"marked":1}'))
+        broker.discard("c1", "a", "default", "cancelled", kept("a", '{"worker":1}'))
+        broker.discard("c1", "b", "default", "cancelled", kept("b", '{"worker":2}'))
+        assert broker.task_state("a", T0).outcome == '{"worker":1}'
+        assert broker.task_state("b", T0).outcome == '{"worker":2}'
 
     def test_discarding_a_marked_task_takes_its_mark(self, broker: Broker) -> None:
         broker.enqueue([task("a")])

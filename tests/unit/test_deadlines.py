@@ -267,3 +267,48 @@ def test_in_process_mode_never_runs_a_task_whose_eta_came_after_its_deadline_pas
     assert ran == [2]
     assert app.broker.queue_stats(["default"])[0].expired == 1
 
+
+
+# -- status ----------------------------------------------------------------------------------------------------
+
+def test_an_expired_tasks_status_reads_expired_for_a_day_without_keep_result() -> None:
+    from hexq import TaskFailed, TaskStatus
+
+    clock = FakeClock()
+    app = HexQ(url="memory://", clock=clock)
+
+    @app.task
+    def job() -> None: ...
+
+    handle = job.options(eta=2, expires=3).delay()
+    assert handle.status() is TaskStatus.SCHEDULED
+    clock.advance(4)
+    app.run_pending()
+    assert handle.status() is TaskStatus.EXPIRED
+    with pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=0)
+    assert (failed.value.status, failed.value.type) == ("expired", "DeadlinePassed")
+    assert failed.value.message.startswith("its deadline passed 1.0")
+    clock.advance(24 * 3600 - 1)
+    assert handle.status() is TaskStatus.EXPIRED
+    clock.advance(2)
+    assert handle.status() is TaskStatus.UNKNOWN
+
+
+def test_an_expired_task_keeps_its_record_for_its_keep_result() -> None:
+    from hexq import TaskStatus
+
+    clock = FakeClock()
+    app = HexQ(url="memory://", clock=clock)
+
+    @app.task(keep_result=60)
+    def job() -> None: ...
+
+    handle = job.options(eta=2, expires=3).delay()
+    clock.advance(4)
+    app.run_pending()
+    assert handle.status() is TaskStatus.EXPIRED
+    clock.advance(59)  # its record was written when it expired, 60 s ago less one
+    assert handle.status() is TaskStatus.EXPIRED
+    clock.advance(2)
+    assert handle.status() is TaskStatus.UNKNOWN

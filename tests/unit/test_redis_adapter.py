@@ -107,7 +107,7 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: broker.discard("c2", "l", "low", "expired"),
         lambda: broker.enqueue([task("x")]),
         lambda: take(broker, consumer="c4"),
-        lambda: broker.cancel("x"),  # marked: it is owned
+        lambda: broker.cancel("x", later),  # marked: it is owned
         lambda: broker.renew_leases(["c4"], later + 30_000),
         lambda: broker.renew_leases(["c2"], later + 30_000),
         lambda: broker.claim_cron_tick("s", T0, task("cron", "low")),

@@ -16,7 +16,7 @@ from test_parent_driver import Running, wait_until
 from test_parent_machine import T0, machine, of, started
 from test_runner import CONSUMER, make_world
 
-from hexq import TaskCancelled
+from hexq import Cancelled, TaskCancelled
 from hexq.adapters.memory import MemoryBroker
 from hexq.adapters.posix.board import SharedBoard
 from hexq.adapters.posix.cancel_box import BLOCK_BYTES, CancelBox
@@ -311,3 +311,44 @@ def test_cancel_grace_defaults_to_five_seconds_and_takes_a_timedelta() -> None:
 
     assert HexQ(url="memory://").cancel_grace == 5.0
     assert HexQ(url="memory://", cancel_grace=timedelta(seconds=1.5)).cancel_grace == 1.5
+
+
+# -- the handle and the status ---------------------------------------------------------------------------------
+
+def test_a_handle_cancels_its_task_and_its_status_reads_cancelled_for_a_day() -> None:
+    from hexq import TaskFailed, TaskStatus
+    from hexq.adapters.memory import FakeClock
+
+    clock = FakeClock()
+    app = HexQ(url="memory://", clock=clock)
+
+    @app.task
+    def job(n: int) -> None: ...
+
+    handle = job.options(eta=60).delay(1)
+    assert handle.cancel() is Cancelled.REMOVED
+    assert handle.status() is TaskStatus.CANCELLED
+    with pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=0)
+    assert (failed.value.task, failed.value.status, failed.value.type, failed.value.message) == (
+        "job", "cancelled", "TaskCancelled", "cancelled by request")
+    assert handle.cancel() is Cancelled.FINISHED  # a clear no-op, saying why
+    assert app.handle("never-sent").cancel() is Cancelled.UNKNOWN
+    clock.advance(24 * 3600 + 1)
+    assert handle.status() is TaskStatus.UNKNOWN and handle.cancel() is Cancelled.UNKNOWN
+
+
+def test_a_cancelled_task_with_keep_result_keeps_its_record_that_long() -> None:
+    from hexq import TaskStatus
+    from hexq.adapters.memory import FakeClock
+
+    clock = FakeClock()
+    app = HexQ(url="memory://", clock=clock, keep_result=3600 * 48)
+
+    @app.task
+    def job() -> None: ...
+
+    handle = job.options(eta=60).delay()
+    handle.cancel()
+    clock.advance(24 * 3600 + 1)
+    assert handle.status() is TaskStatus.CANCELLED
