@@ -29,6 +29,7 @@ from hexq.core.ports import (
     Results,
 )
 from hexq.core.rules import MINUTE_MS, minute_of
+from hexq.core.services.cancelling import TaskCancelling
 from hexq.core.status import TaskStatus
 from hexq.entrypoints.dashboard.chart import History
 
@@ -394,7 +395,8 @@ class DashboardData:
         return self.broker.purge_dead() if ids is None else self.broker.delete_dead(ids)
 
     def cancel(self, task_id: str) -> Cancelled:
-        return self.broker.cancel(task_id, self.app.queues.names)
+        """What ``app.cancel()`` does (its "cancelled" outcome kept), through this dashboard's broker."""
+        return TaskCancelling(self.app.registry, self.app.codec, self.broker, self.app.clock).cancel(task_id)
 
     def purge(self, queue: str) -> int:
         """Delete a queue's pending and eta tasks (what ``hexq purge`` does); how many. The queue must be the

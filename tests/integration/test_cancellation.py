@@ -119,7 +119,8 @@ def test_a_running_sync_task_gets_task_cancelled_raised_in_it_and_is_never_retri
     cluster.wait_for_tags(1, suffix="probe")
     assert "long" not in cluster.tags() and cluster.tags().count("long:start") == 1
     assert pid_of(cluster, "probe") == pid_of(cluster, "long:start")  # stopped in place: no child was killed
-    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    wait_for(lambda: stats(cluster) == (0, 0, 0), 10, "the probe acknowledged")  # with the next reservation
+    assert cluster.dead_count() == 0
     assert cluster.inspect.lookup(task_id) is None
     assert f"sleep_then_record[{task_id}] cancelled in" in cluster.logs()
     assert task_id.status() is TaskStatus.CANCELLED
@@ -139,7 +140,8 @@ def test_a_sync_task_that_swallows_task_cancelled_is_killed_after_the_grace(clus
     cluster.wait_for_tags(1, suffix="probe")
     assert pid_of(cluster, "probe") != pid_of(cluster, "stubborn:start")
     assert cluster.tags().count("stubborn:start") == 1  # dropped at the settlement, not put back
-    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    wait_for(lambda: stats(cluster) == (0, 0, 0), 10, "the probe acknowledged")  # with the next reservation
+    assert cluster.dead_count() == 0
     assert "did not stop" in cluster.logs()
     assert task_id.status() is TaskStatus.CANCELLED  # the record its cancellation carried
 
@@ -157,7 +159,8 @@ def test_a_running_async_task_has_its_coroutine_cancelled(cluster: Cluster, task
     cluster.wait_for_tags(1, suffix="probe")
     assert "long" not in cluster.tags() and cluster.tags().count("long:start") == 1
     assert pid_of(cluster, "probe") == pid_of(cluster, "long:start")
-    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    wait_for(lambda: stats(cluster) == (0, 0, 0), 10, "the probe acknowledged")  # with the next reservation
+    assert cluster.dead_count() == 0
     assert cluster.inspect.lookup(other) is None
     assert task_id.status() is TaskStatus.CANCELLED
 
@@ -173,7 +176,8 @@ def test_a_cancelled_task_never_comes_back_from_crash_recovery(cluster: Cluster,
     tasks.record.delay("probe")
     cluster.wait_for_tags(1, suffix="probe")
     assert cluster.tags().count("deaf:start") == 1  # not put back in its queue, so never run again
-    assert stats(cluster) == (0, 0, 0) and cluster.dead_count() == 0
+    wait_for(lambda: stats(cluster) == (0, 0, 0), 10, "the probe acknowledged")  # with the next reservation
+    assert cluster.dead_count() == 0
     assert cluster.inspect.lookup(task_id) is None
     assert task_id.status() is TaskStatus.CANCELLED
 
