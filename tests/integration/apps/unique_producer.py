@@ -1,4 +1,4 @@
-"""A producer process for the unique-task race (tests/integration/test_unique_tasks.py): each round, it waits
+"""A producer process for the unique-task race (tests/integration/test_unique_tasks_on_workers.py): each round, it waits
 at a barrier shared with the other producer, then sends the round's unique task at once."""
 
 from __future__ import annotations
