@@ -89,6 +89,7 @@ class QueueRow:
     pending: int
     eta: int
     in_flight: int
+    expired: int = 0  # dropped unrun at their deadline, ever (QueueStats.expired)
 
 
 @attrs.frozen
@@ -268,7 +269,7 @@ class DashboardData:
     def overview(self) -> Overview:
         names = self.app.queues.names
         stats = self.broker.queue_stats(names)
-        rows = [QueueRow(s.name, self.app.queues.get(s.name).priority, s.pending, s.eta, s.in_flight)
+        rows = [QueueRow(s.name, self.app.queues.get(s.name).priority, s.pending, s.eta, s.in_flight, s.expired)
                 for s in stats]
         return Overview(rows, self.broker.dead_count(), len(self.broker.workers()),
                         sum(s.in_flight for s in stats))

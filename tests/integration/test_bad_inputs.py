@@ -400,6 +400,8 @@ def test_cancelling_an_unknown_id_is_a_clear_no_op(cluster: BadCluster) -> None:
         "no-such-task unknown (no such task, or its record has expired: nothing done)",
         f"{kept} cancelled (it was queued or waiting: it will never run)"]
     assert {task_id for where, task_id in cluster.state.footprint() if where != "key"} == set()
+    again = hexq_cli(cluster.env(), "cancel", f"--app={BAD_APP}", kept)  # its "cancelled" outcome is kept
+    assert (again.returncode, again.stdout) == (3, f"{kept} finished (it had already ended: nothing done)\n")
 
 
 def test_huge_payload_is_refused_at_delay(cluster: BadCluster) -> None:

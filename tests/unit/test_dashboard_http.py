@@ -408,3 +408,12 @@ def test_memory_urls_are_refused_by_the_command(tmp_path: Path, capsys: pytest.C
 def _no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     yield
+
+
+def test_the_overview_shows_each_queues_expired_count(app: HexQ) -> None:
+    for n in range(2):
+        app.broker.discard("w.0.1", f"gone{n}", "high", "expired")
+    page = client_for(app).get("/").text
+    row = re.search(r'<tr data-queue="high">.*?</tr>', page, re.S)
+    assert row is not None and '<td class="num expired">2</td>' in row.group(0)
+    assert "<th>expired</th>" in page
