@@ -158,15 +158,32 @@ local function disown(consumer, id)
   return false
 end
 
--- The primitive that keeps a task's outcome (keep_result): the JSON document at the head of resultkey(id),
--- kept ttl_ms. A list, so that waiters block on it (BLMOVE of the list onto itself, LEFT LEFT: it returns
--- the head and leaves the list as it was, so every waiter is served and none consumes it). A second record
--- of the same id (a redelivered task that ends again, a cancellation) goes in front and the older ones go.
--- Two commands per kept outcome (LPUSH, PEXPIRE), run inside the script that ends the task.
+-- What a waiter leaves in resultkey(id) while the task has no kept outcome yet (await_outcome.lua): no JSON
+-- document starts with a NUL byte, and everything that reads the key treats the mark as "no outcome".
+local WAITING = "\0waiting"
+-- How long a wake-up stays after the outcome it announces: the waiters blocked at that moment are served at
+-- once (after the script), and a later waiter finds the outcome itself and never blocks.
+local OUTCOME_WAKE_MS = 10000
+
+-- The primitive that keeps a task's outcome (keep_result): the JSON document in resultkey(id), kept ttl_ms.
+-- One command (SET with PX and GET) when nobody waits, which is the issue's budget for a kept result: GET
+-- hands back what was there, so a waiter's mark is seen in the same command that replaces it, and only then
+-- is the wake list pushed (blocked waiters BLMOVE it onto itself, LEFT LEFT: every one of them is served and
+-- none consumes it). A second record of the same id (a redelivered task that ends again, a cancellation)
+-- replaces the first.
 local function record_outcome(id, document, ttl_ms)
-  local key = resultkey(id)
-  if redis.call("lpush", key, document) > 1 then redis.call("ltrim", key, 0, 0) end
-  redis.call("pexpire", key, ttl_ms)
+  if redis.call("set", resultkey(id), document, "PX", ttl_ms, "GET") == WAITING then
+    local wake = outcomewakekey(id)
+    redis.call("rpush", wake, "1")
+    redis.call("pexpire", wake, OUTCOME_WAKE_MS)
+  end
+end
+
+-- The kept outcome document of a task, or false (none, or only a waiter's mark).
+local function kept_outcome(id)
+  local found = redis.call("get", resultkey(id))
+  if found == WAITING then return false end
+  return found
 end
 
 -- An acknowledgement is a task id, or "id\nttl_ms\ndocument" for a task whose outcome is kept: its record is

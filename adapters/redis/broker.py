@@ -53,6 +53,9 @@ _DEFAULT_RULES = LeaseRules()
 # lost: long enough for the reservation that follows the BLPOP on a busy server, short enough that a primary
 # that died without closing its sockets (a lost machine, a network cut) holds a worker only seconds.
 BLOCKING_READ_MARGIN = 2.0
+# A waiter's mark outlives its wait by this much, so that an outcome stored as the wait times out still finds
+# the mark and pushes the wake-up (the next wait would then return at once).
+OUTCOME_MARK_MARGIN_MS = 10_000
 
 
 class RedisBroker(RedisInspection):
@@ -325,18 +328,21 @@ class RedisBroker(RedisInspection):
         return TaskState(TaskStatus(reply[0]) if reply[0] else None, reply[1] if len(reply) > 1 else None)
 
     def wait_outcome(self, task_id: str, now_ms: int, timeout: float) -> str | None:
-        """BLMOVE of the task's outcome list onto itself: returns its head as soon as one is stored, on this
-        thread's blocking connection, and leaves it in place for every other waiter."""
-        key = self._keys.result(task_id)
+        """The kept outcome, or a waiter's mark in its place (``await_outcome.lua``), then a BLMOVE of the
+        task's wake list onto itself on this thread's blocking connection: the script that keeps the outcome
+        sees the mark in the same command that replaces it and pushes that list, so the wait ends as soon as
+        the outcome is stored, without polling, and keeping an outcome nobody waits for stays one command."""
+        arm_ms = 0 if timeout < 0.001 else int(timeout * 1000) + OUTCOME_MARK_MARGIN_MS
         with self._translator:
-            if timeout < 0.001:  # BLMOVE's 0 would wait for ever
-                found: Any = self._client.lindex(key, 0)
-                return None if found is None else str(found)
+            found: Any = self._scripts.run("await_outcome", [task_id, arm_ms])
+            if found is not None or arm_ms == 0:
+                return _text(found)
+            wake = self._keys.outcome_wake(task_id)
             (reply,) = self._blocking_direct.pipelined(
-                ("BLMOVE", key, key, "LEFT", "LEFT", f"{timeout:.3f}"), timeout=timeout + BLOCKING_READ_MARGIN)
-        if isinstance(reply, Exception):
-            raise reply
-        return None if reply is None else reply.decode() if isinstance(reply, bytes) else str(reply)
+                ("BLMOVE", wake, wake, "LEFT", "LEFT", f"{timeout:.3f}"), timeout=timeout + BLOCKING_READ_MARGIN)
+            if isinstance(reply, Exception):
+                raise reply
+            return _text(self._scripts.run("await_outcome", [task_id, 0]))
 
     # -- supervision -------------------------------------------------------------------------------
     def renew_leases(self, consumers: Sequence[str], until_ms: int) -> dict[str, str]:
@@ -414,6 +420,10 @@ class RedisBroker(RedisInspection):
         self._blocking.close()
         self._client.connection_pool.disconnect()
         self._blocking.connection_pool.disconnect()
+
+
+def _text(reply: Any) -> str | None:
+    return None if reply is None else reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 def _rate_arguments(rates: RateLimits) -> list[str | int]:

@@ -9,7 +9,7 @@ if redis.call("hexists", INFLIGHT, id) == 1 then
 end
 local payload = redis.call("hget", TASKS, id)
 if not payload then
-  return redis.call("exists", resultkey(id)) == 1 and "finished" or "unknown"
+  return kept_outcome(id) and "finished" or "unknown"
 end
 
 -- Off its eta set (with its dedup key) or out of its queue; true when it was there.

@@ -59,9 +59,11 @@ key                   type    contents
 {p}:rates             hash    rate limit (``t:<task>`` or ``q:<queue>``) -> ``"<TAT> <cursor>"`` in epoch
                               microseconds (hexq.core.rate_limit); written only by reservations of workers
                               that enforce rate limits, one field per limit, never expires
-{p}:result:<id>       list    the kept outcome of a task (``keep_result``): one JSON document (rarely more,
-                              newest first, after a redelivery), expiring after keep_result (PEXPIRE);
-                              waiters BLMOVE it onto itself (LEFT LEFT), which changes nothing
+{p}:result:<id>       string  the kept outcome of a task (``keep_result``): one JSON document, expiring
+                              after keep_result (SET PX GET: one command); before the outcome, a waiter's
+                              mark (a NUL byte, then ``waiting``) that lasts as long as its wait
+{p}:outcomewake:<id>  list    one token, pushed when an outcome replaces a waiter's mark, for 10 s;
+                              waiters BLMOVE it onto itself (LEFT LEFT), which serves all and consumes none
 ====================  ======  ===========================================================================
 
 With ``partitions=N`` (N > 1) the whole layout above exists N times, once per hash tag: partition 0 is
@@ -88,7 +90,9 @@ write:
   the recovery in ``reserve``).
 - ``dead_letter``: owned:<consumer>, inflight, tasks, crashes, dead, unique:* (a unique task's lock), cancels;
   result:<id> when the outcome is kept.
-- ``record_outcome``: result:<id>; ``task_state`` reads inflight, tasks, eta:<queue>, result:<id>.
+- ``record_outcome``: result:<id>; ``task_state`` reads inflight, tasks, eta:<queue>, result:<id>;
+  ``await_outcome``: result:<id> (a waiter's mark). Every script that keeps an outcome pushes outcomewake:<id>
+  when it replaces a waiter's mark.
 - ``discard`` (a task that expired, or was cancelled, before it ran): owned:<consumer>, inflight, tasks,
   crashes, expired, unique:* (a unique task's lock), cancels.
 - ``release``: owned:<consumer>, inflight, q:*, armed:*, wake:*; tasks, crashes, cancels, unique:* (cancelled).
@@ -155,6 +159,7 @@ FAMILIES: dict[str, str] = {
     "armedkey": "armed:",
     "uniquekey": "unique:",
     "resultkey": "result:",
+    "outcomewakekey": "outcomewake:",
     "tallykey": "tally:",
 }
 # Numbers the scripts need, from where they are defined (the shape of a unique task's id).
@@ -272,6 +277,10 @@ class Keys:
 
     def result(self, task_id: str) -> str:
         return self.base + FAMILIES["resultkey"] + task_id
+
+    def outcome_wake(self, task_id: str) -> str:
+        return self.base + FAMILIES["outcomewakekey"] + task_id
+
     def tally(self, minute_ms: int) -> str:
         return self.base + FAMILIES["tallykey"] + str(minute_ms)
 

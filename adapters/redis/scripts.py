@@ -36,6 +36,7 @@ NAMES = (
     "reserve_rated",
     "record_outcome",
     "task_state",
+    "await_outcome",
 )
 # Scripts that share another's body with the rate limit helpers added (``_rate_limit.lua``): only a worker that
 # enforces rate limits runs them, so the plain script defines none of those helpers on each call.

@@ -2,7 +2,7 @@
 -- consumer owns the task, "scheduled" while it waits in its queue's eta set for a time after now_ms, "queued"
 -- while it is otherwise stored; "" when it is not stored.
 local id = ARGV[1]
-local outcome = redis.call("lindex", resultkey(id), 0)
+local outcome = kept_outcome(id)
 if redis.call("hexists", INFLIGHT, id) == 1 then return {"running", outcome} end
 local payload = redis.call("hget", TASKS, id)
 if not payload then return {"", outcome} end

@@ -1,10 +1,10 @@
 """Reading tasks' status and outcomes for their handles: ``.status()``, ``.result()``.
 
-Waiting never polls: ``Results.wait_outcome`` blocks on the broker's own notification (a blocking pop on the
-task's outcome list on Redis). It is asked for at most ``WAIT_SLICE`` seconds at a time; between two waits one
+Waiting never polls: ``Results.wait_outcome`` blocks on the broker's own notification (a blocking wait on the
+task's wake-up list on Redis). It is asked for at most ``WAIT_SLICE`` seconds at a time; between two waits one
 ``task_state`` read notices a task that ended without keeping an outcome (``keep_result`` unset in the app the
 workers run), or whose outcome expired, so that ``.result()`` without a timeout raises instead of waiting
-for ever. A task that is still live costs two commands per ``WAIT_SLICE`` of waiting.
+for ever. A task that is still live costs three commands per ``WAIT_SLICE`` of waiting on Redis.
 """
 
 from __future__ import annotations

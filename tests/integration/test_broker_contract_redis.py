@@ -18,7 +18,7 @@ from redis_server import RedisServer
 from hexq.adapters.redis.async_producer import AsyncRedisProducer
 from hexq.adapters.redis.broker import RedisBroker
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError
-from hexq.core.ports import AsyncProducer, Broker, OutgoingTask
+from hexq.core.ports import AsyncProducer, Broker, OutcomeRecord, OutgoingTask
 from hexq.core.rules import LeaseRules
 from hexq.entrypoints.settings import Connection
 from tests.unit.async_producer_contract import AsyncProducerContract, MakePair
@@ -252,3 +252,56 @@ def test_async_durable_enqueue_without_replicas_says_each_call_its_tasks_are_sto
     broker = broker_for(redis_url, key_prefix)
     assert ids(take(broker)) == ["a", "b1", "b2"]
     broker.close()
+
+
+def _commands(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def _ack_cost(broker: RedisBroker, client: redis.Redis, task_id: str, outcome: OutcomeRecord | None) -> dict[str, int]:
+    """The commands one acknowledgement costs the server (scripts' own commands counted, as the bench does)."""
+    broker.enqueue([task(task_id)])
+    assert ids(list(take(broker))) == [task_id]
+    client.config_resetstat()
+    broker.ack("c1", [task_id], [outcome] if outcome else [])
+    return {name: calls for name, calls in _commands(client).items() if name not in ("config", "info")}
+
+
+def test_keeping_an_outcome_costs_one_command_in_the_acknowledgement(private_redis: PrivateRedis) -> None:
+    # The issue's budget: with results kept, at most one more command per task, inside the ack's round trip.
+    server = private_redis()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    broker = broker_for(server.url)
+    try:
+        plain = _ack_cost(broker, client, "plain", None)
+        kept = _ack_cost(broker, client, "kept", OutcomeRecord("kept", '{"v":1}', 60_000, T0))
+        extra = {name: kept.get(name, 0) - plain.get(name, 0) for name in set(plain) | set(kept)}
+        assert {name: n for name, n in extra.items() if n} == {"set": 1}
+        assert client.pttl("{it}:result:kept") > 50_000
+        assert broker.wait_outcome("kept", T0, 0.0) == '{"v":1}'
+    finally:
+        broker.close()
+
+
+def test_a_waiter_is_woken_by_the_outcome_at_once_and_every_waiter_gets_it(redis_url: str, key_prefix: str) -> None:
+    broker = broker_for(redis_url, key_prefix)
+    got: list[tuple[str | None, float]] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        got.append((broker.wait_outcome("w", T0, 10.0), time.monotonic() - started))
+
+    waiters = [threading.Thread(target=wait) for _ in range(3)]
+    try:
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(0.3)  # all three blocked, their mark in place
+        broker.record_outcome(OutcomeRecord("w", '"done"', 60_000, T0))
+        for waiter in waiters:
+            waiter.join(timeout=10)
+        assert [document for document, _ in got] == ['"done"'] * 3
+        assert max(took for _, took in got) < 5.0  # woken by the outcome, not by the 10 s timeout
+        assert broker.task_state("w", T0).outcome == '"done"'
+    finally:
+        broker.close()

@@ -68,8 +68,10 @@ DEPLOYED_LAYOUT = {
     "{p}:cancels": "hash",
     # Added with rate limits: written only by workers that enforce one.
     "{p}:rates": "hash",
-    # Added with results: written only for tasks with keep_result, so today's deployments hold none.
-    "{p}:result:<id>": "list",
+    # Added with results: written only for tasks with keep_result, so today's deployments hold none (it was a
+    # list in the commits that added results; a string, SET with GET, since it became one command per task).
+    "{p}:result:<id>": "string",
+    "{p}:outcomewake:<id>": "list",
     # Added with the dashboard: written by heartbeats that carry a worker's per-minute counts; expires.
     "{p}:tally:<minute>": "hash",
 }
@@ -103,6 +105,8 @@ def test_a_full_cycle_writes_exactly_the_documented_keys(broker: RedisBroker, cl
         lambda: settle(broker, later),  # ...then recovered, a crash counted for each of its tasks
         lambda: take(broker, consumer="c2", now_ms=later),
         lambda: broker.ack("c2", ["a"], [OutcomeRecord("a", "{}", 60_000, later)]),  # its outcome kept
+        lambda: broker.wait_outcome("y", later, 0.01),  # a waiter's mark in result:y...
+        lambda: broker.record_outcome(OutcomeRecord("y", "{}", 60_000, later)),  # ...so this pushes outcomewake:y
         lambda: broker.dead_letter("c2", "b", "default", "p-b", "boom", later),
         lambda: broker.discard("c2", "l", "low", "expired"),
         lambda: broker.enqueue([task("x")]),
