@@ -277,13 +277,11 @@ class TaskRunner:
             await call_hooks(hooks.before_task_started)
         if task.is_async:
             return await run_async(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout)
-        return await run_sync(lambda: self._call_sync(task, message), limits.soft_timeout, self.alarm)
-
-    def _call_sync(self, task: TaskDef, message: TaskMessage) -> Any:
-        # Only while the task's own code runs may a cancellation request raise TaskCancelled in it.
+        # While the task runs (inside its wrappers, an async one included), and only then, a cancellation
+        # request may raise TaskCancelled in it: the window the soft timeout's alarm is armed for.
         self.cancels.running(message.id, None)
         try:
-            return call_task(task, message, self.registry.hooks.wrappers)
+            return await run_sync(lambda: call_task(task, message, hooks.wrappers), limits.soft_timeout, self.alarm)
         finally:
             self.cancels.finished(message.id)
 

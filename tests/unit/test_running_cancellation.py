@@ -231,6 +231,26 @@ def test_a_sync_task_stopped_by_task_cancelled_is_discarded_not_retried() -> Non
     assert heard.log == [("running", "t1"), ("finished", "t1")] and heard.sync is None
 
 
+def test_a_sync_task_behind_an_async_wrapper_is_stopped_too() -> None:
+    heard = HeardRequests()
+    world = make_world(cancels=heard)
+
+    async def wrapper(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        fn(*args, **kwargs)  # WakaQ's wrap_tasks_with pattern: the sync task runs inside a coroutine
+
+    world.registry.hooks.wrappers.append(wrapper)
+
+    def slow() -> None:
+        world.calls.append("started")
+        heard.hear("t1")
+        world.calls.append("never")
+
+    world.task("slow", slow)
+    send(world, "slow")
+    world.run()
+    assert world.calls == ["started"] and world.broker.lookup("t1") is None and world.dead_reasons() == []
+
+
 def test_an_async_task_stopped_by_request_is_discarded_and_its_asyncio_task_carries_on() -> None:
     heard = HeardRequests()
     world = make_world(cancels=heard)
