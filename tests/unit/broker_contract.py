@@ -1075,6 +1075,10 @@ class CancellationContract(_Contract):
         assert broker.task_state("a", T0).outcome == '{"outcome":"a"}'  # left as it was
         assert broker.cancel("b", T0, self.QUEUES) is Cancelled.UNKNOWN
 
+    def test_an_unknown_id_someone_waits_for_is_still_unknown(self, broker: Broker) -> None:
+        assert broker.wait_outcome("gone", T0, 0.05) is None  # a handle waited for it (Redis leaves a mark)
+        assert broker.cancel("gone", T0, self.QUEUES) is Cancelled.UNKNOWN
+
     @pytest.mark.parametrize("end", ["retry", "release", "recover", "dead_letter", "discard"])
     def test_a_marked_task_dropped_keeps_the_outcome_its_mark_carries(self, broker: Broker, end: str) -> None:
         broker.enqueue([task("a")])
