@@ -30,10 +30,16 @@ def _tracing() -> dict[str, Any]:
     return {"tracing": provider}
 
 
+def _log_tasks() -> dict[str, Any]:
+    """BENCH_HEXQ_LOG_TASKS=0/1 turns the line per finished task off/on; unset, the option is not passed at
+    all, so that ``--baseline`` can run this app on a hexq from before ``log_tasks=``."""
+    chosen = os.environ.get("BENCH_HEXQ_LOG_TASKS")
+    return {} if chosen is None else {"log_tasks": chosen != "0"}
+
+
 # BENCH_HEXQ_LOG_LEVEL=INFO (and BENCH_HEXQ_LOG_TASKS=0) measure the cost of the line per finished task.
 app = HexQ(queues=["default"], url=BROKER_URL, partitions=int(os.environ.get("BENCH_PARTITIONS", "1")), concurrency=2,
-           worker_log_level=os.environ.get("BENCH_HEXQ_LOG_LEVEL", "WARNING"),
-           log_tasks=os.environ.get("BENCH_HEXQ_LOG_TASKS", "1") != "0", **_tracing())
+           worker_log_level=os.environ.get("BENCH_HEXQ_LOG_LEVEL", "WARNING"), **_log_tasks(), **_tracing())
 
 
 @app.task
