@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -77,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=["list", "requeue", "purge"])
     dead.add_argument("ids", nargs="*", help="for requeue: the ids to requeue (default: all)")
     dead.add_argument("--limit", type=int, default=50)
-    dead.add_argument("--json", action="store_true")
+    dead.add_argument("--json", action="store_true", help="for list: as JSON, each letter's traceback included")
+    dead.add_argument("--traceback", action="store_true",
+                      help="for list: print each letter's traceback (of the exception its last attempt raised) "
+                           "under it")
 
     dashboard = command("dashboard", "Serve the web dashboard: queues, workers, dead letters, schedules, tasks "
                         "(needs hexq[dashboard]).")
@@ -290,12 +294,16 @@ def _cmd_dead(app: HexQ, args: argparse.Namespace) -> int:
         letters = app.broker.dead_letters(args.limit)
         if args.json:
             print(json.dumps([{"id": d.id, "queue": d.queue, "reason": d.reason, "failed_at_ms": d.failed_at_ms,
-                               "payload": d.payload} for d in letters], indent=2))
+                               "payload": d.payload, "traceback": d.traceback} for d in letters], indent=2))
         else:
             for d in letters:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.failed_at_ms / 1000))
                 print(f"{d.id}  {d.queue}  {when}Z  {d.reason}")
+                if args.traceback and d.traceback:
+                    print(textwrap.indent(d.traceback.rstrip("\n"), "    "))
             print(f"{len(letters)} dead letter(s) shown")
+            if not args.traceback and any(d.traceback for d in letters):
+                print("(their tracebacks: hexq dead list --traceback)")
         return EXIT_OK
     if args.action == "requeue":
         count = app.broker.requeue_dead(args.ids or None)

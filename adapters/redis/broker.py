@@ -283,8 +283,8 @@ class RedisBroker(RedisInspection):
         self._received.settled(consumer, (task.id,))
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
-        record = dead_letter_record(task_id, queue, payload, reason, now_ms)
+                    now_ms: int, outcome: OutcomeRecord | None = None, *, traceback: str = "") -> None:
+        record = dead_letter_record(task_id, queue, payload, reason, now_ms, traceback)
         kept: list[str | int] = [] if outcome is None else [outcome.ttl_ms, outcome.document]
         try:
             with self._translator:

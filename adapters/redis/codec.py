@@ -62,15 +62,22 @@ def in_flight_record(task_id: str, record: str) -> InFlight | None:
     return InFlight(task_id, queue, consumer, int(since))
 
 
-def dead_letter_record(task_id: str, queue: str, payload: str | None, reason: str, now_ms: int) -> str:
-    return json.dumps({"id": task_id, "queue": queue, "payload": payload, "reason": reason, "failed_at_ms": now_ms})
+def dead_letter_record(task_id: str, queue: str, payload: str | None, reason: str, now_ms: int,
+                       traceback: str = "") -> str:
+    """A ``dead`` list entry; ``traceback`` is written only when there is one (records written before hexq kept
+    it have none, and read as "")."""
+    record: dict[str, object] = {"id": task_id, "queue": queue, "payload": payload, "reason": reason,
+                                 "failed_at_ms": now_ms}
+    if traceback:
+        record["traceback"] = traceback
+    return json.dumps(record)
 
 
 def dead_letter(raw: str) -> DeadLetter:
     try:
         data = json.loads(raw)
         return DeadLetter(str(data["id"]), str(data["queue"]), data["payload"], str(data["reason"]),
-                          int(data["failed_at_ms"]))
+                          int(data["failed_at_ms"]), str(data.get("traceback") or ""))
     except (ValueError, KeyError, TypeError):
         # Not written by hexq: show it rather than hide it.
         return DeadLetter("", "", raw, "malformed dead letter record", 0)

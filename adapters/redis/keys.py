@@ -27,8 +27,8 @@ key                   type    contents
 {p}:inflight          hash    task id -> ``since_ms|queue|consumer`` of every owned task
 {p}:leases            zset    consumer -> lease deadline ms
 {p}:suspects          hash    consumer -> ms when its lease was first seen expired (cleared on renewal)
-{p}:dead              list    dead letters as JSON ``{id, queue, payload, reason, failed_at_ms}``,
-                              newest first
+{p}:dead              list    dead letters as JSON ``{id, queue, payload, reason, failed_at_ms}``, plus
+                              ``traceback`` when the failure had one (absent: ""), newest first
 {p}:cron              hash    schedule key -> last fire ms
 {p}:expired           hash    queue -> how many of its tasks were dropped unrun, their deadline passed
 {p}:cancels           hash    task id -> "1" while an owned task's cancellation is pending (``cancel``); the

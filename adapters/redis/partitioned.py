@@ -315,10 +315,10 @@ class PartitionedBroker:
         self._forget((task.id,))
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
+                    now_ms: int, outcome: OutcomeRecord | None = None, *, traceback: str = "") -> None:
         index = self._owner_of(task_id)
         self._parts[0 if index is None else index].dead_letter(consumer, task_id, queue, payload, reason, now_ms,
-                                                               outcome)
+                                                               outcome, traceback=traceback)
         self._forget((task_id,))
 
     def discard(self, consumer: str, task_id: str, queue: str, why: Unrun,

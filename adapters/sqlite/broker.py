@@ -110,8 +110,9 @@ class SqliteBroker(SqliteInspection):
             self._db.wake_waiters()
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
-        self._db.write(statements.dead_letter, consumer, task_id, queue, payload, reason, now_ms, outcome)
+                    now_ms: int, outcome: OutcomeRecord | None = None, *, traceback: str = "") -> None:
+        self._db.write(statements.dead_letter, consumer, task_id, queue, payload, reason, now_ms, outcome,
+                       traceback)
 
     def discard(self, consumer: str, task_id: str, queue: str, why: Unrun,
                 outcome: OutcomeRecord | None = None) -> None:

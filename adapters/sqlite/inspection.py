@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from hexq.adapters.sqlite.database import Database
 
 _COUNT = "SELECT count(*) FROM tasks WHERE state = ? AND queue = ?"
-_DEAD_COLUMNS = "seq, id, queue, payload, reason, failed_at_ms"
+_DEAD_COLUMNS = "seq, id, queue, payload, reason, failed_at_ms, traceback"
 
 
 def _queue_stats(conn: sqlite3.Connection, queues: Sequence[str]) -> list[QueueStats]:
@@ -30,8 +30,8 @@ def _queue_stats(conn: sqlite3.Connection, queues: Sequence[str]) -> list[QueueS
     return [QueueStats(q, count(QUEUED, q), count(WAITING, q), flying.get(q, 0), expired.get(q, 0)) for q in queues]
 
 
-def _dead_letter(row: tuple[int, str, str, str | None, str, int]) -> DeadLetter:
-    return DeadLetter(row[1], row[2], row[3], row[4], row[5])
+def _dead_letter(row: tuple[int, str, str, str | None, str, int, str]) -> DeadLetter:
+    return DeadLetter(row[1], row[2], row[3], row[4], row[5], row[6])
 
 
 def _requeue_dead(conn: sqlite3.Connection, ids: Sequence[str] | None) -> int:

@@ -16,7 +16,8 @@ tasks          id, queue, state (0 queued, 1 waiting for its eta, 2 owned), pos,
 leases         consumer -> lease deadline ms, and when it was first seen expired (NULL: not suspected);
                no index on the deadline: a reservation scans the few leases (one per worker child) instead
                of rewriting an index page each time it extends one
-dead           dead letters, ``seq`` ascending = oldest first
+dead           dead letters, ``seq`` ascending = oldest first; ``traceback`` is the failure's ('' when none;
+               an added column, see "Additions")
 cron           schedule key -> last fired tick ms
 workers        worker id -> last heartbeat ms and info JSON (a broadcast is copied into the private queue,
                in ``tasks``, of each worker whose heartbeat is recent)
@@ -50,7 +51,9 @@ dropped by hand (``DROP TABLE broadcasts; DROP TABLE subscribers;``) and ``schem
 
 Additions. A table that only new code reads or writes (``ADDED_TABLES``) is created, if missing, in a
 database of any usable version without changing its version: a process of the previous hexq on the same
-file neither knows nor minds it, so nothing has to be upgraded in step.
+file neither knows nor minds it, so nothing has to be upgraded in step. Likewise a column that only new code
+reads or writes (``ADDED_COLUMNS``), with a default: added, if missing, by ``ALTER TABLE ... ADD COLUMN``;
+the previous hexq names the columns it inserts and selects, so it never sees it, and its rows get the default.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ CREATE UNIQUE INDEX tasks_dedup ON tasks (queue, dedup_key) WHERE state = {WAITI
 CREATE INDEX tasks_owned ON tasks (consumer, since_ms, pos) WHERE state = {OWNED};
 CREATE TABLE leases (consumer TEXT PRIMARY KEY, until_ms INTEGER NOT NULL, suspected_ms INTEGER) WITHOUT ROWID;
 CREATE TABLE dead (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, queue TEXT NOT NULL, payload TEXT,
-                   reason TEXT NOT NULL, failed_at_ms INTEGER NOT NULL);
+                   reason TEXT NOT NULL, failed_at_ms INTEGER NOT NULL, traceback TEXT NOT NULL DEFAULT '');
 CREATE INDEX dead_id ON dead (id);
 CREATE TABLE cron (schedule_key TEXT PRIMARY KEY, last_fire_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE workers (worker_id TEXT PRIMARY KEY, last_beat_ms INTEGER NOT NULL, info TEXT NOT NULL) WITHOUT ROWID;
@@ -106,6 +109,12 @@ ADDED_TABLES = {
     # The dashboard's per-minute counters (MinuteTally): field is '<kind>:<queue>' as on Redis.
     "tally": ("CREATE TABLE IF NOT EXISTS tally (minute_ms INTEGER NOT NULL, field TEXT NOT NULL, "
               "value INTEGER NOT NULL, PRIMARY KEY (minute_ms, field)) WITHOUT ROWID"),
+}
+
+# Added after version 2 (see "Additions" above): (table, column) -> the statement that adds it.
+ADDED_COLUMNS = {
+    # The failure's traceback, kept with the dead letter (hexq.core.tracebacks).
+    ("dead", "traceback"): "ALTER TABLE dead ADD COLUMN traceback TEXT NOT NULL DEFAULT ''",
 }
 
 
@@ -145,7 +154,7 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
             f"cannot use (it uses versions {OLDEST_USABLE_VERSION} to {SCHEMA_VERSION}): point hexq at another "
             "database file")
     _add_missing_tables(conn)
-
+    _add_missing_columns(conn)
 
 
 def _add_missing_tables(conn: sqlite3.Connection) -> None:
@@ -158,6 +167,26 @@ def _add_missing_tables(conn: sqlite3.Connection) -> None:
         for statements in ADDED_TABLES.values():
             for statement in statements.split(";"):  # a table and its indexes
                 conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[str]:
+    return [statement for (table, column), statement in ADDED_COLUMNS.items()
+            if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}]
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Add the ``ADDED_COLUMNS`` this database lacks, in one transaction; looked for again inside it, since
+    ADD COLUMN has no IF NOT EXISTS and a racing process may have added them meanwhile."""
+    if not _missing_columns(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _missing_columns(conn):
+            conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

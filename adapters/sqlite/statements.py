@@ -331,14 +331,14 @@ def retry(conn: sqlite3.Connection, task: OutgoingTask) -> int:
 
 
 def dead_letter(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, payload: str | None,
-                reason: str, now_ms: int, outcome: OutcomeRecord | None = None) -> None:
+                reason: str, now_ms: int, outcome: OutcomeRecord | None = None, traceback: str = "") -> None:
     ack(conn, consumer, [task_id])
     if _drop_if_cancelled(conn, task_id):
         return
     if outcome is not None:
         record_outcomes(conn, (outcome,))
-    conn.execute("INSERT INTO dead (id, queue, payload, reason, failed_at_ms) VALUES (?, ?, ?, ?, ?)",
-                 (task_id, queue, payload, reason, now_ms))
+    conn.execute("INSERT INTO dead (id, queue, payload, reason, failed_at_ms, traceback) VALUES (?, ?, ?, ?, ?, ?)",
+                 (task_id, queue, payload, reason, now_ms, traceback))
 
 
 def discard(conn: sqlite3.Connection, consumer: str, task_id: str, queue: str, why: str,

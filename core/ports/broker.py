@@ -182,10 +182,11 @@ class Consumer(Protocol):
         ...
 
     def dead_letter(self, consumer: str, task_id: str, queue: str, payload: str | None, reason: str,
-                    now_ms: int, outcome: OutcomeRecord | None = None) -> None:
+                    now_ms: int, outcome: OutcomeRecord | None = None, *, traceback: str = "") -> None:
         """Atomically end ownership of ``task_id``, drop its stored payload and append a dead letter, and store
         ``outcome`` (the task's kept outcome, failed or dead) when given; a task marked cancelled is discarded
-        instead (no dead letter, no outcome stored)."""
+        instead (no dead letter, no outcome stored). ``traceback`` (the failure's, "" when there is none) is
+        kept in the dead letter as given and read back by ``dead_letters`` and ``find_dead``."""
         ...
 
     def release(self, consumer: str, ids: Sequence[str]) -> int:

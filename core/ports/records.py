@@ -77,11 +77,16 @@ class Reservation:
 
 @attrs.frozen
 class DeadLetter:
+    """A task given up on. ``traceback`` is the formatted traceback of the exception its last attempt raised
+    (its deepest part when long, see ``hexq.core.tracebacks``), "" when there was none: a hard timeout, a worker that
+    died under it too often, a payload that could not run, or a record written before hexq kept it."""
+
     id: str
     queue: str
     payload: str | None
     reason: str
     failed_at_ms: int
+    traceback: str = ""
 
 
 @attrs.frozen

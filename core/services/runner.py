@@ -34,6 +34,7 @@ from hexq.core.services.keeping import OutcomeKeeper
 from hexq.core.services.soft_timeout import NoAlarm, SoftAlarm, run_async, run_sync
 from hexq.core.services.stopping import CancelRequests, NoCancelRequests, Stopper
 from hexq.core.services.task_log import CANCELLED, DEAD_LETTERED, SUCCEEDED, log_cancelled, log_failed, log_succeeded
+from hexq.core.tracebacks import dead_letter_traceback
 
 __all__ = ["NoAlarm", "NoReporter", "RunReporter", "SoftAlarm", "TaskRunner"]
 
@@ -325,7 +326,8 @@ class TaskRunner:
             log.exception("could not record the failure of task %s", message.id)
             span.end(DEAD_LETTERED, kind, error)
             self._dead(delivery.id, message.queue, delivery.payload,
-                       f"failed, and its failure could not be recorded: {safe_str(exc)}")
+                       f"failed, and its failure could not be recorded: {safe_str(exc)}",
+                       traceback=dead_letter_traceback(error))
 
     def _failed(self, delivery: Delivery, message: TaskMessage, task: TaskDef, limits: Limits,
                 kind: FailureKind, error: BaseException | None, duration: float, owner: str | None = None, *,
@@ -341,7 +343,8 @@ class TaskRunner:
             keep_ms = None if message.broadcast else limits.keep_result_ms
             outcome = None if keep_ms is None else self.keeper.failed(
                 delivery.id, message.name, kind, error, reason, keep_ms, self._now_ms())
-            self._dead(delivery.id, message.queue, delivery.payload, reason, owner, outcome)
+            self._dead(delivery.id, message.queue, delivery.payload, reason, owner, outcome,
+                       dead_letter_traceback(error))
             self.metrics.finished(message.name, message.queue, "dead_lettered", duration)
             return
         if message.expires is not None and self.clock.now() + decision.delay > message.expires:
@@ -404,12 +407,14 @@ class TaskRunner:
         return int(self.clock.now() * 1000)
 
     def _dead(self, task_id: str, queue: str, payload: str | bytes | None, reason: str,
-              owner: str | None = None, outcome: OutcomeRecord | None = None) -> None:
+              owner: str | None = None, outcome: OutcomeRecord | None = None, traceback: str = "") -> None:
+        """Dead-letter an owned task; ``traceback`` is its failure's (``dead_letter_traceback``), "" when the
+        task did not raise (a hard timeout, a crash loop, a payload that could not run)."""
         if isinstance(payload, bytes):  # kept for the operator, readable, with the bad bytes escaped
             payload = payload.decode("utf-8", "backslashreplace")
         text, now_ms = payload, self._now_ms()
         self._settle(lambda consumer: self.broker.dead_letter(consumer, task_id, queue, text, reason, now_ms,
-                                                              outcome), owner)
+                                                              outcome, traceback=traceback), owner)
 
     def _discard_unrun(self, task_id: str, message: TaskMessage, task: TaskDef, why: Unrun, detail: str,
                        owner: str | None = None) -> None:

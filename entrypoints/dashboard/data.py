@@ -164,6 +164,7 @@ class DeadRow:
     reason: str
     failed_at_ms: int
     payload: DecodedPayload
+    traceback: str = ""  # the failure's, kept with the dead letter ("" when none: see DeadLetter)
 
     @property
     def failed_text(self) -> str:
@@ -171,7 +172,7 @@ class DeadRow:
 
     @property
     def summary(self) -> str:
-        """The reason's first line (the rest, a traceback when there is one, is shown unfolded)."""
+        """The reason's first line (the rest, when a reason has several lines, is ``details``)."""
         return self.reason.split("\n", 1)[0]
 
     @property
@@ -331,7 +332,7 @@ class DashboardData:
 
     def dead_row(self, letter: DeadLetter) -> DeadRow:
         decoded = self.decode(letter.payload) or DecodedPayload(raw="", error="no payload was kept")
-        return DeadRow(letter.id, letter.queue, letter.reason, letter.failed_at_ms, decoded)
+        return DeadRow(letter.id, letter.queue, letter.reason, letter.failed_at_ms, decoded, letter.traceback)
 
     def dead(self, query: str = "", limit: int = DEAD_PAGE_SIZE) -> DeadPage:
         query = query.strip()

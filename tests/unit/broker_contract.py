@@ -420,6 +420,20 @@ class ConsumerContract(_Contract):
         assert broker.dead_letters() == [DeadLetter("a", "default", "p-a", "boom", T0 + 5)]
         assert broker.recover_consumer("c1", ["a"]) == 0
 
+    def test_a_dead_letter_keeps_its_traceback_and_none_reads_empty(self, broker: Broker) -> None:
+        broker.enqueue([task("a"), task("b"), task("c")])
+        take(broker)
+        traceback = 'Traceback (most recent call last):\n  File "job.py", line 3, in job\nValueError: <b>é\n'
+        broker.dead_letter("c1", "a", "default", "p-a", "raised ValueError", T0, traceback=traceback)
+        broker.dead_letter("c1", "b", "default", "p-b", "hard timeout", T0 + 1)  # as a caller before tracebacks
+        broker.dead_letter("c1", "c", "default", None, "raised", T0 + 2, None, traceback="")
+        assert broker.dead_letters() == [DeadLetter("c", "default", None, "raised", T0 + 2, ""),
+                                         DeadLetter("b", "default", "p-b", "hard timeout", T0 + 1, ""),
+                                         DeadLetter("a", "default", "p-a", "raised ValueError", T0, traceback)]
+        assert [d.traceback for d in broker.find_dead("a")] == [traceback]
+        assert broker.requeue_dead(["a"]) == 1 and broker.delete_dead(["b"]) == 1
+        assert [d.id for d in broker.dead_letters()] == ["c"] and take(broker)[0].id == "a"
+
     def test_release_puts_back_at_the_head_in_order_without_crash(self, broker: Broker) -> None:
         broker.enqueue([task(x) for x in "abcd"])
         take(broker, limit=3)

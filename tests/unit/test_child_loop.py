@@ -143,9 +143,9 @@ class RetryRefusingBroker:
         self._refuse()
         self.inner.retry(*args)
 
-    def dead_letter(self, *args: Any) -> None:
+    def dead_letter(self, *args: Any, **kwargs: Any) -> None:
         self._refuse()
-        self.inner.dead_letter(*args)
+        self.inner.dead_letter(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

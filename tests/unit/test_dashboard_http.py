@@ -48,10 +48,11 @@ def app(tmp_path: Path) -> HexQ:
     return build_app(f"sqlite:///{tmp_path}/hexq.db")
 
 
-def bury(app: HexQ, task_id: str, args: tuple[Any, ...], reason: str, at_ms: int = 1_700_000_000_000) -> None:
-    """A dead letter as a worker writes one: the task's payload and the reason."""
+def bury(app: HexQ, task_id: str, args: tuple[Any, ...], reason: str, at_ms: int = 1_700_000_000_000,
+         traceback: str = "") -> None:
+    """A dead letter as a worker writes one: the task's payload, the reason and the failure's traceback."""
     payload = app.codec.encode(TaskMessage(task_id, "work", "default", args, {}, enqueued_at=at_ms / 1000))
-    app.broker.dead_letter("w.0.1", task_id, "default", payload, reason, at_ms)
+    app.broker.dead_letter("w.0.1", task_id, "default", payload, reason, at_ms, traceback=traceback)
 
 
 def client_for(app: HexQ, **options: Any) -> TestClient:
@@ -140,6 +141,33 @@ def test_a_task_page_shows_the_kept_result_or_error_with_its_traceback() -> None
     assert "<script>window" not in page
 
 
+def test_dead_letters_show_their_traceback_folded_without_keep_result() -> None:
+    app = HexQ(queues=["default"], url="memory://", max_retries=0)  # no keep_result: no outcome kept
+
+    @app.task
+    def breaks(text: str) -> None:
+        raise ValueError(text)
+
+    bad = breaks.delay("bad input")
+    client = client_for(app)
+    dead = client.get("/dead").text
+    # Folded in a <details> (opens without JavaScript), under the one-line reason.
+    assert re.search(r'raised ValueError: bad input<details class="traceback"><summary>traceback</summary>'
+                     r'<pre>Traceback \(most recent call last\):.*in breaks.*ValueError: bad input\n</pre></details>',
+                     dead, re.S)
+    task = client.get("/task", params={"id": bad}).text
+    assert 'id="task-state">dead<' in task and "outcome-traceback" not in task  # no kept outcome
+    assert re.search(r'<details class="traceback" open><summary>traceback</summary><pre class="dead-traceback">'
+                     r'Traceback \(most recent call last\):.*in breaks', task, re.S)
+
+
+def test_a_dead_letter_without_a_traceback_shows_no_fold(app: HexQ) -> None:
+    bury(app, "hard", (1,), "hard timeout; gave up after 0 retries (max_retries=0)")
+    for path in ("/dead", "/task?id=hard"):
+        page = client_for(app).get(path).text
+        assert "hard timeout; gave up" in page and 'class="traceback"' not in page, path
+
+
 def test_a_fragment_request_answers_the_content_alone(app: HexQ) -> None:
     client = client_for(app)
     whole = client.get("/dead").text
@@ -180,12 +208,14 @@ def test_mounted_under_a_prefix_every_link_and_form_keeps_it(app: HexQ) -> None:
 # -- escaping ------------------------------------------------------------------------------------------------
 def test_task_arguments_reasons_and_tracebacks_are_rendered_as_text(app: HexQ) -> None:
     reason = f"raised ValueError: {EVIL}\n\nTraceback (most recent call last):\n  {EVIL}"
-    bury(app, "evil", (EVIL, {"k": EVIL}), reason)
+    traceback = f'Traceback (most recent call last):\n  File "evil.py", line 1, in work\nValueError: {EVIL}\n'
+    bury(app, "evil", (EVIL, {"k": EVIL}), reason, traceback=traceback)
     client = client_for(app)
     for path in ("/dead", "/task?id=evil", "/dead?q=evil"):
         page = client.get(path).text
         assert "<script>window" not in page, path
         assert "&lt;script&gt;window.hexqPwned = 1&lt;/script&gt;" in page, path
+        assert "ValueError: &lt;script&gt;window.hexqPwned = 1&lt;/script&gt;\n</pre></details>" in page, path
     # An id is shown, linked and searched for as text too.
     bury(app, '"><img src=x onerror=alert(1)>', (1,), "r")
     page = client.get("/dead").text

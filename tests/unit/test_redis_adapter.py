@@ -20,7 +20,7 @@ from hexq.adapters.redis.broker import RedisBroker
 from hexq.adapters.redis.errors import translate
 from hexq.adapters.redis.scripts import NAMES, source
 from hexq.core.errors import BrokerAuthError, BrokerFullError, BrokerUnavailableError, ConfigError
-from hexq.core.ports import Delivery, MinuteTally, OutcomeRecord
+from hexq.core.ports import DeadLetter, Delivery, MinuteTally, OutcomeRecord
 from hexq.core.rate_limit import QueueRate, RateLimit, RateLimits
 from hexq.core.rules import minute_of
 from hexq.entrypoints.settings import Connection
@@ -202,6 +202,24 @@ def test_dead_letters_are_json_newest_first(broker: RedisBroker, client: Any) ->
     broker.dead_letter("c1", "a", "default", None, "r1", T0)
     broker.dead_letter("c1", "b", "default", "pb", "r2", T0 + 1)
     assert [json.loads(r)["id"] for r in client.lrange(P + "dead", 0, -1)] == ["b", "a"]
+
+
+def test_a_dead_record_has_a_traceback_field_only_when_there_is_one(broker: RedisBroker, client: Any) -> None:
+    broker.enqueue([task("a"), task("b")])
+    take(broker)
+    broker.dead_letter("c1", "a", "default", "pa", "hard timeout", T0)
+    broker.dead_letter("c1", "b", "default", "pb", "raised", T0 + 1, traceback="Traceback ...\nValueError: x\n")
+    newest, oldest = (json.loads(r) for r in client.lrange(P + "dead", 0, -1))
+    assert "traceback" not in oldest and newest["traceback"] == "Traceback ...\nValueError: x\n"
+
+
+def test_a_dead_record_written_before_tracebacks_reads_with_an_empty_one(broker: RedisBroker, client: Any) -> None:
+    # As hexq wrote them before dead letters kept tracebacks: no such field.
+    client.lpush(P + "dead", json.dumps({"id": "old", "queue": "default", "payload": "p-old", "reason": "raised",
+                                         "failed_at_ms": T0}))
+    [letter] = broker.dead_letters()
+    assert letter == DeadLetter("old", "default", "p-old", "raised", T0, "") == broker.find_dead("old")[0]
+    assert broker.requeue_dead(["old"]) == 1 and [d.id for d in take(broker)] == ["old"]
 
 
 def test_no_wake_token_while_nobody_is_idle(broker: RedisBroker, client: Any) -> None:

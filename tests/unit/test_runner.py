@@ -20,6 +20,7 @@ from hexq.core.registry import Registry, TaskDef, current_attempt, current_task
 from hexq.core.services import cancellation
 from hexq.core.services import runner as runner_module
 from hexq.core.services.runner import TaskRunner
+from hexq.core.tracebacks import MAX_DEAD_TRACEBACK_CHARS
 
 CONSUMER = "child-1"
 LEASE_MS = 30_000
@@ -313,6 +314,76 @@ def test_failed_broadcast_is_dead_lettered_not_retried() -> None:
     world.run()
     assert world.dead_reasons() == ["broadcast task failed"]
     assert world.stats() == (0, 0, 0)
+
+
+def test_a_dead_letter_keeps_the_traceback_of_its_last_attempt() -> None:
+    world = make_world(max_retries=1)
+    attempts: list[int] = []
+
+    def parse_invoice(text: str) -> None:
+        attempts.append(current_attempt.get())
+        raise ValueError(f"attempt {attempts[-1]}: bad invoice {text!r}")
+
+    world.task("parse_invoice", parse_invoice, retry_on=(ValueError,))
+    world.send("parse_invoice", "x")
+    world.run()
+    assert world.broker.dead_letters() == []  # retried: no dead letter, no traceback kept yet
+    world.clock.advance(60)
+    world.run()
+    [letter] = world.broker.dead_letters()
+    assert letter.traceback.startswith("Traceback (most recent call last):")
+    assert "in parse_invoice" in letter.traceback and 'raise ValueError(f"attempt' in letter.traceback
+    assert letter.traceback.rstrip().endswith("ValueError: attempt 2: bad invoice 'x'")  # the last attempt's
+    assert world.broker.find_dead("t1") == [letter]
+
+
+def test_a_soft_timeout_dead_letter_keeps_where_the_task_was_stopped() -> None:
+    world = make_world(max_retries=0)
+
+    def slow_report() -> None:
+        raise SoftTimeout("alarm")  # what the SIGALRM handler raises in a worker child, inside the task
+
+    world.task("slow_report", slow_report, soft_timeout=1.0)
+    world.send("slow_report")
+    world.run()
+    [letter] = world.broker.dead_letters()
+    assert "in slow_report" in letter.traceback and "SoftTimeout: alarm" in letter.traceback
+
+
+def test_a_long_traceback_is_cut_to_its_deepest_part_saying_so() -> None:
+    world = make_world(max_retries=0)
+
+    def recurse(n: int) -> None:
+        if n == 0:
+            # The cause comes first in the traceback: 20,000 characters that are cut.
+            raise RuntimeError("at the bottom") from ValueError("x" * 20_000)
+        recurse(n - 1)
+
+    world.task("recurse", recurse)
+    world.send("recurse", 3)
+    world.run()
+    [letter] = world.broker.dead_letters()
+    first, rest = letter.traceback.split("\n", 1)
+    assert first.startswith("[traceback cut: its first ") and first.endswith(" characters are not kept]")
+    assert len(rest) <= MAX_DEAD_TRACEBACK_CHARS and "x" * 10 not in rest  # the cut is at a line's start
+    assert rest.lstrip("\n").startswith("The above exception was the direct cause")
+    assert rest.rstrip().endswith("RuntimeError: at the bottom")
+
+
+def test_dead_letters_of_failures_without_an_exception_have_no_traceback() -> None:
+    world = make_world(max_retries=0, max_deliveries=1)
+    world.task("stuck", lambda: None, hard_timeout=10.0)
+    world.send("stuck", task_id="hard")
+    world.runner.fail_outside(world.reserve(), "hard_timeout")  # killed by the worker parent
+    world.send("add", 1, 2, task_id="poison")
+    world.reserve()
+    world.broker.recover_consumer(CONSUMER, ["poison"])  # its worker died under it: a crash loop
+    world.run()
+    world.put("{not json", task_id="malformed")
+    world.run()
+    letters = {d.id: d for d in world.broker.dead_letters()}
+    assert set(letters) == {"hard", "poison", "malformed"}
+    assert [letters[i].traceback for i in ("hard", "poison", "malformed")] == ["", "", ""]
 
 
 def test_task_on_an_undeclared_queue_still_runs_with_default_limits() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from hexq.adapters.sqlite import SqliteBroker, SqliteSchemaError
 from hexq.adapters.sqlite.schema import SCHEMA_VERSION
-from hexq.core.ports import OutgoingTask
+from hexq.core.ports import DeadLetter, OutgoingTask
 from hexq.core.queues import broadcast_queue
 
 T0 = 1_700_000_000_000
@@ -103,3 +103,57 @@ def test_a_database_from_before_rate_limits_gets_their_table_when_opened(path: P
     assert broker.reserve("c1", ["default"], 10, T0, 30_000, rates=rates).deliveries == ()
     broker.close()
     assert "rates" in tables(path) and version(path) == SCHEMA_VERSION
+
+
+def as_written_before_dead_tracebacks(path: Path) -> None:
+    """The ``dead`` table as hexq wrote it before dead letters kept tracebacks (no ``traceback`` column), with
+    a dead letter in it."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            DROP TABLE dead;
+            CREATE TABLE dead (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, queue TEXT NOT NULL,
+                               payload TEXT, reason TEXT NOT NULL, failed_at_ms INTEGER NOT NULL);
+            CREATE INDEX dead_id ON dead (id);
+            INSERT INTO dead (id, queue, payload, reason, failed_at_ms) VALUES ('old', 'default', 'p-old', 'raised', 1);
+        """)
+
+
+def dead_columns(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[1] for row in conn.execute("PRAGMA table_info(dead)")]
+
+
+def test_a_new_database_has_the_dead_traceback_column(path: Path) -> None:
+    create(path)
+    assert dead_columns(path)[-1] == "traceback"
+
+
+def test_a_database_from_before_dead_tracebacks_gets_the_column_when_opened(path: Path) -> None:
+    create(path)
+    as_written_before_dead_tracebacks(path)
+    assert "traceback" not in dead_columns(path)
+    broker = open_at(path)
+    try:
+        assert broker.dead_letters() == [DeadLetter("old", "default", "p-old", "raised", 1, "")]
+        broker.enqueue([OutgoingTask("new", "default", "p-new")])
+        broker.reserve("c1", ["default"], 10, T0, 30_000)
+        broker.dead_letter("c1", "new", "default", "p-new", "raised", T0, traceback="Traceback ...\n")
+        assert [(d.id, d.traceback) for d in broker.dead_letters()] == [("new", "Traceback ...\n"), ("old", "")]
+        assert broker.find_dead("old")[0].traceback == ""
+        assert broker.requeue_dead(["old"]) == 1 and broker.delete_dead(["new"]) == 1
+        assert broker.dead_count() == 0 and broker.lookup("old") is not None
+    finally:
+        broker.close()
+    assert dead_columns(path)[-1] == "traceback" and version(path) == SCHEMA_VERSION
+
+
+def test_a_database_opened_twice_adds_the_column_once(path: Path) -> None:
+    create(path)
+    as_written_before_dead_tracebacks(path)
+    first, second = open_at(path), open_at(path)
+    try:
+        assert first.dead_count() == 1 and second.dead_count() == 1  # the second open finds it added
+    finally:
+        first.close()
+        second.close()
+    assert dead_columns(path).count("traceback") == 1
