@@ -190,6 +190,13 @@ def fail_once(tag: str) -> None:
     report(tag=tag)
 
 
+@app.task(retry_on=(LookupError,), max_retries=1, backoff=0.1, backoff_max=0.1)
+def fails_every_attempt(tag: str) -> None:
+    """Raises on each of its two attempts, the attempt in the message: then it is dead-lettered."""
+    report(tag=f"{tag}:start")
+    raise LookupError(f"no invoice {tag} (attempt {current_attempt.get()})")
+
+
 # -- results (keep_result) -------------------------------------------------------------------------------
 @app.task(keep_result=60)
 def add(x: int, y: int) -> int:
