@@ -8,8 +8,14 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed-base  ## the example worker and scheduler on the embedded SQLite broker
 	$(BIN)/python -m examples.demo
 
-test: $(VENV)/.installed-test  ## the whole suite (it starts its own Redis-compatible server)
-	$(BIN)/python -m pytest
+# The unit tests run in this process (some of them fork, which must happen with no other thread running).
+# The integration, chaos and browser tests start their own servers and worker processes and mostly wait on
+# them, so they run in TEST_JOBS pytest processes (pytest-xdist), each with servers of its own.
+TEST_JOBS ?= 4
+
+test: $(VENV)/.installed-test  ## the whole suite (it starts its own Redis-compatible servers)
+	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/integration tests/chaos -n $(TEST_JOBS)
 
 $(VENV)/.installed-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

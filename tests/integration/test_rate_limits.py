@@ -83,9 +83,21 @@ def min_span(count: int, per_second: int, parts: int) -> float:
     return (count // parts - 1) * parts / per_second - 0.1
 
 
+# The limit holds for reservations; the tasks record when they start, which on a loaded machine can lag their
+# reservation by a varying delay (seen: 12 starts in one second under a limit of 10/s plus a burst of 1, on
+# 2 cores running 4 test processes). A window of one second of starts may therefore hold what the limit lets
+# through in a second plus this much lag; a missing limit (every task at once) is still far over it.
+START_LAG = 0.25
+
+
 def busiest_second(times: list[float]) -> int:
     """The most starts in any window of one second (each window starting at a start)."""
     return max(sum(1 for t in times if first <= t < first + 1.0) for first in times)
+
+
+def most_in_a_second(per_second: int, burst: int) -> int:
+    """What the limit lets start in any one-second window of start times, given the lag above."""
+    return int(per_second * (1 + START_LAG)) + burst
 
 
 def ran_once(cluster: Cluster, prefix: str, count: int) -> None:
@@ -105,7 +117,7 @@ def test_100_tasks_limited_to_20_per_second_across_2_workers_take_at_least_4_5_s
         # The limit is global: both workers took some, and together they kept to it. With partitions each
         # enforces its share alone, with a burst of one each.
         assert len({r["ppid"] for r in rated.results()}) == 2
-        assert busiest_second(times) <= tasks.LIMITED_PER_SECOND + partitions(rated)
+        assert busiest_second(times) <= most_in_a_second(tasks.LIMITED_PER_SECOND, partitions(rated))
 
 
 def test_unlimited_tasks_in_the_same_queue_and_a_higher_one_do_not_wait_for_the_limited(rated: RatedCluster) -> None:
@@ -138,7 +150,7 @@ def test_a_queue_limit_holds_its_queue_and_lets_the_queues_below_it_run(rated: R
         ran_once(rated, "free-", 50)
         metered = starts(rated, "metered-")
         assert metered[-1] - metered[0] >= min_span(30, tasks.METERED_PER_SECOND, partitions(rated))
-        assert busiest_second(metered) <= tasks.METERED_PER_SECOND + partitions(rated)
+        assert busiest_second(metered) <= most_in_a_second(tasks.METERED_PER_SECOND, partitions(rated))
         assert max(starts(rated, "free-")) < metered[len(metered) // 2]
 
 
