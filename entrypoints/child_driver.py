@@ -29,6 +29,10 @@ log = logging.getLogger("hexq.worker")
 T = TypeVar("T")
 
 
+def _nothing() -> None:
+    pass
+
+
 @attrs.frozen
 class ChildConfig:
     consumer: str
@@ -49,6 +53,9 @@ class ChildLoop:
     clock: Clock
     config: ChildConfig
     on_started: Sequence[Callable[[], Any]] = ()
+    # Writes the log lines this child keeps (entrypoints/logs.py): called at each batch boundary, before a
+    # reservation (which may block) or a back-off, and before the loop returns.
+    flush_logs: Callable[[], None] = _nothing
     stopping: bool = False
     planner: BatchPlanner = attrs.field(init=False)
     _free_slots: list[int] = attrs.field(factory=list)
@@ -88,6 +95,7 @@ class ChildLoop:
                 await asyncio.sleep(self.planner.backoff(failures))
                 continue
             acks, outcomes = self.runner.take_acks(), self.runner.take_outcomes()
+            self.flush_logs()
             try:
                 reservation = await self._io(
                     self.broker.reserve, self.config.consumer, self.config.queues,
@@ -101,6 +109,7 @@ class ChildLoop:
                 self.runner.give_back(acks, outcomes)
                 failures += 1
                 self._outage.failed(self.clock.monotonic(), exc)
+                self.flush_logs()
                 await asyncio.sleep(self.planner.backoff(failures))
                 wait = 0.0
                 continue
@@ -111,6 +120,7 @@ class ChildLoop:
             if reservation.deliveries:
                 await self._run_batch(reservation.deliveries)
         await self._shutdown()
+        self.flush_logs()
         return 0
 
     async def _run_batch(self, deliveries: Sequence[Delivery]) -> None:

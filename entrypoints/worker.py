@@ -33,6 +33,7 @@ from hexq.core.services.runner import TaskRunner
 from hexq.entrypoints import bootstrap
 from hexq.entrypoints.app import HexQ
 from hexq.entrypoints.child_driver import ChildConfig, ChildLoop
+from hexq.entrypoints.logs import batch_logs, flush_logs
 from hexq.entrypoints.parent_driver import ParentDriver
 
 if TYPE_CHECKING:
@@ -157,6 +158,10 @@ def _prepare_exporter() -> MultiprocessExporter:
     return MultiprocessExporter.prepare()
 
 
+def _no_logs_kept() -> None:
+    pass
+
+
 def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics, index: int, consumer: str) -> int:
     """The body of one worker child, in its own process: its own connections, sender and randomness."""
     # Sockets inherited from the parent must never be shared; the index picks the partition it idles on.
@@ -169,7 +174,10 @@ def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics,
     config = ChildConfig(consumer=consumer, queues=plan.child_queues, slots=plan.slots,
                          lease_ms=int(app.lease_timeout * 1000), max_tasks=app.max_tasks_per_worker,
                          rates=app.registry.rate_limits(plan.served, signed=app.codec.signing_key is not None))
-    loop = ChildLoop(runner, broker, app.clock, config, on_started=list(app.registry.hooks.after_worker_started))
+    # Its log lines below WARNING are written a batch at a time (the line per task is on every task's path).
+    batched = batch_logs()
+    loop = ChildLoop(runner, broker, app.clock, config, on_started=list(app.registry.hooks.after_worker_started),
+                     flush_logs=flush_logs if batched else _no_logs_kept)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         loop.request_stop()
@@ -179,5 +187,6 @@ def run_child(app: HexQ, plan: WorkerPlan, board: SharedBoard, metrics: Metrics,
     try:
         return asyncio.run(loop.run())
     finally:
-        tracing.flush()  # the fork server ends a child with os._exit, which runs no exit handler
+        flush_logs()  # the fork server ends a child with os._exit, which runs no exit handler
+        tracing.flush()
         broker.close()

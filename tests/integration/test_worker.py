@@ -107,6 +107,30 @@ def test_each_task_that_succeeds_gets_one_line_unless_no_log_tasks(cluster: Clus
     assert " hexq.task: " not in quiet.output()
 
 
+def test_a_child_writes_every_kept_line_on_a_clean_stop_and_a_warning_at_once(cluster: Cluster,
+                                                                                tasks: Any) -> None:
+    # A child keeps its INFO lines and writes them a batch at a time (entrypoints/logs.py): stopped right
+    # after its last task, it still writes every one.
+    worker = cluster.worker("--concurrency=1", "--log-level=INFO")
+    sent = {tasks.record.delay(f"batch{n}") for n in range(300)}
+    wait_for(lambda: len([t for t in cluster.tags() if t.startswith("batch")]) == 300, 60, "300 tasks")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    matches = [FINISHED_LINE.search(line) for line in worker.output().splitlines() if " hexq.task: " in line]
+    assert all(matches), worker.output()
+    assert sorted(m.group(2) for m in matches if m) == sorted(sent)  # each once: none lost, none doubled
+
+    # A WARNING is written while the task that logged it still runs, after the INFO line logged before it.
+    warned = cluster.worker("--concurrency=1", "--log-level=INFO")
+    tasks.warn_then_sleep.delay(30, "warned")
+    wait_for(lambda: " WARNING " in warned.output() and "the warning warned" in warned.output(), 10,
+             f"the warning:\n{warned.output()}")
+    assert "warned" not in cluster.tags()  # still sleeping
+    lines = [line for line in warned.output().splitlines() if " tests.tasks " in line]
+    assert [line.split(": ", 1)[1] for line in lines] == ["before the warning warned", "the warning warned"], lines
+    warned.kill_group()
+
+
 def test_max_tasks_per_worker_recycles_children(cluster: Cluster, tasks: Any) -> None:
     cluster.worker("--concurrency=1", HEXQ_TEST_MAX_TASKS="3")
     for n in range(9):

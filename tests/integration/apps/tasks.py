@@ -9,6 +9,7 @@ HEXQ_TEST_SPANS (tracing on, spans to that file or to memory: apps/spans.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -64,6 +65,16 @@ def record_low(tag: str) -> None:
 
 @app.task
 def sleep_then_record(seconds: float, tag: str) -> None:
+    report(tag=f"{tag}:start")
+    time.sleep(seconds)
+    report(tag=tag)
+
+
+@app.task
+def warn_then_sleep(seconds: float, tag: str) -> None:
+    """An INFO line, then a WARNING, then a long sleep: both are in the log while it sleeps."""
+    logging.getLogger("tests.tasks").info("before the warning %s", tag)
+    logging.getLogger("tests.tasks").warning("the warning %s", tag)
     report(tag=f"{tag}:start")
     time.sleep(seconds)
     report(tag=tag)
