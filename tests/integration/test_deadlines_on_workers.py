@@ -86,5 +86,10 @@ def test_a_retry_is_never_started_after_the_deadline(cluster: Cluster, tasks: An
     assert starts and max(starts) <= sent + 1.5, (starts, sent)
     assert cluster.dead_count() == 0  # expired, not dead-lettered
     assert cluster.pending("low") == 0 and cluster.in_flight_ids() == set()
-    assert "expired: its retry would start after its deadline" in cluster.logs()
+    # Usually the retry is expired as it is scheduled (its delay ends after the deadline); on a loaded machine
+    # the first run can start so late that the retry is stored and then expired when a worker takes it. Either
+    # way it never starts: which one happened is in the log.
+    logs = cluster.logs()
+    assert ("expired: its retry would start after its deadline" in logs
+            or "expired: its deadline passed" in logs), logs
     assert flaky.status() is TaskStatus.EXPIRED
