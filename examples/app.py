@@ -87,6 +87,24 @@ def divide(a: float, b: float) -> float:
     return a / b
 
 
+@app.task(keep_result=timedelta(minutes=10))
+def add(x: int, y: int) -> int:
+    # Keeps its outcome for 10 minutes: from a shell, h = add.delay(1, 2); h.result(timeout=5) == 3.
+    return x + y
+
+
+@app.task(queue=Q_LOW)
+async def slow(seconds: float = 60) -> None:
+    # Something to cancel: h = slow.delay(); h.cancel(); h.status() reads cancelled.
+    await asyncio.sleep(seconds)
+
+
+@app.task
+def on_time(note: str) -> None:
+    # A deadline: on_time.options(expires=5).delay("hi") never runs if no worker starts it within 5 s.
+    log.info("on time: %s", note)
+
+
 @app.wrap_tasks_with
 async def custom_task_decorator(fn: Any, args: Any, kwargs: Any) -> None:
     # do something before each task runs, for ex: `with app.app_context():`

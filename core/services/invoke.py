@@ -4,6 +4,7 @@ tasks, and with the task's own exceptions kept apart from those of the machinery
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ def outside_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
     so hiding the running loop for its duration is safe.
     """
 
+    @functools.wraps(fn)  # a wrapper that logs fn.__name__ sees the task's name
     def call(*args: Any, **kwargs: Any) -> Any:
         running = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(None)
@@ -51,17 +53,50 @@ def outside_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def bind(wrapper: Wrapper, inner: Callable[..., Any]) -> Callable[..., Any]:
+    """``inner`` called through ``wrapper``. Its result is what the wrapper returns, or, when the wrapper returns
+    None, what ``inner`` returned: a wrapper written like WakaQ's example calls the task and returns nothing,
+    and the task's return value must still reach ``keep_result``."""
+
     def call(*args: Any, **kwargs: Any) -> Any:
-        return wrapper(inner, args, kwargs)
+        box = _Returned()
+        returned = wrapper(box.recording(inner), args, kwargs)
+        return box.value if returned is None else returned
 
     # Keep the coroutine-ness visible so an outer wrapper written like WakaQ's example awaits us.
     if inspect.iscoroutinefunction(wrapper) or inspect.iscoroutinefunction(inner):
         async def acall(*args: Any, **kwargs: Any) -> Any:
-            result = wrapper(inner, args, kwargs)
-            return await result if inspect.isawaitable(result) else result
+            box = _Returned()
+            returned = wrapper(box.recording(inner), args, kwargs)
+            if inspect.isawaitable(returned):
+                returned = await returned
+            return box.value if returned is None else returned
 
         return acall
     return call
+
+
+class _Returned:
+    """What the wrapped function returned, seen from outside the wrapper."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def recording(self, inner: Callable[..., Any]) -> Callable[..., Any]:
+        # As a coroutine function when ``inner`` is one, so that a wrapper can still tell whether to await it.
+        if inspect.iscoroutinefunction(inner):
+            @functools.wraps(inner)
+            async def arecord(*args: Any, **kwargs: Any) -> Any:
+                self.value = await inner(*args, **kwargs)
+                return self.value
+
+            return arecord
+
+        @functools.wraps(inner)
+        def record(*args: Any, **kwargs: Any) -> Any:
+            self.value = inner(*args, **kwargs)
+            return self.value
+
+        return record
 
 
 class Escaped(Exception):

@@ -4,6 +4,7 @@ resolution, TaskHandle, TaskFailed, what is and is not written."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import pickle
 import threading
 import time
@@ -238,3 +239,57 @@ def test_a_task_that_ends_without_keeping_an_outcome_ends_the_wait() -> None:
         reader.result("t1")  # no timeout: it would wait for ever without the check between two waits
     worker.join()
     assert time.monotonic() - started >= 0.1
+
+
+def test_a_wrapper_that_returns_nothing_keeps_the_tasks_own_result() -> None:
+    # WakaQ's wrapper example calls the task and returns nothing; its users' wrappers must not lose results.
+    app, _, _ = make(keep_result=60)
+    seen: list[Any] = []
+
+    @app.wrap_tasks_with
+    async def wakaq_style(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append(fn.__name__)  # the task's own name, through the layer that records its result
+        if inspect.iscoroutinefunction(fn):
+            await fn(*args, **kwargs)
+        else:
+            fn(*args, **kwargs)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def times(x: int, y: int) -> int:
+        return x * y
+
+    assert add.delay(1, 2).result(timeout=1) == 3
+    assert times.delay(3, 4).result(timeout=1) == 12
+    assert seen == ["add", "times"]
+
+
+def test_a_sync_wrapper_that_returns_nothing_keeps_the_tasks_own_result() -> None:
+    app, _, _ = make(keep_result=60)
+
+    @app.wrap_tasks_with
+    def quiet(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        fn(*args, **kwargs)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.delay(1, 2).result(timeout=1) == 3
+
+
+def test_a_wrapper_that_returns_a_value_sets_the_result() -> None:
+    app, _, _ = make(keep_result=60)
+
+    @app.wrap_tasks_with
+    def doubled(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return fn(*args, **kwargs) * 2
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.delay(1, 2).result(timeout=1) == 6
