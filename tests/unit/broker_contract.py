@@ -321,6 +321,9 @@ class ConsumerContract(_Contract):
             got = broker.reserve("c1", ["default"], 10, T0, LEASE, (), 5.0).deliveries
         finally:
             timer.cancel()
+            # The reservation may return as soon as the task is stored, before the enqueue has read its own
+            # reply: the broker is closed after the test, and must not be while the timer still uses it.
+            timer.join(timeout=5)
         assert ids(list(got)) == ["late"]
         assert 0.1 < time.monotonic() - started < 3.0
 
