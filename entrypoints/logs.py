@@ -77,11 +77,32 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
 
     _pending: list[str]
     _wake: threading.Event | None = None
+    _timer: threading.Thread | None = None
+    _stopping = False
 
     def start_batching(self, max_delay: float = MAX_DELAY) -> None:
         self._pending = []
         self._wake = threading.Event()
-        threading.Thread(target=self._flush_late, args=(max_delay,), name="hexq-log-flush", daemon=True).start()
+        self._stopping = False
+        self._timer = threading.Thread(target=self._flush_late, args=(max_delay,), name="hexq-log-flush",
+                                       daemon=True)
+        self._timer.start()
+
+    def stop_batching(self) -> None:
+        """Write what is kept and end the timer thread: each line is written at once again. A process that
+        forks afterwards (a test suite, a task) has no thread of ours running."""
+        wake, timer = self._wake, self._timer
+        if wake is None or timer is None:
+            return
+        self._stopping = True
+        wake.set()
+        timer.join()
+        self.flush()
+        self._wake = self._timer = None
+
+    def close(self) -> None:
+        self.stop_batching()
+        super().close()
 
     def emit(self, record: logging.LogRecord) -> None:
         wake = self._wake
@@ -136,9 +157,22 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
         assert wake is not None
         while True:
             wake.wait()
+            if self._stopping:
+                return
             time.sleep(max_delay)
+            if self._stopping:
+                return
             wake.clear()  # before the flush: a line kept after it sets it again
-            self.flush()
+            # Never wait for the handler's lock: whoever holds it writes the kept lines itself (a flush), and
+            # logging.shutdown holds it while close() waits for this thread to end (stop_batching).
+            if self.lock is not None and self.lock.acquire(timeout=0.05):
+                try:
+                    if self._pending:
+                        self._write_pending()
+                finally:
+                    self.lock.release()
+            else:
+                wake.set()  # try again after the next delay
 
 
 class BatchingStreamHandler(_Batching):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from hexq.core.message import TaskMessage
 from hexq.core.services.task_log import log_succeeded
-from hexq.entrypoints.logs import FORMAT, PIPE_BUF, BatchingFileHandler, BatchingStreamHandler, LineFormatter
+from hexq.entrypoints.logs import FORMAT, PIPE_BUF, BatchingFileHandler, BatchingStreamHandler, LineFormatter, _Batching
 
 
 class Writes(io.StringIO):
@@ -39,7 +40,20 @@ def task_logger() -> Iterator[logging.Logger]:
     logger = logging.getLogger("hexq.task")
     saved = logger.handlers[:], logger.level, logger.propagate
     yield logger
+    for handler in logger.handlers:
+        if isinstance(handler, _Batching):
+            handler.stop_batching()  # no timer thread may outlive the test: later tests fork
     logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_stopping_batching_writes_what_is_kept_and_ends_the_timer_thread(task_logger: logging.Logger) -> None:
+    handler, stream = _handler(task_logger)
+    task_logger.info("kept")
+    handler.stop_batching()
+    assert stream.getvalue() == "INFO kept\n"
+    assert not [t for t in threading.enumerate() if t.name == "hexq-log-flush"]
+    task_logger.info("at once")
+    assert stream.getvalue() == "INFO kept\nINFO at once\n"
 
 
 def _handler(logger: logging.Logger, max_delay: float = 60.0) -> tuple[BatchingStreamHandler, Writes]:
@@ -139,3 +153,30 @@ def test_the_line_formatter_writes_the_time_as_logging_does(created: float) -> N
         record.msecs = int((when - int(when)) * 1000) + 0.0
         assert ours.formatTime(record) == theirs.formatTime(record)
         assert ours.format(record) == theirs.format(record)
+
+
+def test_logging_shutdown_ends_batching_without_waiting_on_its_own_lock(task_logger: logging.Logger,
+                                                                         tmp_path: Path) -> None:
+    # logging.shutdown() holds each handler's lock while it calls close(), which ends the timer thread: that
+    # thread must never block on the lock, or a worker child's exit would hang.
+    handler = BatchingFileHandler(f"{tmp_path}/worker.log")
+    handler.start_batching(0.01)
+    task_logger.handlers[:] = [handler]
+    task_logger.setLevel(logging.INFO)
+    task_logger.propagate = False
+    task_logger.info("kept")
+    done = threading.Event()
+
+    def shut_down() -> None:
+        handler.acquire()
+        try:
+            time.sleep(0.05)  # the timer wakes meanwhile and finds the lock taken
+            handler.close()
+        finally:
+            handler.release()
+        done.set()
+
+    threading.Thread(target=shut_down, daemon=True).start()
+    assert done.wait(5), "close() under the handler's lock hung on the timer thread"
+    with open(f"{tmp_path}/worker.log") as written:
+        assert written.read() == "kept\n"
