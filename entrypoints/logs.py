@@ -78,12 +78,12 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
     _pending: list[str]
     _wake: threading.Event | None = None
     _timer: threading.Thread | None = None
-    _stopping = False
+    _stop: threading.Event | None = None  # set by stop_batching: the timer thread ends at once, even mid-delay
 
     def start_batching(self, max_delay: float = MAX_DELAY) -> None:
         self._pending = []
         self._wake = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()
         self._timer = threading.Thread(target=self._flush_late, args=(max_delay,), name="hexq-log-flush",
                                        daemon=True)
         self._timer.start()
@@ -91,10 +91,10 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
     def stop_batching(self) -> None:
         """Write what is kept and end the timer thread: each line is written at once again. A process that
         forks afterwards (a test suite, a task) has no thread of ours running."""
-        wake, timer = self._wake, self._timer
-        if wake is None or timer is None:
+        wake, timer, stop = self._wake, self._timer, self._stop
+        if wake is None or timer is None or stop is None:
             return
-        self._stopping = True
+        stop.set()
         wake.set()
         timer.join()
         self.flush()
@@ -153,14 +153,11 @@ class _Batching(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(logging.makeLogRecord({"msg": "could not write %d log lines", "args": (len(lines),)}))
 
     def _flush_late(self, max_delay: float) -> None:
-        wake = self._wake
-        assert wake is not None
+        wake, stop = self._wake, self._stop
+        assert wake is not None and stop is not None
         while True:
             wake.wait()
-            if self._stopping:
-                return
-            time.sleep(max_delay)
-            if self._stopping:
+            if stop.wait(max_delay):  # set: stopping (not a sleep, which would hold stop_batching up to max_delay)
                 return
             wake.clear()  # before the flush: a line kept after it sets it again
             # Never wait for the handler's lock: whoever holds it writes the kept lines itself (a flush), and

@@ -22,13 +22,9 @@ STALL = 1.0  # seconds the broker makes writes wait in the loop test
 TICK = 0.005
 
 
-def partitions(cluster: Cluster) -> str:
-    return "3" if cluster.kind == "cluster" else "1"
-
-
 @contextmanager
 def app(cluster: Cluster) -> Iterator[Any]:
-    with cluster.app_env(HEXQ_TEST_PARTITIONS=partitions(cluster)) as tasks:
+    with cluster.app_env(HEXQ_TEST_PARTITIONS=str(cluster.partitions)) as tasks:
         yield tasks
 
 
@@ -38,7 +34,7 @@ def stored(tasks: Any) -> int:
 
 def test_adelay_from_a_running_event_loop_is_run_by_a_worker(cluster: Cluster) -> None:
     with app(cluster) as tasks:
-        cluster.worker("--concurrency=2", HEXQ_TEST_PARTITIONS=partitions(cluster))
+        cluster.worker("--concurrency=2", HEXQ_TEST_PARTITIONS=str(cluster.partitions))
 
         async def handler() -> list[str]:  # what an async web handler does
             sent = [await tasks.record.adelay("one"), await tasks.record.options(queue="high").adelay("two"),

@@ -170,10 +170,14 @@ def test_the_pages_load_against_a_real_worker_and_the_chart_draws_its_counts(sit
     bury(site, 2, "for the chart")
 
     def counted() -> bool:
+        # Each worker child carries its own counts on its own heartbeat: the done and the failed ones may
+        # arrive on different beats (a CI run drew the page between the two), so wait for both.
         now = int(time.time() * 1000)
-        return sum(sum(t.done.values()) for t in site.broker.tallies(now - 120_000, now)) >= 40
+        tallies = site.broker.tallies(now - 120_000, now)
+        return (sum(sum(t.done.values()) for t in tallies) >= 40
+                and sum(sum(t.failed.values()) for t in tallies) >= 2)
 
-    until(counted, "the worker's heartbeat to carry its counts")
+    until(counted, "the workers' heartbeats to carry their done and failed counts")
     page.goto(site.url + "/")
     assert page.locator("#queues tr[data-queue=default]").count() == 1
     done = page.locator("#chart-throughput polyline[data-series=done]")

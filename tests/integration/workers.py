@@ -117,8 +117,15 @@ class Cluster:
 
     # -- hexq's state, read through hexq (the Inspection port) -------------------------------------------
     @property
+    def partitions(self) -> int:
+        """How many partitions the tests' apps spread over on this broker: 3 on a Redis Cluster (one per
+        primary, so that the tests cross nodes), 1 elsewhere."""
+        return 3 if self.kind == "cluster" else 1
+
+    @property
     def inspect(self) -> Any:
-        """A broker of this process on the cluster's URL and prefix (built on first use)."""
+        """A broker of this process on the cluster's URL and prefix (built on first use), with one partition:
+        an app spread over more is read through its own ``app.broker``."""
         if self._inspect is None:
             from hexq import HexQ
 

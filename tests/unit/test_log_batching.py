@@ -46,9 +46,12 @@ def task_logger() -> Iterator[logging.Logger]:
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
+# The timer thread is then in the middle of its 60 s delay: stopping must not wait for it to run out.
+@pytest.mark.timeout(20)
 def test_stopping_batching_writes_what_is_kept_and_ends_the_timer_thread(task_logger: logging.Logger) -> None:
     handler, stream = _handler(task_logger)
     task_logger.info("kept")
+    time.sleep(0.2)  # the timer thread wakes for the kept line and starts its delay
     handler.stop_batching()
     assert stream.getvalue() == "INFO kept\n"
     assert not [t for t in threading.enumerate() if t.name == "hexq-log-flush"]

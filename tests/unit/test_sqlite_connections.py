@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -61,3 +62,27 @@ def test_a_closed_broker_reopens_if_used_again(tmp_path: Path) -> None:
     broker.close()
     assert ids(take(broker)) == ["a"]
     broker.close()
+
+
+def test_a_new_file_held_by_another_connection_is_switched_to_wal_once_it_is_free(tmp_path: Path) -> None:
+    # SQLite answers "database is locked" at once, without its busy timeout, when a file still in the default
+    # (rollback) journal mode cannot be switched to WAL because another connection is writing it (seen in CI:
+    # processes opening one new file together, on Python 3.13).
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")  # a reserved lock, in the rollback journal mode
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    release.start()
+    broker = SqliteBroker.from_url(f"sqlite://{path}")
+    try:
+        broker.enqueue([task("waited")])
+        assert ids(take(broker)) == ["waited"]
+        fresh = sqlite3.connect(path)
+        assert fresh.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        fresh.close()
+    finally:
+        release.join()
+        broker.close()
+        holder.close()
