@@ -146,10 +146,15 @@ def unique_short(tag: str) -> None:
 
 @app.task(unique=60, retry_on=(RuntimeError,), max_retries=3, backoff=1.0, backoff_max=1.0)
 def unique_fails_once(tag: str) -> None:
-    """Fails its first attempt (retried after about a second), succeeds on the second."""
+    """Fails its first attempt (retried within a second: full jitter may make it at once); the second
+    attempt waits for the key ``<prefix>-gate-<tag>`` (up to 30 s), then succeeds. So the task cannot end
+    before the test has looked at it, however short the retry's delay."""
     report(tag=f"{tag}:start")
     if client().incr(f"{PREFIX}-fails-{tag}") == 1:
         raise RuntimeError("first attempt fails")
+    end = time.monotonic() + 30
+    while not client().exists(f"{PREFIX}-gate-{tag}") and time.monotonic() < end:
+        time.sleep(0.01)
     report(tag=tag)
 
 
