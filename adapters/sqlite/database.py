@@ -72,18 +72,16 @@ class _Slot:
 
 AUTOCHECKPOINT_PAGES = 10_000
 _ANNOUNCED: set[tuple[int, str]] = set()
-# Connection setup, one thread at a time in a process: the threads of one process then never contend with
-# each other for the lock that switching a new file to WAL needs (other processes still may: see _wal_mode).
-_OPENING = threading.Lock()
 _WAL_RETRY_S = 0.005
 
 
 def _wal_mode(conn: sqlite3.Connection, timeout: float) -> str:
     """Switch the file to WAL (a no-op when it already is), and return the journal mode it is in.
 
-    Switching a new file needs an exclusive lock, and SQLite does not wait for that one with the busy
-    timeout: it answers "database is locked" at once while another connection (of any process) is reading or
-    opening the same new file. Retried here for up to ``timeout`` seconds, as the busy timeout would."""
+    Switching a file still in the rollback journal mode needs an exclusive lock. While another connection (of
+    this process or another, setting up the same new file) holds that file's write lock, SQLite does not wait
+    with the busy timeout: it answers "database is locked" at once. (A reader's shared lock it does wait for.)
+    Retried here for up to ``timeout`` seconds, as the busy timeout would."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -185,11 +183,10 @@ class FileDatabase:
         conn.opened_by, conn.generation = os.getpid(), self._generation
         try:
             # The pragmas are per connection, except journal_mode=WAL, which the file keeps.
-            with _OPENING:
-                conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
-                conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-                mode = _wal_mode(conn, self.settings.busy_timeout)
-                ensure_schema(conn, self.path)
+            conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            mode = _wal_mode(conn, self.settings.busy_timeout)
+            ensure_schema(conn, self.path)
         except BaseException:
             conn.close()
             raise
