@@ -210,7 +210,7 @@ class AsyncRedisProducer:
 
     async def _pushed(self, client: Client, task: OutgoingTask) -> bool:
         """The MULTI of ``RedisBroker._pushed``; False on anything but a clean reply, and the caller sends the
-        push script (which may store the task twice if this reply was lost: at-least-once allows it)."""
+        push script (which stores nothing when this MULTI did store the task: its HSETNX finds the payload)."""
         keys = self._keys
         try:
             pipe = client.pipeline(transaction=True)

@@ -35,6 +35,7 @@ from hexq.adapters.redis.received import ORPHAN_CHECK_MS as ORPHAN_CHECK_MS  # r
 from hexq.adapters.redis.received import ReceivedTasks
 from hexq.adapters.redis.scripts import Scripts
 from hexq.adapters.redis.settings import DEFAULT_WAIT_TIMEOUT_MS
+from hexq.adapters.redis.wire import QUEUED_THREE, PushFrame
 from hexq.core.errors import BrokerUnavailableError
 from hexq.core.message import stored_text as text
 from hexq.core.ports import Cancelled, Delivery, MinuteTally, OutcomeRecord, OutgoingTask, Reservation, TaskState, Unrun
@@ -81,7 +82,7 @@ class RedisBroker(RedisInspection):
         self._scripts = Scripts(client, self._tasks_key)
         self._enqueue_sha: str = self._scripts.script("enqueue").sha
         self._push_sha: str = self._scripts.script("push").sha
-        self._push_keys: dict[str, tuple[str, str, str]] = {}  # queue -> its list, armed and wake keys
+        self._push_frames: dict[str, PushFrame] = {}  # queue -> its .delay() MULTI, packed but for the task
         self._reserve_sha: str = self._scripts.script("reserve").sha
         self._reserve_rated_sha: str = self._scripts.script("reserve_rated").sha
         self._translator = translated(self._where)
@@ -145,22 +146,21 @@ class RedisBroker(RedisInspection):
         """A single runnable .delay() as one MULTI on this thread's connection: the payload, the queue entry
         and the queue's armed wake token fired (wake() in _lib.lua). Redis spends about a third less CPU on
         it than on the push script doing the same: a script call and each redis.call() in it cost more than
-        plain commands. False on anything but a clean reply (a lost connection, a replica, a moved slot, a
-        full server): the caller then sends the push script, the path with direct.py's retries and
-        redirections, which may store the task twice if this reply was lost (at-least-once allows it)."""
-        keys = self._push_keys.get(task.queue)
-        if keys is None:
-            keys = self._push_keys[task.queue] = (
-                self._keys.queue(task.queue), self._keys.armed(task.queue), self._keys.wake_list(task.queue))
-        queue, armed, wake = keys
+        plain commands. Packed and checked by hand (wire.py), which spares the client redis-py's per-command
+        packing and per-reply parsing. False on anything but a clean reply (a lost connection, a replica, a
+        moved slot, a full server): the caller then sends the push script, the path with direct.py's retries
+        and redirections, which stores nothing when this MULTI did store the task (its HSETNX finds it)."""
+        frame = self._push_frames.get(task.queue)
+        if frame is None:
+            frame = self._push_frames[task.queue] = PushFrame.for_keys(
+                self._tasks_key, self._keys.queue(task.queue), self._keys.armed(task.queue),
+                self._keys.wake_list(task.queue))
+        packed = frame.packed(task.id, task.payload)
         try:
-            replies = self._direct.pipelined(
-                ("MULTI",), ("HSET", self._tasks_key, task.id, task.payload), ("RPUSH", queue, task.id),
-                ("LMOVE", armed, wake, "LEFT", "RIGHT"), ("EXEC",))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            done = self._direct.exchange(packed, QUEUED_THREE)
+        except (redis.exceptions.RedisError, OSError):
             return False
-        done = replies[-1]
-        return isinstance(done, list) and not any(isinstance(reply, Exception) for reply in (*replies, *done))
+        return isinstance(done, list) and not any(isinstance(reply, Exception) for reply in done)
 
     def cancel(self, task_id: str, now_ms: int, queues: Sequence[str] = (),
                outcome: OutcomeRecord | None = None) -> Cancelled:

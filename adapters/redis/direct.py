@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import socket
 import threading
 from typing import Any
 
@@ -28,6 +29,11 @@ from hexq.adapters.redis.errors import is_redirect
 
 # redis-py >= 5 lets a read carry its own timeout; older versions read with the socket's.
 _READ_TIMEOUTS = "timeout" in inspect.signature(redis.connection.Connection.read_response).parameters
+
+
+class UnexpectedReply(rx.ConnectionError):
+    """Replies known in advance were not what came (an error reply: READONLY, MOVED, OOM, or a RESP3 push
+    message amid them); the connection was dropped, as what follows on it is unknown."""
 
 
 def _connected(connection: Any) -> bool:
@@ -101,6 +107,32 @@ class DirectCommand:
             self._drop(connection)
         return replies
 
+    def exchange(self, packed: bytes, expected: bytes) -> Any:
+        """Send pre-packed commands in one write, check that their first replies are exactly ``expected``
+        (simple strings, such as a MULTI's +OK and +QUEUED), and return the parsed reply after them.
+
+        On a real socket the expected replies are read and compared as bytes, not parsed (see wire.py for
+        why); elsewhere (fakeredis) the parser reads them. Anything else raises UnexpectedReply; a lost
+        connection raises as the socket does; either way the connection is dropped, and nothing is retried.
+        An error reply in the parsed reply is raised (ResponseError) or, nested in it, returned in place."""
+        connection = None
+        try:
+            # check: the parser holds no unread data, so the socket's next bytes are these replies.
+            connection = self._connection(check=True)
+            connection.send_packed_command([packed])
+            sock = getattr(connection, "_sock", None)
+            if isinstance(sock, socket.socket):
+                _expect(sock, expected)
+            else:
+                for line in expected.split(b"\r\n")[:-1]:
+                    reply = connection.read_response()
+                    if (reply.encode() if isinstance(reply, str) else reply) != line[1:]:
+                        raise UnexpectedReply(f"expected {line!r}, Redis answered {reply!r}")
+            return connection.read_response()
+        except BaseException:
+            self._drop(connection)
+            raise
+
     def _connection(self, check: bool = False) -> Any:
         """This thread's connection, connected. Connecting goes through ``connect()`` every time, including
         after redis-py closed the socket itself, so a Sentinel connection always asks where the primary is.
@@ -148,3 +180,15 @@ class DirectCommand:
                 connection.disconnect()
             except Exception:  # closing is best effort
                 pass
+
+
+def _expect(sock: socket.socket, expected: bytes) -> None:
+    """Read exactly ``expected`` from ``sock``, or raise at the first byte that differs."""
+    got = b""
+    while len(got) < len(expected):
+        chunk = sock.recv(len(expected) - len(got))
+        if not chunk:
+            raise rx.ConnectionError("Connection closed by server.")
+        got += chunk
+        if not expected.startswith(got):
+            raise UnexpectedReply(f"expected {expected!r}, Redis answered {got!r}...")

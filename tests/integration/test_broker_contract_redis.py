@@ -124,6 +124,45 @@ def test_full_store_refuses_the_whole_write(private_redis: PrivateRedis) -> None
     broker.close()
 
 
+def test_a_single_delay_is_one_multi_that_stores_the_task_whole(private_redis: PrivateRedis) -> None:
+    server = private_redis()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    broker = broker_for(server.url, "one")
+    try:
+        payload = '{"args":["héllo ✓ ' + "x" * 70_000 + '"]}'  # multibyte text, and longer than one read
+        client.config_resetstat()
+        broker.enqueue([task("a", payload=payload)])
+        # (Besides a PING of the new connection: the client's health check.)
+        sent = {name: n for name, n in _commands(client).items() if not name.startswith(("config", "info", "ping"))}
+        assert sent == {"multi": 1, "hset": 1, "rpush": 1, "lmove": 1, "exec": 1}  # not the push script
+        assert client.hget("{one}:tasks", "a") == payload and client.lrange("{one}:q:default", 0, -1) == ["a"]
+    finally:
+        broker.close()
+
+
+def test_a_single_delay_refused_amid_its_multi_stores_nothing_and_the_next_one_works(
+        private_redis: PrivateRedis) -> None:
+    # A full server answers -OOM where the MULTI expects +QUEUED: the connection is dropped, the push script the
+    # broker falls back on is refused too, and the caller gets the clear error.
+    server = private_redis()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    broker = broker_for(server.url, "oom")
+    broker.enqueue([task("before")])
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        with pytest.raises(BrokerFullError, match="out of memory"):
+            broker.enqueue([task("refused")])
+    finally:
+        client.config_set("maxmemory", 0)
+    assert client.hexists("{oom}:tasks", "refused") == 0 and client.lrange("{oom}:q:default", 0, -1) == ["before"]
+    client.config_resetstat()
+    broker.enqueue([task("after")])
+    assert _commands(client).get("exec") == 1 and "evalsha" not in _commands(client)
+    assert ids(take(broker)) == ["before", "after"]
+    broker.close()
+
+
 def test_wrong_or_missing_password_is_an_auth_error_that_hides_the_password(
         private_redis: PrivateRedis) -> None:
     server = private_redis(password="s3cret-pw")

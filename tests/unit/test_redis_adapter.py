@@ -276,10 +276,23 @@ def test_a_single_task_the_multi_could_not_store_goes_through_the_push_script(
     def lost(*commands: Any, **options: Any) -> list[Any]:
         raise rx.ConnectionError("lost before the reply")
 
-    monkeypatch.setattr(broker._direct, "pipelined", lost)
+    monkeypatch.setattr(broker._direct, "exchange", lost)
     broker.enqueue([task("a")])
     assert client.lrange(P + "q:default", 0, -1) == ["a"] and client.hget(P + "tasks", "a") == "p-a"
     assert client.llen(P + "wake:default") == 1
+
+
+def test_a_single_task_the_multi_stored_before_its_reply_was_lost_is_not_queued_twice(
+        broker: RedisBroker, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    exchange = broker._direct.exchange
+
+    def stored_then_lost(packed: bytes, expected: bytes) -> Any:
+        exchange(packed, expected)
+        raise rx.ConnectionError("lost after EXEC ran")
+
+    monkeypatch.setattr(broker._direct, "exchange", stored_then_lost)
+    broker.enqueue([task("a")])  # the push script the caller falls back on finds the payload
+    assert client.lrange(P + "q:default", 0, -1) == ["a"] and client.hget(P + "tasks", "a") == "p-a"
 
 
 def test_stale_idle_marks_are_dropped(broker: RedisBroker, client: Any) -> None:

@@ -1,0 +1,123 @@
+"""The hand-packed MULTI of a single .delay() (wire.py) and DirectCommand.exchange, which checks its known
+replies as bytes: against redis-py's own packing, and over a real loopback socket to a server that answers
+with canned bytes (split, wrong, or cut off), so every way the replies can arrive is exercised without Redis."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+import redis.exceptions as rx
+
+from hexq.adapters.redis.direct import DirectCommand, UnexpectedReply
+from hexq.adapters.redis.wire import QUEUED_THREE, PushFrame, command
+
+EXEC_REPLY = b"*3\r\n:1\r\n:1\r\n$-1\r\n"
+
+
+def test_the_frame_packs_what_redis_py_packs_for_the_same_commands() -> None:
+    frame = PushFrame.for_keys("{p}:tasks", "{p}:q:mail", "{p}:armed:mail", "{p}:wake:mail")
+    payload = '{"name":"send","args":["héllo ✓"]}'  # lengths are of the UTF-8 bytes, not the characters
+    reference = redis.Connection().pack_commands([
+        ("MULTI",), ("HSET", "{p}:tasks", "id-1", payload), ("RPUSH", "{p}:q:mail", "id-1"),
+        ("LMOVE", "{p}:armed:mail", "{p}:wake:mail", "LEFT", "RIGHT"), ("EXEC",)])
+    assert frame.packed("id-1", payload) == b"".join(reference)
+    assert command("PING") == b"*1\r\n$4\r\nPING\r\n"
+
+
+def test_text_that_is_not_utf8_fails_before_anything_is_packed() -> None:
+    frame = PushFrame.for_keys("t", "q", "a", "w")
+    with pytest.raises(UnicodeEncodeError):
+        frame.packed("id", "\ud800")
+
+
+class CannedServer:
+    """Answers the commands redis-py sends on connecting (CLIENT SETINFO, in some versions) with +OK, and the
+    first MULTI sent on a connection with ``replies``, written in pieces of ``piece`` bytes; then closes that
+    connection if ``close`` (else keeps it open until the test ends)."""
+
+    def __init__(self, replies: bytes, piece: int = 0, close: bool = False) -> None:
+        self.replies, self.piece, self.close = replies, piece, close
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.received: list[bytes] = []
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._open.append(conn)
+            while (data := conn.recv(65536)) and b"MULTI" not in data:
+                conn.sendall(b"+OK\r\n" * (data.startswith(b"*") + data.count(b"\r\n*")))
+            self.received.append(data)
+            step = self.piece or len(self.replies)
+            for start in range(0, len(self.replies), step):
+                conn.sendall(self.replies[start:start + step])
+            if self.close:
+                conn.close()
+
+    def stop(self) -> None:
+        self.listener.close()
+        for conn in self._open:
+            conn.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., CannedServer]]:
+    servers: list[CannedServer] = []
+
+    def start(replies: bytes, **options: int | bool) -> CannedServer:
+        servers.append(CannedServer(replies, **options))  # type: ignore[arg-type]
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def direct_to(server: CannedServer) -> DirectCommand:
+    # RESP2: no HELLO on connecting (the version of redis-py decides; the server answers it with +OK only).
+    pool = redis.ConnectionPool(host="127.0.0.1", port=server.port, socket_timeout=2, protocol=2)
+    return DirectCommand(pool)
+
+
+FRAME = PushFrame.for_keys("t", "q", "a", "w")
+
+
+@pytest.mark.parametrize("piece", [0, 1, 7])
+def test_the_known_replies_are_checked_however_they_arrive_and_execs_reply_is_parsed(
+        serve: Callable[..., CannedServer], piece: int) -> None:
+    server = serve(QUEUED_THREE + EXEC_REPLY, piece=piece)
+    direct = direct_to(server)
+    assert direct.exchange(FRAME.packed("id", "{}"), QUEUED_THREE) == [1, 1, None]
+    assert server.received == [FRAME.packed("id", "{}")]
+    direct.close()
+
+
+def test_an_error_amid_the_known_replies_drops_the_connection(serve: Callable[..., CannedServer]) -> None:
+    server = serve(b"+OK\r\n-READONLY You can't write against a read only replica.\r\n")
+    direct = direct_to(server)
+    with pytest.raises(UnexpectedReply, match="READONLY"):
+        direct.exchange(FRAME.packed("id", "{}"), QUEUED_THREE)
+    with pytest.raises(UnexpectedReply):  # the next exchange opens a new connection, never reads the rest
+        direct.exchange(FRAME.packed("id", "{}"), QUEUED_THREE)
+    assert server.connections == 2
+    direct.close()
+
+
+def test_a_connection_closed_amid_the_known_replies_is_a_connection_error(
+        serve: Callable[..., CannedServer]) -> None:
+    server = serve(b"+OK\r\n+QUEU", close=True)
+    direct = direct_to(server)
+    with pytest.raises(rx.ConnectionError):
+        direct.exchange(FRAME.packed("id", "{}"), QUEUED_THREE)
+    direct.close()
