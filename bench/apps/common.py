@@ -64,3 +64,10 @@ async def arecord(sent: float) -> None:
     pipe.rpush(STAMPS_KEY, f"{sent!r} {started!r}")
     pipe.incr(DONE_KEY)
     await pipe.execute()
+
+
+def partitions_option() -> dict[str, int]:
+    """BENCH_PARTITIONS=N spreads a hexq app over N hash tags (bench/cluster.py, on a Redis Cluster); unset, the
+    option is not passed at all, so that ``--baseline`` can run the hexq apps on a hexq from before partitions=."""
+    chosen = os.environ.get("BENCH_PARTITIONS")
+    return {} if chosen is None else {"partitions": int(chosen)}

@@ -3,10 +3,8 @@
 import os
 from typing import Any
 
-from bench.apps.common import BROKER_URL, done, record
+from bench.apps.common import BROKER_URL, done, partitions_option, record
 from hexq import HexQ
-
-# BENCH_PARTITIONS: spread over that many hash tags (bench/cluster.py, on a Redis Cluster); 1 by default.
 
 
 def _tracing() -> dict[str, Any]:
@@ -38,7 +36,7 @@ def _log_tasks() -> dict[str, Any]:
 
 
 # BENCH_HEXQ_LOG_LEVEL=INFO (and BENCH_HEXQ_LOG_TASKS=0) measure the cost of the line per finished task.
-app = HexQ(queues=["default"], url=BROKER_URL, partitions=int(os.environ.get("BENCH_PARTITIONS", "1")), concurrency=2,
+app = HexQ(queues=["default"], url=BROKER_URL, concurrency=2, **partitions_option(),
            worker_log_level=os.environ.get("BENCH_HEXQ_LOG_LEVEL", "WARNING"), **_log_tasks(), **_tracing())
 
 
