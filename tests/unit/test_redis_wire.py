@@ -4,6 +4,7 @@ with canned bytes (split, wrong, or cut off), so every way the replies can arriv
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -46,29 +47,39 @@ class CannedServer:
         self.connections = 0
         self.received: list[bytes] = []
         self._open: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
 
     def _serve(self) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
+                self.connections += 1
+                self._open.append(conn)
+                self._answer(conn)
             except OSError:
                 return
-            self.connections += 1
-            self._open.append(conn)
-            while (data := conn.recv(65536)) and b"MULTI" not in data:
-                conn.sendall(b"+OK\r\n" * (data.startswith(b"*") + data.count(b"\r\n*")))
-            self.received.append(data)
-            step = self.piece or len(self.replies)
-            for start in range(0, len(self.replies), step):
-                conn.sendall(self.replies[start:start + step])
-            if self.close:
-                conn.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        while (data := conn.recv(65536)) and b"MULTI" not in data:
+            conn.sendall(b"+OK\r\n" * (data.startswith(b"*") + data.count(b"\r\n*")))
+        self.received.append(data)
+        step = self.piece or len(self.replies)
+        for start in range(0, len(self.replies), step):
+            conn.sendall(self.replies[start:start + step])
+        if self.close:
+            conn.close()
 
     def stop(self) -> None:
-        self.listener.close()
-        for conn in self._open:
-            conn.close()
+        # The serving thread must be gone when the test ends: a later test that forks while it runs would
+        # fork a multi-threaded process. Closing a socket does not wake a thread blocked on it; shutting it
+        # down does.
+        for sock in (self.listener, *self._open):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._thread.join(timeout=5)
+        assert not self._thread.is_alive(), "the canned server's thread did not stop"
 
 
 @pytest.fixture
