@@ -77,10 +77,17 @@ def _encode_task_id(task_id: str) -> bytes:
 
 
 def _payload(entry: _Entry | None) -> bytes:
-    raw = b"" if entry is None else _encode_task_id(entry.task_id)
-    hard = 0.0 if entry is None else entry.hard_deadline
-    body = _BODY.pack(hard, entry is not None, len(raw), raw)
+    if entry is None:
+        return _FREE
+    raw = _encode_task_id(entry.task_id)
+    return _packed(_BODY.pack(entry.hard_deadline, True, len(raw), raw))
+
+
+def _packed(body: bytes) -> bytes:
     return _CRC.pack(zlib.crc32(body)) + body
+
+
+_FREE = _packed(_BODY.pack(0.0, False, 0, b""))  # a free slot's record: written after every task
 
 
 def _decode(payload: bytes) -> tuple[bool, _Entry | None]:

@@ -387,6 +387,56 @@ def test_sync_wrappers_first_registered_outermost() -> None:
     assert trace == ["first>", "second>", "job 3", "<second", "<first"]
 
 
+def test_a_wrapper_added_after_tasks_ran_wraps_the_next_runs() -> None:
+    # The wrapped call is built once per task and wrapper list: a new wrapper must make a new one.
+    app, _, _ = make()
+    trace: list[str] = []
+
+    @app.task
+    def job(x: int) -> None:
+        trace.append(f"job {x}")
+
+    job.delay(1)
+
+    @app.wrap_tasks_with
+    def later(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        trace.append("later>")
+        return fn(*args, **kwargs)
+
+    job.delay(2)
+    job.delay(3)
+    assert trace == ["job 1", "later>", "job 2", "later>", "job 3"]
+
+
+class _UnhashableWrapper:
+    """A callable object that defines __eq__ alone, so it cannot be hashed (nor cached by identity)."""
+
+    def __init__(self, trace: list[str]) -> None:
+        self.trace = trace
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _UnhashableWrapper)
+
+    def __call__(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.trace.append("object>")
+        return fn(*args, **kwargs)
+
+
+def test_an_unhashable_callable_object_can_wrap_tasks() -> None:
+    app, _, _ = make(keep_result=60)
+    trace: list[str] = []
+    app.wrap_tasks_with(_UnhashableWrapper(trace))
+
+    @app.task
+    def job(x: int) -> int:
+        trace.append(f"job {x}")
+        return x * 2
+
+    assert job.delay(4).result(timeout=0) == 8
+    job.delay(5)
+    assert trace == ["object>", "job 4", "object>", "job 5"]
+
+
 def test_sync_wrapper_returning_the_coroutine_of_an_async_task_runs_it() -> None:
     app, _, _ = make()
     ran: list[str] = []
