@@ -104,16 +104,19 @@ class RedisBroker(RedisInspection):
 
     # -- producing ---------------------------------------------------------------------------------
     def enqueue(self, tasks: Sequence[OutgoingTask]) -> list[str]:
-        batches = [[packed(tasks[0])]] if len(tasks) == 1 else list(chunks(tasks))
         # '@' queues are a worker's private copies of a broadcast (parent_events.broadcast_queue), not the
         # .delay() that durable enqueue is about.
-        if self._wait_replicas and not all(task.queue.startswith("@") for task in tasks):
+        durable = self._wait_replicas and not all(task.queue.startswith("@") for task in tasks)
+        # A single runnable task: a MULTI, unless it is unique (taking its lock needs the script).
+        one = tasks[0] if len(tasks) == 1 and tasks[0].eta_ms is None and tasks[0].unique is None else None
+        if one is not None and not durable:
+            with self._translator:
+                if self._pushed(one):
+                    return [one.id]  # the hot path packs no script arguments it would not send
+        batches = [[packed(tasks[0])]] if len(tasks) == 1 else list(chunks(tasks))
+        if durable:
             return self._durable.enqueue(tasks, batches)
         with self._translator:
-            # A single runnable task: a MULTI, unless it is unique (taking its lock needs the script).
-            one = tasks[0] if len(tasks) == 1 and tasks[0].eta_ms is None and tasks[0].unique is None else None
-            if one is not None and self._pushed(one):
-                return [one.id]
             if len(batches) == 1:
                 # Straight to EVALSHA on this thread's own connection (see direct.py): the pool and
                 # Script wrappers cost more CPU than the command itself on a single .delay(). A runnable
