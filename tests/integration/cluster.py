@@ -34,7 +34,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import time
 import weakref
@@ -48,9 +47,9 @@ import redis
 from redis.crc import key_slot
 
 try:  # pytest puts tests/integration on sys.path; other code imports this as tests.integration.cluster
-    from redis_server import RedisServer, free_port
+    from redis_server import RedisServer, address_in_use, free_port
 except ImportError:  # pragma: no cover
-    from tests.integration.redis_server import RedisServer, free_port  # type: ignore[no-redef, import-not-found]
+    from tests.integration.redis_server import RedisServer, address_in_use, free_port  # type: ignore[no-redef, import-not-found]
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 1500
@@ -95,15 +94,10 @@ def _node_args(directory: Path, node_timeout_ms: int, full_coverage: bool) -> li
 def _port_with_free_bus(taken: set[int]) -> int:
     """A free port whose bus port (+10000) is free too and clashes with no port of this cluster."""
     for _ in range(200):
-        port = free_port()
+        port = free_port(also_free_at=BUS_PORT_OFFSET)
         bus = port + BUS_PORT_OFFSET
-        if bus > 65535 or {port, bus} & taken:
+        if {port, bus} & taken:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((HOST, bus))
-            except OSError:
-                continue
         taken.update((port, bus))
         return port
     raise RuntimeError("found no free port whose cluster bus port (port + 10000) is free too")
@@ -300,10 +294,25 @@ class LocalRedisCluster:
             raise
         return self
 
+    @staticmethod
+    def _first_start(server: ClusterServer, taken: set[int], attempts: int = 5) -> None:
+        """Start a node not yet known to any other; should another process bind its port or bus port
+        between the choice and the start, the node moves to fresh ports (no one has been told them)."""
+        for attempt in range(attempts):
+            try:
+                server.start()
+                return
+            except RuntimeError as exc:
+                if not address_in_use(exc) or attempt == attempts - 1:
+                    raise
+                server.stop()
+                server.port = _port_with_free_bus(taken)
+
     def _build(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        taken = {p for s in self.servers for p in (s.port, s.port + BUS_PORT_OFFSET)}
         for server in self.servers:
-            server.start()
+            self._first_start(server, taken)
             # A unique config epoch per node before it knows any other (what redis-cli --cluster create
             # does): no epoch collision to resolve, so the first failover's election starts clean.
             with contextlib.closing(server.probe()) as client:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import re
 import shutil
 import socket
@@ -107,11 +108,51 @@ def server_binary() -> ServerBinary:
                             + INSTALL_HINT) from exc
 
 
-def free_port() -> int:
+_FIRST_TEST_PORT = 10000  # below it: well-known and registered services
+_pick = random.SystemRandom()  # not the random module: a plugin reseeding it per test would make every
+# pytest-xdist worker draw the same ports
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, also_free_at: int = 0) -> int:
+    """A free loopback port (and, with ``also_free_at``, port + also_free_at free too: a cluster node's bus).
+
+    Drawn below the kernel's ephemeral range: a port in that range can be handed to any outgoing
+    connection between this check and the server's bind (CI saw a cluster bus port taken that way, and
+    the server abort), while ports below it are only ever bound on purpose."""
+    candidates = range(_FIRST_TEST_PORT, _ephemeral_range_start() - also_free_at)
+    if len(candidates) >= 1000:
+        for _ in range(200):
+            port = _pick.choice(candidates)
+            if _bindable(port) and (not also_free_at or _bindable(port + also_free_at)):
+                return port
+    for _ in range(200):  # a machine whose ephemeral range starts low: the kernel's choice
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not also_free_at or (port + also_free_at <= 65535 and _bindable(port + also_free_at)):
+            return port
+    raise RuntimeError(f"found no free loopback port (with port + {also_free_at} free too)")
+
+
+def address_in_use(error: BaseException) -> bool:
+    """Whether a server failed to start because its port (or bus port) was taken after it was chosen."""
+    return "Address already in use" in str(error)
 
 
 class RedisServer:
@@ -123,6 +164,7 @@ class RedisServer:
                  password: str | None = None, unix_socket: bool = False) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self._may_move = port is None  # until its first start no one knows the port it was given
         self.password = password
         self.socket_path = str(directory / "redis.sock") if unix_socket else None
         self._args = list(args)
@@ -172,7 +214,18 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(command + self._args, cwd=self.directory,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._wait_until_ready(binary, timeout)
+        try:
+            self._wait_until_ready(binary, timeout)
+        except RuntimeError as exc:
+            if not (self._may_move and address_in_use(exc)):
+                raise
+            self._may_move = False  # one move: a second clash is not bad luck
+            if self._process is not None and self._process.stderr:
+                self._process.stderr.close()
+            self._process = None
+            self.port = free_port()
+            self.start(timeout)
+        self._may_move = False
 
     def _wait_until_ready(self, binary: ServerBinary, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -9,19 +9,21 @@ The test marked ``slow`` runs only with HEXQ_TEST_SLOW=1.
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from cluster import SLOTS, LocalRedisCluster, raw_command
+from cluster import BUS_PORT_OFFSET, SLOTS, LocalRedisCluster, raw_command
 from redis.cluster import RedisCluster
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 slow = pytest.mark.skipif(not os.environ.get("HEXQ_TEST_SLOW"), reason="slow: set HEXQ_TEST_SLOW=1 to run")
@@ -134,6 +136,51 @@ def test_a_plain_connection_to_the_wrong_node_is_redirected(redis_cluster: Local
             raw_command(client, "CLUSTER", "SETSLOT", slot, "STABLE")
             client.close()
     assert redis_cluster.problems() == []
+
+
+def _taken(port: int) -> socket.socket:
+    """The port bound but not listening: what an outgoing connection given that local port looks like."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def test_a_node_whose_bus_port_is_taken_before_it_starts_moves_to_free_ports(tmp_path: Path) -> None:
+    """What failed a CI run: another process bound a node's bus port (port + 10000) between the harness
+    choosing it and the node starting; the node aborted and every cluster test errored."""
+    cluster = LocalRedisCluster(tmp_path, primaries=1, replicas=1)
+    chosen = [s.port for s in cluster.servers]
+    with _taken(chosen[0] + BUS_PORT_OFFSET), _taken(chosen[1]):
+        try:
+            cluster.start()
+            moved = [s.port for s in cluster.servers]
+            assert moved[0] != chosen[0] and moved[1] != chosen[1]
+            assert cluster.problems() == []
+        finally:
+            cluster.stop()
+
+
+def test_a_server_whose_port_is_taken_before_it_first_starts_moves_once(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "moved")
+    chosen = server.port
+    with _taken(chosen):
+        try:
+            server.start()
+            assert server.port != chosen and server.client().ping()
+        finally:
+            server.stop()
+    pinned = RedisServer(tmp_path / "pinned", port=free_port())
+    with _taken(pinned.port), pytest.raises(RuntimeError, match="Address already in use"):
+        pinned.start()  # a port someone was told is never changed behind their back
+
+
+def test_free_ports_are_drawn_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low - BUS_PORT_OFFSET < 11000:
+        pytest.skip(f"this machine's ephemeral range starts at {low}: too low to draw below it")
+    ports = [free_port(also_free_at=BUS_PORT_OFFSET) for _ in range(50)]
+    assert all(p >= 10000 and p + BUS_PORT_OFFSET < low for p in ports)
+    assert len(set(ports)) > 40  # drawn at random, not one port over and over
 
 
 def test_redis_cluster_on_a_plain_server(private_redis: Callable[..., RedisServer]) -> None:
