@@ -72,7 +72,7 @@ class Node:
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def start(self, timeout: float = 10.0) -> None:
-        self.directory.mkdir(parents=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
         argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
                 "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning", "--maxclients", "1000",
                 "--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / "nodes.conf"),
@@ -129,6 +129,24 @@ class LocalCluster:
             raise
         return self
 
+    @staticmethod
+    def _first_start(node: Node, taken: set[int], attempts: int = 5) -> None:
+        """Start a node no other knows yet. Its bus port (port + 10000) often lies in the kernel's ephemeral
+        range, where an outgoing connection can take it between the choice and the start: then the node
+        moves to fresh ports."""
+        for attempt in range(attempts):
+            try:
+                node.start()
+                return
+            except RuntimeError:
+                log = node.directory / "redis.log"
+                clash = log.exists() and "Address already in use" in log.read_text(errors="replace")
+                if not clash or attempt == attempts - 1:
+                    raise
+                node.stop()
+                log.unlink()
+                node.port = _port_with_free_bus(taken)
+
     def _build(self, timeout: float) -> None:
         self.binary = self.binary or server_binary()
         self.dir = tempfile.mkdtemp(prefix="hexq-bench-cluster-")
@@ -136,7 +154,7 @@ class LocalCluster:
         total = self.primary_count * (1 + self.replicas)
         self.nodes = [Node(self.binary, Path(self.dir) / f"node-{i}", _port_with_free_bus(taken)) for i in range(total)]
         for index, node in enumerate(self.nodes):
-            node.start()
+            self._first_start(node, taken)
             node.command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)  # no epoch collision to resolve
         for node in self.nodes[1:]:
             self.nodes[0].command("CLUSTER", "MEET", HOST, node.port)
