@@ -58,9 +58,9 @@ from hexq.adapters.system.clock import SystemClock  # noqa: E402
 from hexq.adapters.system.entropy import PROCESS  # noqa: E402
 from hexq.core.errors import HexqError  # noqa: E402
 from hexq.core.outgoing import TaskIds  # noqa: E402
-from tests.chaos.proxy import ProxyProcess, free_port  # noqa: E402
+from tests.chaos.proxy import ProxyProcess  # noqa: E402
 from tests.integration.broker_state import BROKER_KINDS, BrokerState, broker_state, sqlite_url  # noqa: E402
-from tests.integration.redis_server import server_binary  # noqa: E402
+from tests.integration.redis_server import free_port, server_binary  # noqa: E402
 
 new_task_id = TaskIds(SystemClock(), PROCESS.node).new  # ids for the tasks this run writes by hand
 

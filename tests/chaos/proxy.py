@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.integration.redis_server import free_port  # drawn below the ephemeral range
+
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,12 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control", type=int, required=True)
     args = parser.parse_args(argv)
     asyncio.run(_serve(args.port, args.target, args.control))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class ProxyProcess:

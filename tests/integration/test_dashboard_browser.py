@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import free_port
 from workers import Proc, wait_for
 
 pytestmark = pytest.mark.browser
@@ -38,12 +38,6 @@ def chromium() -> str:
         pytest.fail("the browser tests need Debian's chromium: apt-get install chromium (or set HEXQ_CHROMIUM; "
                     "deselect them with -m 'not browser')", pytrace=False)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Site:
