@@ -47,9 +47,9 @@ import redis
 from redis.crc import key_slot
 
 try:  # pytest puts tests/integration on sys.path; other code imports this as tests.integration.cluster
-    from redis_server import RedisServer, address_in_use, free_port
+    from redis_server import RedisServer, free_port
 except ImportError:  # pragma: no cover
-    from tests.integration.redis_server import RedisServer, address_in_use, free_port  # type: ignore[no-redef, import-not-found]
+    from tests.integration.redis_server import RedisServer, free_port  # type: ignore[no-redef, import-not-found]
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 1500
@@ -89,18 +89,6 @@ def _node_args(directory: Path, node_timeout_ms: int, full_coverage: bool) -> li
         "--repl-diskless-sync", "yes",
         "--repl-diskless-sync-delay", "0",
     ]
-
-
-def _port_with_free_bus(taken: set[int]) -> int:
-    """A free port whose bus port (+10000) is free too and clashes with no port of this cluster."""
-    for _ in range(200):
-        port = free_port(also_free_at=BUS_PORT_OFFSET)
-        bus = port + BUS_PORT_OFFSET
-        if {port, bus} & taken:
-            continue
-        taken.update((port, bus))
-        return port
-    raise RuntimeError("found no free port whose cluster bus port (port + 10000) is free too")
 
 
 def _serves(ranges: Iterable[tuple[int, int]], slot: int) -> bool:
@@ -180,12 +168,14 @@ class Failover(NamedTuple):
 class ClusterServer(RedisServer):
     """One node: a ``RedisServer`` with the cluster settings, its ``nodes.conf`` in its own directory."""
 
-    def __init__(self, directory: Path, index: int, port: int, *, node_timeout_ms: int,
-                 full_coverage: bool) -> None:
-        super().__init__(directory, port=port, args=_node_args(directory, node_timeout_ms, full_coverage))
+    def __init__(self, directory: Path, index: int, *, node_timeout_ms: int, full_coverage: bool) -> None:
+        super().__init__(directory, args=_node_args(directory, node_timeout_ms, full_coverage))
         self.index = index
         self.node_id = ""  # CLUSTER MYID, known once started (kept across restarts by nodes.conf)
         self.killed_at: float | None = None  # time.monotonic() of the last kill()
+
+    def _free_port(self) -> int:
+        return free_port(also_free_at=BUS_PORT_OFFSET)  # the cluster bus listens on port + 10000
 
     def __repr__(self) -> str:
         return f"<ClusterServer {self.directory.name} {HOST}:{self.port} {self.node_id[:8]}>"
@@ -193,11 +183,6 @@ class ClusterServer(RedisServer):
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        process = self._process
-        return process.pid if process is not None and process.poll() is None else None
 
     def probe(self) -> redis.Redis:  # type: ignore[type-arg]
         """A plain connection that gives up quickly (a stopped node refuses it at once)."""
@@ -273,10 +258,8 @@ class LocalRedisCluster:
         self._assignment = [
             _ranges(s for s in range(i * SLOTS // primaries, (i + 1) * SLOTS // primaries) if s not in uncovered_slots)
             for i in range(primaries)]
-        taken: set[int] = set()
         self.servers = [
-            ClusterServer(self.directory / f"node-{i}", i, _port_with_free_bus(taken),
-                          node_timeout_ms=node_timeout_ms, full_coverage=full_coverage)
+            ClusterServer(self.directory / f"node-{i}", i, node_timeout_ms=node_timeout_ms, full_coverage=full_coverage)
             for i in range(primaries * (1 + replicas))]
         self._primaries_built = self.servers[:primaries]
         self._kill_views: dict[int, list[NodeView]] = {}  # port -> the topology just before its kill
@@ -294,25 +277,10 @@ class LocalRedisCluster:
             raise
         return self
 
-    @staticmethod
-    def _first_start(server: ClusterServer, taken: set[int], attempts: int = 5) -> None:
-        """Start a node not yet known to any other; should another process bind its port or bus port
-        between the choice and the start, the node moves to fresh ports (no one has been told them)."""
-        for attempt in range(attempts):
-            try:
-                server.start()
-                return
-            except RuntimeError as exc:
-                if not address_in_use(exc) or attempt == attempts - 1:
-                    raise
-                server.stop()
-                server.port = _port_with_free_bus(taken)
-
     def _build(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        taken = {p for s in self.servers for p in (s.port, s.port + BUS_PORT_OFFSET)}
         for server in self.servers:
-            self._first_start(server, taken)
+            server.start()  # its port or bus port taken meanwhile (by another node's too): it moves
             # A unique config epoch per node before it knows any other (what redis-cli --cluster create
             # does): no epoch collision to resolve, so the first failover's election starts clean.
             with contextlib.closing(server.probe()) as client:

@@ -150,6 +150,11 @@ def free_port(*, also_free_at: int = 0) -> int:
     raise RuntimeError(f"found no free loopback port (with port + {also_free_at} free too)")
 
 
+# How many times a server whose port was chosen for it moves to another when that port turns out taken at its
+# first start (another process bound it after the choice).
+_MOVES = 4
+
+
 def address_in_use(error: BaseException) -> bool:
     """Whether a server failed to start because its port (or bus port) was taken after it was chosen."""
     return "Address already in use" in str(error)
@@ -163,7 +168,7 @@ class RedisServer:
     def __init__(self, directory: Path, *, port: int | None = None, args: Sequence[str] = (),
                  password: str | None = None, unix_socket: bool = False) -> None:
         self.directory = directory
-        self.port = port or free_port()
+        self.port = port or self._free_port()
         self._may_move = port is None  # until its first start no one knows the port it was given
         self.password = password
         self.socket_path = str(directory / "redis.sock") if unix_socket else None
@@ -204,28 +209,35 @@ class RedisServer:
         if self._external_url is not None:
             raise RuntimeError("cannot start an external server (REDIS_URL)")
         binary = server_binary()
-        command = [binary.path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", str(self.directory), "--logfile", "redis.log",
-                   "--daemonize", "no"]
+        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                   "--logfile", "redis.log", "--daemonize", "no"]
         if self.password:
-            command += ["--requirepass", self.password]
+            options += ["--requirepass", self.password]
         if self.socket_path:
-            command += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+            options += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+
+        def command_for(port: int) -> list[str]:
+            return [binary.path, "--port", str(port), *options]
+
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(command + self._args, cwd=self.directory,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            self._wait_until_ready(binary, timeout)
-        except RuntimeError as exc:
-            if not (self._may_move and address_in_use(exc)):
-                raise
-            self._may_move = False  # one move: a second clash is not bad luck
-            if self._process is not None and self._process.stderr:
-                self._process.stderr.close()
-            self._process = None
-            self.port = free_port()
-            self.start(timeout)
+        for attempt in range(_MOVES + 1):
+            self._process = subprocess.Popen(command_for(self.port) + self._args, cwd=self.directory,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                self._wait_until_ready(binary, timeout)
+                break
+            except RuntimeError as exc:
+                if not (self._may_move and address_in_use(exc)) or attempt == _MOVES:
+                    raise
+                if self._process is not None and self._process.stderr:
+                    self._process.stderr.close()
+                self._process = None
+                (self.directory / "redis.log").unlink(missing_ok=True)  # the next attempt's log alone
+                self.port = self._free_port()
         self._may_move = False
+
+    def _free_port(self) -> int:
+        return free_port()
 
     def _wait_until_ready(self, binary: ServerBinary, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -238,13 +250,15 @@ class RedisServer:
                     raise RuntimeError(f"{binary} exited at start ({self._process.returncode}): "
                                        f"{stderr}\n{self.log[-2000:]}")
                 try:
-                    if probe.ping():
+                    # Our process answering, not another that holds the port: then ours is about to exit
+                    # with "Address already in use" and the start moves to another port.
+                    if int(probe.info("server")["process_id"]) == self._process.pid:
                         return
-                except redis.ConnectionError:
+                except redis.RedisError:  # not up yet, or the other process's server refusing us
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"{binary} did not answer PING within {timeout}s:\n{self.log[-2000:]}")
+                    raise RuntimeError(f"{binary} did not answer within {timeout}s:\n{self.log[-2000:]}")
                 time.sleep(0.02)
         finally:
             probe.close()
@@ -263,6 +277,12 @@ class RedisServer:
             process.wait(timeout=10)
         if process.stderr:
             process.stderr.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's, while it runs (None for an external server)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     @property
     def running(self) -> bool:

@@ -160,7 +160,7 @@ def test_a_node_whose_bus_port_is_taken_before_it_starts_moves_to_free_ports(tmp
             cluster.stop()
 
 
-def test_a_server_whose_port_is_taken_before_it_first_starts_moves_once(tmp_path: Path) -> None:
+def test_a_server_whose_port_is_taken_before_it_first_starts_moves(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "moved")
     chosen = server.port
     with _taken(chosen):
@@ -169,6 +169,19 @@ def test_a_server_whose_port_is_taken_before_it_first_starts_moves_once(tmp_path
             assert server.port != chosen and server.client().ping()
         finally:
             server.stop()
+    first = RedisServer(tmp_path / "first")
+    first.start()
+    try:  # two processes that drew the same port: the second must not take the first's server for its own
+        second = RedisServer(tmp_path / "second")
+        second.port = first.port
+        second.start()
+        try:
+            assert second.port != first.port
+            assert second.client().info("server")["process_id"] == second.pid
+        finally:
+            second.stop()
+    finally:
+        first.stop()
     pinned = RedisServer(tmp_path / "pinned", port=free_port())
     with _taken(pinned.port), pytest.raises(RuntimeError, match="Address already in use"):
         pinned.start()  # a port someone was told is never changed behind their back
