@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 import redis.exceptions as rx
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import AbstractConnection
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
@@ -27,7 +28,12 @@ if TYPE_CHECKING:
     # types-redis makes Redis generic over the response type; redis-py's own annotations do not.
     RedisClient: TypeAlias = "redis.Redis[str]"  # type: ignore[type-arg]
 
-HEALTH_CHECK_INTERVAL = 25  # seconds idle before redis-py PINGs a pooled connection before using it
+# Seconds idle before redis-py PINGs a pooled connection before using it. Off on redis-py 5: its on_connect sends
+# CLIENT SETINFO and SELECT with that check, whose PING, refused on a new connection (NOAUTH without a password,
+# a TLS server that wants a client certificate), disconnects and connects again, recursing until RecursionError
+# instead of raising the refusal. Version 6 checks no health while connecting. Without the PING, a connection
+# that died idle still fails its first command, which retry_policy sends once more on a new one.
+HEALTH_CHECK_INTERVAL = 25 if hasattr(AbstractConnection, "on_connect_check_health") else 0
 # Connect and read timeout of each question to a sentinel: one that does not answer costs this much before the
 # next is asked, on every new connection to the primary.
 SENTINEL_TIMEOUT = 1.0

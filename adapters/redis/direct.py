@@ -15,10 +15,12 @@ primary.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -27,7 +29,8 @@ import redis.exceptions as rx
 
 from hexq.adapters.redis.errors import is_redirect
 
-# redis-py >= 5 lets a read carry its own timeout; older versions read with the socket's.
+# redis-py >= 8 lets a read carry its own timeout; older versions read with the socket's, which a blocking client
+# on one server does not have (socket_timeout=None), so there the bound is put on the socket for the read.
 _READ_TIMEOUTS = "timeout" in inspect.signature(redis.connection.Connection.read_response).parameters
 
 
@@ -95,11 +98,12 @@ class DirectCommand:
             connection = self._connection(check=True)
             connection.send_packed_command(connection.pack_commands(commands))
             replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response(**options))
-                except rx.ResponseError as error:
-                    replies.append(error)
+            with _socket_bound(connection, None if _READ_TIMEOUTS else timeout):
+                for _ in commands:
+                    try:
+                        replies.append(connection.read_response(**options))
+                    except rx.ResponseError as error:
+                        replies.append(error)
         except BaseException:
             self._drop(connection)
             raise
@@ -180,6 +184,23 @@ class DirectCommand:
                 connection.disconnect()
             except Exception:  # closing is best effort
                 pass
+
+
+@contextlib.contextmanager
+def _socket_bound(connection: Any, seconds: float | None) -> Iterator[None]:
+    """Reads within ``seconds`` (None: as the socket is set) on a redis-py whose reads take no timeout of their
+    own. Past it the socket raises, redis-py reports TimeoutError and drops the connection; otherwise the
+    socket gets its own timeout back."""
+    sock = getattr(connection, "_sock", None)
+    if seconds is None or not isinstance(sock, socket.socket):  # fakeredis has no socket, and never blocks
+        yield
+        return
+    sock.settimeout(seconds)
+    try:
+        yield
+    finally:
+        if connection._sock is sock:
+            sock.settimeout(connection.socket_timeout)
 
 
 def _expect(sock: socket.socket, expected: bytes) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 import redis.exceptions as rx
 
+from hexq.adapters.redis import direct as direct_module
 from hexq.adapters.redis.direct import DirectCommand, UnexpectedReply
 from hexq.adapters.redis.wire import QUEUED_THREE, PushFrame, command
 
@@ -62,6 +64,9 @@ class CannedServer:
 
     def _answer(self, conn: socket.socket) -> None:
         while (data := conn.recv(65536)) and b"MULTI" not in data:
+            if b"BLPOP" in data:  # a blocking wait this server never answers (the connection stays open)
+                self.received.append(data)
+                return
             conn.sendall(b"+OK\r\n" * (data.startswith(b"*") + data.count(b"\r\n*")))
         self.received.append(data)
         step = self.piece or len(self.replies)
@@ -131,4 +136,27 @@ def test_a_connection_closed_amid_the_known_replies_is_a_connection_error(
     direct = direct_to(server)
     with pytest.raises(rx.ConnectionError):
         direct.exchange(FRAME.packed("id", "{}"), QUEUED_THREE)
+    direct.close()
+
+
+@pytest.mark.parametrize("own_read_timeouts", [True, False], ids=["read-timeout", "socket-timeout"])
+def test_a_bounded_read_ends_at_its_bound_on_a_connection_with_no_timeout_of_its_own(
+        serve: Callable[..., CannedServer], monkeypatch: pytest.MonkeyPatch, own_read_timeouts: bool) -> None:
+    """A blocking wait's reply is read within its bound whether redis-py's reads take a timeout (>= 8) or
+    not (then the bound is put on the socket for the read), on a connection with no socket timeout, as the
+    blocking client's on one server: a server that never answers costs the bound, not a hung worker."""
+    if own_read_timeouts and not direct_module._READ_TIMEOUTS:
+        pytest.skip("this redis-py's reads take no timeout of their own")
+    monkeypatch.setattr(direct_module, "_READ_TIMEOUTS", own_read_timeouts)
+    server = serve(b"")
+    direct = DirectCommand(redis.ConnectionPool(host="127.0.0.1", port=server.port, socket_timeout=None,
+                                                protocol=2))
+    assert direct.pipelined(("PING",), timeout=0.5) == [b"OK"]  # answered within the bound: nothing changes
+    connection = direct._local.connection
+    assert connection is not None and connection._sock.gettimeout() is None
+    started = time.monotonic()
+    with pytest.raises(rx.TimeoutError):
+        direct.pipelined(("BLPOP", "q", 0), timeout=0.3)
+    assert time.monotonic() - started < 5  # the bound, not forever (pytest-timeout would end a hang)
+    assert direct._local.connection is None  # dropped: its reply may still come
     direct.close()
