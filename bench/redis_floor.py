@@ -27,23 +27,20 @@ from typing import Any
 
 import redis
 
+from bench import cost
 from bench.redis_server import RedisServer
 
 BATCH = 48  # tasks a worker child reserves per call in the cost workload (INFO commandstats: 0.021 EVALSHA/task)
 WAKAQ_PAYLOAD = b'{"name": "noop", "args": [], "kwargs": {}, "retry": 0}'
 
 
-def cpu(client: redis.Redis) -> tuple[float, float]:
-    info: Any = client.info("cpu")
-    return float(info["used_cpu_user"]), float(info["used_cpu_sys"])
-
-
 def measured(client: redis.Redis, tasks: int, run: Callable[[], None]) -> tuple[float, float]:
-    """(user, sys) µs of the server's CPU per task while ``run`` handles ``tasks`` tasks."""
-    user0, sys0 = cpu(client)
+    """(user, sys) µs of the server's CPU per task while ``run`` handles ``tasks`` tasks (the cost workload's
+    own reading of ``INFO cpu``)."""
+    before = cost.read(client)
     run()
-    user1, sys1 = cpu(client)
-    return (user1 - user0) * 1e6 / tasks, (sys1 - sys0) * 1e6 / tasks
+    usage = cost.read(client) - before
+    return usage.user_s * 1e6 / tasks, (usage.cpu_s - usage.user_s) * 1e6 / tasks
 
 
 class Floor:
@@ -123,12 +120,6 @@ class Floor:
         for _ in range(self.n):
             self.client.blpop(["wakaq:default"], timeout=1)
 
-    def fill(self) -> None:
-        self.hexq_delay()
-
-    def fill_wakaq(self) -> None:
-        self.wakaq_rpush()
-
     def measure(self, run: Callable[[], None], fill: Callable[[], None] | None = None) -> tuple[float, float]:
         self.client.flushall()
         if fill is not None:
@@ -152,9 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             ("enqueue", "MULTI HSET RPUSH (no wake token)", floor.multi_without_wake, None),
             ("enqueue", "RPUSH id+payload entry + LMOVE", floor.entry_and_wake, None),
             ("enqueue", "RPUSH id+payload entry alone", floor.entry_alone, None),
-            ("processing", f"hexq reserve ({BATCH} per call, with acks)", floor.hexq_reserve, floor.fill),
-            ("processing", f"script LPOP {BATCH} ids, nothing else", floor.lpop_only, floor.fill),
-            ("processing", "WakaQ: BLPOP per task", floor.wakaq_blpop, floor.fill_wakaq),
+            ("processing", f"hexq reserve ({BATCH} per call, with acks)", floor.hexq_reserve, floor.hexq_delay),
+            ("processing", f"script LPOP {BATCH} ids, nothing else", floor.lpop_only, floor.hexq_delay),
+            ("processing", "WakaQ: BLPOP per task", floor.wakaq_blpop, floor.wakaq_rpush),
         ]
         runs: dict[str, list[tuple[float, float]]] = {name: [] for _, name, _, _ in shapes}
         for _ in range(args.repeat):
