@@ -149,10 +149,19 @@ local function store_record(record)
   return nil, other
 end
 
+-- Removes ids from the in-flight hash, and the hash itself once INFLIGHT_MARK is all it holds (see keys.py: the
+-- mark keeps it a hashtable while tasks are in flight; an app with none keeps no key).
+local function forget_in_flight(ids)
+  call_many("hdel", INFLIGHT, ids)
+  if redis.call("hlen", INFLIGHT) == 1 and redis.call("hexists", INFLIGHT, INFLIGHT_MARK) == 1 then
+    redis.call("del", INFLIGHT)
+  end
+end
+
 -- Ends ownership of one task; true if the consumer owned it.
 local function disown(consumer, id)
   if redis.call("lrem", ownedkey(consumer), 1, id) > 0 then
-    redis.call("hdel", INFLIGHT, id)
+    forget_in_flight({id})
     return true
   end
   return false
@@ -232,7 +241,7 @@ local function ack(consumer, entries)
   call_many("hdel", TASKS, ids)
   -- Crash counts are rare: when there are none at all, one EXISTS spares passing every id again.
   if redis.call("exists", CRASHES) == 1 then call_many("hdel", CRASHES, ids) end
-  if #gone > 0 then call_many("hdel", INFLIGHT, gone) end
+  if #gone > 0 then forget_in_flight(gone) end
   unlock(ids)
 end
 
@@ -304,7 +313,7 @@ local function recover(consumer, crashed)
       back[#back + 1] = queue
     end
   end
-  call_many("hdel", INFLIGHT, ids)
+  forget_in_flight(ids)
   wake_each(back)
   return #back
 end

@@ -24,7 +24,9 @@ key                   type    contents
 {p}:crashes           hash    task id -> times a process died while running it
 {p}:owned:<consumer>  list    ids the consumer reserved, in reservation order (acknowledgements cut the
                               head with LTRIM: the same list and order as before, so nothing migrates)
-{p}:inflight          hash    task id -> ``since_ms|queue|consumer`` of every owned task
+{p}:inflight          hash    task id -> ``since_ms|queue|consumer`` of every owned task, plus one field
+                              ``INFLIGHT_MARK`` (a NUL byte, then ``hashtable``) whose long value keeps the
+                              hash in the hashtable encoding; the hash goes when only the mark is left
 {p}:leases            zset    consumer -> lease deadline ms
 {p}:suspects          hash    consumer -> ms when its lease was first seen expired (cleared on renewal)
 {p}:dead              list    dead letters as JSON ``{id, queue, payload, reason, failed_at_ms}``, plus
@@ -162,6 +164,14 @@ FAMILIES: dict[str, str] = {
     "outcomewakekey": "outcomewake:",
     "tallykey": "tally:",
 }
+# The one field of {p}:inflight that is not a task id (no id starts with a NUL byte). Redis keeps a small hash as
+# a listpack, whose lookups scan it: each reservation's HSET of its batch and each acknowledgement's HDEL would
+# cost a scan per task, about 2 µs a task with two workers (bench/README.md). A value longer than
+# hash-max-listpack-value (64 bytes unless configured otherwise) turns the hash into a hashtable, and Redis
+# never turns it back while it exists: reserve writes the mark with every batch, and whatever empties the hash
+# of tasks deletes it (forget_in_flight in _lib.lua), so an idle app keeps no key.
+INFLIGHT_MARK = "\0hashtable"
+INFLIGHT_MARK_VALUE = "keeps this hash a hashtable: a listpack's lookups scan it, a cost per task that grows with it"
 # Numbers the scripts need, from where they are defined (the shape of a unique task's id).
 CONSTANTS: dict[str, int] = {
     "UNIQUE_ID_LENGTH": UNIQUE_ID_LENGTH,
@@ -175,6 +185,13 @@ def _lua_string(text: str) -> str:
     if not re.fullmatch(r"[a-z:]+", text):
         raise ValueError(f"key name {text!r} needs quoting for Lua")
     return f'"{text}"'
+
+
+def _lua_bytes(text: str) -> str:
+    """ASCII text as a Lua string literal: printable characters as they are, any other byte (and the quote and
+    backslash) as a three-digit decimal escape, which Lua 5.1 reads the same whatever follows it."""
+    return '"' + "".join(chr(byte) if 32 <= byte < 127 and chr(byte) not in '"\\' else f"\\{byte:03d}"
+                         for byte in text.encode("ascii")) + '"'
 
 
 def lua_preamble() -> str:
@@ -192,6 +209,8 @@ def lua_preamble() -> str:
     lines += [f"local function {function}(name) return B .. {_lua_string(infix)} .. name end"
               for function, infix in FAMILIES.items()]
     lines += [f"local {name} = {value}" for name, value in CONSTANTS.items()]
+    lines += [f"local INFLIGHT_MARK = {_lua_bytes(INFLIGHT_MARK)}",
+              f"local INFLIGHT_MARK_VALUE = {_lua_bytes(INFLIGHT_MARK_VALUE)}"]
     return "\n".join(lines) + "\n"
 
 

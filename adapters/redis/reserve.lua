@@ -129,7 +129,7 @@ end
 if #taken == 0 then return out end
 redis.call("rpush", ownedkey(consumer), unpack(taken))
 local record = now .. "|" .. served .. "|" .. consumer
-local fields = {}
+local fields = {INFLIGHT_MARK, INFLIGHT_MARK_VALUE}  -- with every batch: see keys.py
 for _, id in ipairs(taken) do
   fields[#fields + 1] = id
   fields[#fields + 1] = record

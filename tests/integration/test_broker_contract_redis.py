@@ -251,6 +251,24 @@ def test_big_batches_keep_order(redis_url: str, key_prefix: str) -> None:
     broker.close()
 
 
+def test_the_in_flight_hash_is_a_hashtable_from_its_first_task_and_goes_with_its_last(
+        redis_url: str, key_prefix: str) -> None:
+    """Redis only: the encoding is the server's. A small hash would be a listpack, whose every HSET and HDEL
+    of a batch's ids scans it (INFLIGHT_MARK in keys.py)."""
+    broker = broker_for(redis_url, key_prefix)
+    client = redis.Redis.from_url(redis_url)
+    inflight = f"{{{key_prefix}}}:inflight"
+    broker.enqueue([task("a"), task("b")])
+    take(broker, limit=1)
+    assert client.object("encoding", inflight) == b"hashtable"
+    take(broker, limit=1, acks=("a",))
+    assert client.object("encoding", inflight) == b"hashtable"
+    broker.ack("c1", ["b"])
+    assert client.exists(inflight) == 0
+    client.close()
+    broker.close()
+
+
 def test_a_broadcast_is_announced_on_its_own_channel_with_the_copies_stored(redis_url: str, key_prefix: str) -> None:
     """Redis only: the PUBLISH that the broadcast script adds, for watchers (a dashboard); the copies in the
     workers' queues are what runs, so the message is informational."""

@@ -161,7 +161,8 @@ def test_layout_of_queued_waiting_and_owned_tasks(broker: RedisBroker, client: A
     assert client.zrange(P + "eta:default", 0, -1, withscores=True) == [("e", T0 + 10)]
     assert client.hgetall(P + "etakeys:default") == {"k:k": "e", "i:e": "k"}
     assert client.lrange(P + "owned:c1", 0, -1) == ["a"]
-    assert client.hgetall(P + "inflight") == {"a": f"{T0}|default|c1"}
+    assert client.hgetall(P + "inflight") == {"a": f"{T0}|default|c1",
+                                              key_layout.INFLIGHT_MARK: key_layout.INFLIGHT_MARK_VALUE}
     assert client.zscore(P + "leases", "c1") == T0 + 30_000
 
 
@@ -179,6 +180,33 @@ def test_ack_leaves_no_trace(broker: RedisBroker, client: Any) -> None:
     take(broker)
     broker.ack("c1", ["a"])
     assert [k for k in client.keys("*") if k not in (P + "leases", P + "wake")] == []
+
+
+# Each way an owned task ends, for the consumer "c1" that owns task "a" of queue "default".
+ENDINGS: dict[str, Callable[[RedisBroker], object]] = {
+    "ack": lambda broker: broker.ack("c1", ["a"]),
+    "release": lambda broker: broker.release("c1", ["a"]),
+    "retry": lambda broker: broker.retry("c1", task("a")),
+    "dead_letter": lambda broker: broker.dead_letter("c1", "a", "default", "p-a", "boom", T0),
+    "discard": lambda broker: broker.discard("c1", "a", "default", "expired"),
+    "recover": lambda broker: broker.recover_consumer("c1", []),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_the_in_flight_hash_keeps_its_mark_while_tasks_fly_and_goes_with_the_last(
+        broker: RedisBroker, client: Any, ending: str) -> None:
+    broker.enqueue([task("a"), task("b")])
+    take(broker, limit=1)
+    take(broker, limit=1, consumer="c2")
+    assert client.hget(P + "inflight", key_layout.INFLIGHT_MARK) == key_layout.INFLIGHT_MARK_VALUE
+    ENDINGS[ending](broker)
+    # b still flies: the mark stays, and nothing that reads the hash takes it for a task.
+    assert set(client.hkeys(P + "inflight")) == {"b", key_layout.INFLIGHT_MARK}
+    assert [row.id for row in broker.in_flight()] == ["b"]
+    assert [s.in_flight for s in broker.queue_stats(["default"])] == [1]
+    broker.ack("c2", ["b"])
+    assert client.exists(P + "inflight") == 0
 
 
 def test_an_id_without_payload_is_delivered_with_payload_none(broker: RedisBroker, client: Any) -> None:
