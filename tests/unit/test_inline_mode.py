@@ -173,7 +173,8 @@ def test_eta_dedup_is_per_queue() -> None:
     assert ran == [Q_HIGH, Q_DEFAULT]
 
 
-@pytest.mark.parametrize("eta", ["tomorrow", True, float("nan"), float("inf"), object()], ids=repr)
+@pytest.mark.parametrize("eta", ["tomorrow", True, float("nan"), float("inf"), object()],
+                         ids=["text", "bool", "nan", "inf", "object"])  # object()'s repr changes per process
 def test_invalid_eta_raises_and_enqueues_nothing(eta: Any) -> None:
     app, broker, _ = make()
 
