@@ -209,6 +209,15 @@ def test_the_in_flight_hash_keeps_its_mark_while_tasks_fly_and_goes_with_the_las
     assert client.exists(P + "inflight") == 0
 
 
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_whatever_ends_the_last_task_in_flight_deletes_the_in_flight_hash(
+        broker: RedisBroker, client: Any, ending: str) -> None:
+    broker.enqueue([task("a")])
+    take(broker, limit=1)
+    ENDINGS[ending](broker)
+    assert client.exists(P + "inflight") == 0
+
+
 def test_an_id_without_payload_is_delivered_with_payload_none(broker: RedisBroker, client: Any) -> None:
     client.rpush(P + "q:default", "stranger")
     broker.enqueue([task("a")])
