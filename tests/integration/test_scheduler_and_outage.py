@@ -22,6 +22,9 @@ def test_two_schedulers_fire_each_seconds_tick_exactly_once(cluster: Cluster) ->
     SQLite: a compare-and-set of the ``cron`` row in one BEGIN IMMEDIATE transaction)."""
     cluster.worker("--concurrency=1", HEXQ_TEST_SCHEDULES="1")
     schedulers = [cluster.start("scheduler", "--log-level=DEBUG", HEXQ_TEST_SCHEDULES="1") for _ in range(2)]
+    # The race is timed from when both run: starting a process can take seconds on a loaded machine.
+    wait_for(lambda: all("scheduler started" in s.output() for s in schedulers), 60,
+             f"both schedulers started\n{cluster.logs()}")
     time.sleep(6.5)
     for scheduler in schedulers:
         scheduler.signal(15)
