@@ -125,8 +125,6 @@ version, still subscribed to it, never relays a second copy.
 
 from __future__ import annotations
 
-import re
-
 import attrs
 
 from hexq.core.unique import BASE_ID_LENGTH, MARK, UNIQUE_ID_LENGTH
@@ -181,13 +179,6 @@ CONSTANTS: dict[str, int] = {
 
 
 def _lua_string(text: str) -> str:
-    # The names above are plain words; refusing anything else keeps the generated Lua trivially correct.
-    if not re.fullmatch(r"[a-z:]+", text):
-        raise ValueError(f"key name {text!r} needs quoting for Lua")
-    return f'"{text}"'
-
-
-def _lua_bytes(text: str) -> str:
     """ASCII text as a Lua string literal: printable characters as they are, any other byte (and the quote and
     backslash) as a three-digit decimal escape, which Lua 5.1 reads the same whatever follows it."""
     return '"' + "".join(chr(byte) if 32 <= byte < 127 and chr(byte) not in '"\\' else f"\\{byte:03d}"
@@ -209,8 +200,8 @@ def lua_preamble() -> str:
     lines += [f"local function {function}(name) return B .. {_lua_string(infix)} .. name end"
               for function, infix in FAMILIES.items()]
     lines += [f"local {name} = {value}" for name, value in CONSTANTS.items()]
-    lines += [f"local INFLIGHT_MARK = {_lua_bytes(INFLIGHT_MARK)}",
-              f"local INFLIGHT_MARK_VALUE = {_lua_bytes(INFLIGHT_MARK_VALUE)}"]
+    lines += [f"local INFLIGHT_MARK = {_lua_string(INFLIGHT_MARK)}",
+              f"local INFLIGHT_MARK_VALUE = {_lua_string(INFLIGHT_MARK_VALUE)}"]
     return "\n".join(lines) + "\n"
 
 
