@@ -16,7 +16,7 @@ import redis.exceptions as rx
 
 from hexq.adapters.redis import direct as direct_module
 from hexq.adapters.redis.direct import DirectCommand, UnexpectedReply
-from hexq.adapters.redis.wire import QUEUED_THREE, PushFrame, command
+from hexq.adapters.redis.wire import QUEUED_THREE, ErrorReply, PushFrame, command, parse_reply
 
 EXEC_REPLY = b"*3\r\n:1\r\n:1\r\n$-1\r\n"
 
@@ -160,3 +160,90 @@ def test_a_bounded_read_ends_at_its_bound_on_a_connection_with_no_timeout_of_its
     assert time.monotonic() - started < 5  # the bound, not forever (pytest-timeout would end a hang)
     assert direct._local.connection is None  # dropped: its reply may still come
     direct.close()
+
+
+@pytest.mark.parametrize(("data", "value"), [
+    (b":12\r\n", 12),
+    (b"+QUEUED\r\n", b"QUEUED"),
+    (b"$5\r\nhe\r\no\r\n", b"he\r\no"),  # a bulk string is read by its length, CRLF inside it included
+    (b"$-1\r\n", None),
+    (b"_\r\n", None),  # RESP3's null
+    (b"*-1\r\n", None),
+    (b"*3\r\n:1\r\n:5\r\n$1\r\n1\r\n", [1, 5, b"1"]),
+    (b"*2\r\n*1\r\n:1\r\n$0\r\n\r\n", [[1], b""]),
+], ids=["integer", "simple", "bulk", "null-bulk", "resp3-null", "null-array", "exec-reply", "nested"])
+def test_a_reply_is_parsed_whole_and_its_end_found(data: bytes, value: object) -> None:
+    assert parse_reply(b"+OK\r\n" + data, 5) == (value, 5 + len(data))
+    for cut in range(len(data)):  # every shorter prefix is incomplete, never a wrong value
+        assert parse_reply(data[:cut]) is None
+
+
+def test_an_error_reply_is_returned_in_its_place_and_anything_not_resp_is_refused() -> None:
+    (first, second), end = parse_reply(b"*2\r\n-READONLY replica\r\n:1\r\n")  # type: ignore[misc]
+    assert isinstance(first, ErrorReply) and str(first) == "READONLY replica" and second == 1
+    for wrong in (b"%1\r\n", b"hello\r\n", b"$3\r\nabcd\r\n"):
+        with pytest.raises(ValueError):
+            parse_reply(wrong)
+
+
+def test_an_error_reply_to_exec_is_raised_and_the_connection_kept_in_step(
+        serve: Callable[..., CannedServer]) -> None:
+    server = serve(QUEUED_THREE + b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+    direct = direct_to(server)
+    with pytest.raises(rx.ResponseError, match="EXECABORT"):
+        direct.exchange(FRAME.packed("id", "{}"), QUEUED_THREE)
+    direct.close()
+
+
+def test_bytes_after_the_reply_mean_the_stream_is_out_of_step(serve: Callable[..., CannedServer]) -> None:
+    server = serve(QUEUED_THREE + EXEC_REPLY + b"+PONG\r\n")
+    direct = direct_to(server)
+    with pytest.raises(UnexpectedReply, match="more than one reply"):
+        direct.exchange(FRAME.packed("id", "{}"), QUEUED_THREE)
+    assert direct._local.connection is None  # dropped
+    direct.close()
+
+
+class ClosingAfterEachMulti(CannedServer):
+    """Answers every MULTI with ``replies`` and then closes that connection, as a restarted server would have."""
+
+    def _answer(self, conn: socket.socket) -> None:
+        super()._answer(conn)
+        time.sleep(0.05)  # the answer is read before the close
+        conn.close()
+
+
+def test_a_connection_the_server_closed_while_quiet_is_replaced_before_sending(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ClosingAfterEachMulti(QUEUED_THREE + EXEC_REPLY)
+    try:
+        direct = direct_to(server)
+        assert direct.exchange(FRAME.packed("a", "{}"), QUEUED_THREE) == [1, 1, None]
+        time.sleep(0.2)  # the server's EOF has arrived
+        monkeypatch.setattr(direct_module, "QUIET_BEFORE_CHECK", 0.1)
+        assert direct.exchange(FRAME.packed("b", "{}"), QUEUED_THREE) == [1, 1, None]
+        assert server.connections == 2 and server.received[-1] == FRAME.packed("b", "{}")
+        direct.close()
+    finally:
+        server.stop()
+
+
+def test_a_busy_connection_is_not_checked_and_a_close_meanwhile_is_a_connection_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within QUIET_BEFORE_CHECK of its last exchange a connection is used unchecked; if the server closed it
+    meanwhile, the exchange raises ConnectionError (the broker then sends the push script on a new connection)
+    and the dead connection is dropped."""
+    server = ClosingAfterEachMulti(QUEUED_THREE + EXEC_REPLY)
+    try:
+        direct = direct_to(server)
+        direct.exchange(FRAME.packed("a", "{}"), QUEUED_THREE)
+        time.sleep(0.2)
+        monkeypatch.setattr(direct_module, "QUIET_BEFORE_CHECK", 60.0)
+        with pytest.raises(rx.ConnectionError):
+            direct.exchange(FRAME.packed("b", "{}"), QUEUED_THREE)
+        assert direct._local.connection is None
+        assert direct.exchange(FRAME.packed("c", "{}"), QUEUED_THREE) == [1, 1, None]  # a new connection
+        assert server.connections == 2
+        direct.close()
+    finally:
+        server.stop()
