@@ -179,7 +179,10 @@ def test_a_reply_is_parsed_whole_and_its_end_found(data: bytes, value: object) -
 
 
 def test_an_error_reply_is_returned_in_its_place_and_anything_not_resp_is_refused() -> None:
-    (first, second), end = parse_reply(b"*2\r\n-READONLY replica\r\n:1\r\n")  # type: ignore[misc]
+    data = b"*2\r\n-READONLY replica\r\n:1\r\n"
+    parsed = parse_reply(data)
+    assert parsed is not None and parsed[1] == len(data)
+    first, second = parsed[0]  # type: ignore[misc]
     assert isinstance(first, ErrorReply) and str(first) == "READONLY replica" and second == 1
     for wrong in (b"%1\r\n", b"hello\r\n", b"$3\r\nabcd\r\n"):
         with pytest.raises(ValueError):
